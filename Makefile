@@ -1,0 +1,37 @@
+# vlmjax: `make demo` then `make test`. Everything runs inside .venv (created on first use).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DATA_DIR ?= data/tfds
+DEMO_WORKDIR ?= workdirs/vit_scenes_demo
+PYTEST_ARGS ?= -n 2
+export TF_CPP_MIN_LOG_LEVEL := 3
+
+.PHONY: venv data demo test bench clean-demo
+
+$(VENV)/.installed: setup.py
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Builds the `scenes` dataset (tfds, ArrayRecord) and trains its SentencePiece tokenizer; both are idempotent.
+data: venv
+	$(BIN)/python -m vlmjax.data.scenes --data_dir $(DATA_DIR) --config default
+	@test -f $(DATA_DIR)/scenes_spm.model || $(BIN)/python -m vlmjax.data.tokenizer --data_dir $(DATA_DIR) \
+		--dataset scenes/default --out $(DATA_DIR)/scenes_spm.model
+
+# Trains the default experiment on CPU and prints its eval metrics (a finished workdir just re-evaluates).
+demo: data
+	$(BIN)/vlmjax-train --config experiments/vit_scenes.py --workdir $(DEMO_WORKDIR)
+
+test: venv
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests
+
+bench: data
+	$(BIN)/python benchmarks/input_pipeline.py
+
+clean-demo:
+	rm -rf $(DEMO_WORKDIR)

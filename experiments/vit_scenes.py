@@ -1,0 +1,40 @@
+r"""ViT-Ti/8 classifying the main object (colour x shape) of the built-in `scenes` dataset, on CPU.
+
+    vlmjax-train --config experiments/vit_scenes.py --workdir workdirs/vit_scenes
+    vlmjax-train --config experiments/vit_scenes.py:runlocal --workdir /tmp/vit_scenes   # seconds, smoke test
+
+The default is the `make demo` experiment: about 5 minutes on 2 CPU cores.
+"""
+import ml_collections
+
+
+def get_config(arg=None):
+    c = ml_collections.ConfigDict()
+    c.task = "classification"
+    c.num_classes = 24  # 6 colours x 4 shapes
+    c.image_size = 64
+    c.seed = 0
+    c.total_steps = 1500
+    c.batch_size = 64
+    c.log_every_steps = 100
+
+    pp = [dict(op="decode", key="image"), dict(op="value_range", key="image", vmin=-1, vmax=1),
+          dict(op="keep", keys=["image", "label"])]
+    c.data = dict(name="scenes/default", split="train", preprocess=pp)
+    c.evals = dict(test=dict(type="classification", data=dict(split="test", preprocess=pp)))
+    c.eval = dict(every_steps=500, batch_size=256)
+
+    c.model = dict(patch_size=(8, 8), width=96, depth=4, num_heads=3, mlp_dim=384, pool_type="gap")
+    c.optimizer = dict(name="adamw", lr=2e-3, weight_decay=1e-4, clip_norm=1.0)
+    c.schedule = dict(name="cosine", warmup_steps=100)
+    c.checkpoint = dict(every_steps=500, keep=2)
+
+    if arg == "runlocal":
+        c.data.name = c.evals.test.data.name = "scenes/tiny"
+        c.image_size = 32
+        c.total_steps, c.batch_size, c.log_every_steps = 20, 16, 5
+        c.eval.every_steps, c.eval.batch_size = 20, 64
+        c.evals.test.data.max_examples = 128
+        c.model = dict(patch_size=(8, 8), width=32, depth=2, num_heads=2, mlp_dim=64)
+        c.schedule.warmup_steps = 5
+    return c

@@ -1,0 +1,86 @@
+"""Vision Transformer: the image tower every family reuses (classifier, SigLIP/CLIP tower, VLM encoder, VQ option)."""
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from vlmjax.models.transformer import Encoder, MAPHead, pool
+
+Dtype = Any
+
+
+def posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.0) -> np.ndarray:
+    """Fixed 2-D sin-cos position embedding: float[1, h*w, width] (MoCo v3 / big_vision)."""
+    if width % 4:
+        raise ValueError(f"width {width} must be divisible by 4 for sincos2d position embeddings")
+    y, x = np.mgrid[:h, :w]
+    omega = 1.0 / temperature ** (np.arange(width // 4) / (width // 4 - 1 or 1))
+    y = y.reshape(-1)[:, None] * omega[None]
+    x = x.reshape(-1)[:, None] * omega[None]
+    return np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)[None].astype(np.float32)
+
+
+class ViT(nn.Module):
+    """ViT: float[B, H, W, 3] -> (float[B, num_classes] or float[B, D] if num_classes is None, dict of features).
+
+    The features dict holds `patches` (float[B, N, D], after the final norm), `hidden` (per-block outputs, for VLM
+    projectors that take an earlier layer) and `pre_logits` (pooled, float[B, D]).
+    """
+
+    patch_size: Sequence[int] = (8, 8)
+    width: int = 192
+    depth: int = 6
+    num_heads: int = 3
+    mlp_dim: Optional[int] = None  # default 4 * width
+    posemb: str = "learn"  # 'learn' | 'sincos2d'
+    pool_type: str = "gap"  # 'gap' | 'tok' | 'map' | 'none'
+    num_classes: Optional[int] = None
+    head_zeroinit: bool = True
+    dropout: float = 0.0
+    remat_policy: str = "none"
+    scan_layers: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, images, train: bool = False):
+        mlp_dim = self.mlp_dim or 4 * self.width
+        ph, pw = self.patch_size
+        x = nn.Conv(self.width, (ph, pw), strides=(ph, pw), padding="VALID", dtype=self.dtype,
+                    param_dtype=self.param_dtype, name="embedding",
+                    kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
+                                                             (None, None, None, "embed")),
+                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(
+                        images.astype(self.dtype))
+        b, h, w, d = x.shape
+        x = x.reshape(b, h * w, d)
+        if self.posemb == "learn":
+            pe = self.param("pos_embedding", nn.with_logical_partitioning(
+                nn.initializers.normal(stddev=1 / np.sqrt(d)), (None, None, "embed")), (1, h * w, d), self.param_dtype)
+        elif self.posemb == "sincos2d":
+            pe = posemb_sincos_2d(h, w, d)
+        else:
+            raise ValueError(f"posemb {self.posemb!r}: expected 'learn' or 'sincos2d'")
+        x = x + jnp.asarray(pe, self.dtype)
+        if self.pool_type == "tok":
+            cls = self.param("cls", nn.with_logical_partitioning(nn.initializers.zeros, (None, None, "embed")),
+                             (1, 1, d), self.param_dtype)
+            x = jnp.concatenate([jnp.tile(cls.astype(self.dtype), (b, 1, 1)), x], axis=1)
+        x = nn.Dropout(self.dropout)(x, not train)
+        x, hidden = Encoder(self.depth, self.num_heads, mlp_dim, self.dropout, self.remat_policy, self.scan_layers,
+                            self.dtype, self.param_dtype, name="encoder")(x, None, not train)
+        out = {"patches": x[:, 1:] if self.pool_type == "tok" else x, "hidden": hidden}
+        if self.pool_type == "none":
+            return x, out
+        map_head = MAPHead(self.num_heads, mlp_dim, self.dtype, self.param_dtype, name="map_head") \
+            if self.pool_type == "map" else None
+        x = pool(self.pool_type, x, map_head=map_head)
+        out["pre_logits"] = x
+        if self.num_classes is None:
+            return x, out
+        init = nn.initializers.zeros if self.head_zeroinit else nn.initializers.xavier_uniform()
+        logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head",
+                          kernel_init=nn.with_logical_partitioning(init, ("embed", "vocab")),
+                          bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)))(x)
+        return logits, out

@@ -1,0 +1,88 @@
+"""The contract between the trainer core and a model family.
+
+A task says how to build the model, what its variables look like, how to compute the loss and train metrics,
+and which evaluators and predict functions it offers. The core owns everything else: mesh, sharding, optimizer,
+loop, checkpoints, input pipeline, logging. Tasks never import `vlmjax.train`.
+
+Batches are dicts of arrays whose leading dimension is the (global) batch. Model variables are
+`{'params': ..., **collections}`: any collection other than 'params' (EMA codebooks, ...) is model state that the
+loss may update; the core carries it in the train state and checkpoints it.
+"""
+import dataclasses
+from typing import Any, Callable, Dict, Optional, Sequence
+
+import numpy as np
+
+Metrics = Dict[str, Any]
+
+
+@dataclasses.dataclass
+class Evaluator:
+    """Runs over one split and returns `{metric: float}` (logged as `eval/<name>/<metric>`).
+
+    The default `run` streams `runtime.batches(data)` through `predict` (jitted by the core with the mesh's
+    shardings), gathers the per-example outputs of valid rows to the host and calls `reduce` on them.
+    Evaluators that need a set-up pass (e.g. zero-shot class embeddings) override `run`.
+    """
+
+    data: Any  # ConfigDict: name, split, data_dir, preprocess, batch_size, max_examples
+    predict: Optional[Callable] = None  # (variables, batch) -> {key: Array[B, ...]}
+    reduce: Optional[Callable] = None  # ({key: np.ndarray[N, ...]}) -> {metric: float}
+    images: Optional[Callable] = None  # (variables, runtime) -> {name: uint8[N, H, W, 3]} for TensorBoard grids
+
+    def run(self, variables, runtime) -> Metrics:
+        outputs = runtime.predict_all(self.predict, variables, self.data)
+        return self.reduce(outputs)
+
+
+class Task:
+    """Base class; subclasses override what their family needs."""
+
+    # Model state collections updated by the loss (besides 'params'), e.g. ('vq_stats',).
+    mutable: Sequence[str] = ()
+    # Modules' rng streams used in training besides 'dropout'.
+    rng_streams: Sequence[str] = ("dropout",)
+
+    def __init__(self, config):
+        self.config = config
+
+    @classmethod
+    def config_defaults(cls) -> Dict[str, Any]:
+        """Top-level config keys this task adds to the core schema, with their defaults (and so their types)."""
+        return {}
+
+    # -- set-up ---------------------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Checks that must pass before anything compiles (model keys, files). Raise ValueError naming the key."""
+
+    def preprocess_fn(self, data_cfg, train: bool) -> Callable:
+        """Per-example preprocessing `fn(example, rng) -> dict` for a data config."""
+        from vlmjax.data.ops import get_preprocess_fn
+
+        return get_preprocess_fn(data_cfg.preprocess, tokenizer=self.tokenizer())
+
+    def tokenizer(self):
+        return None
+
+    def dummy_batch(self, batch_size: int) -> Dict[str, np.ndarray]:
+        """A host batch with the shapes and dtypes the model is initialised with."""
+        raise NotImplementedError
+
+    def init(self, rng, batch) -> Dict[str, Any]:
+        """Model variables (boxed with logical axis names) for `batch`; run under eval_shape/jit by the core."""
+        raise NotImplementedError
+
+    # -- training -------------------------------------------------------------------------------------------------
+    def loss(self, params, state, batch, rngs, step):
+        """(scalar loss, (metrics dict of scalars, new model state dict)). `state` holds the non-param collections."""
+        raise NotImplementedError
+
+    def check_batch(self, batch: Dict[str, np.ndarray], where: str) -> None:
+        """Host-side checks on each batch before it is sent to devices (e.g. no supervised token)."""
+
+    # -- evaluation / inference ----------------------------------------------------------------------------------
+    def evaluators(self) -> Dict[str, Evaluator]:
+        return {}
+
+    def predict_fns(self) -> Dict[str, Callable]:
+        return {}

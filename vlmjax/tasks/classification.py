@@ -1,0 +1,60 @@
+"""Image classification with the ViT: the first task, proving the core end to end (`experiments/vit_scenes.py`)."""
+import jax.numpy as jnp
+import numpy as np
+
+from vlmjax.losses.classification import softmax_xent
+from vlmjax.models.vit import ViT
+from vlmjax.tasks.base import Evaluator, Task
+from vlmjax.tasks.model_config import build_module
+
+
+class ClassificationTask(Task):
+    """Batch: `image` float[B, H, W, 3], `label` int[B]."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = build_module(ViT, config.model, num_classes=int(config.num_classes))
+
+    @classmethod
+    def config_defaults(cls):
+        return {"num_classes": 0, "image_size": 64, "label_smoothing": 0.0}
+
+    def validate(self):
+        if int(self.config.num_classes) <= 1:
+            raise ValueError(f"config.num_classes={self.config.num_classes}: must be > 1")
+
+    def dummy_batch(self, batch_size):
+        s = int(self.config.image_size)
+        return {"image": np.zeros((batch_size, s, s, 3), np.float32), "label": np.zeros((batch_size,), np.int32)}
+
+    def init(self, rng, batch):
+        return self.model.init({"params": rng}, batch["image"], train=False)
+
+    def loss(self, params, state, batch, rngs, step):
+        logits, _ = self.model.apply({"params": params, **state}, batch["image"], train=True, rngs=rngs)
+        xent = softmax_xent(logits, batch["label"], self.config.get("label_smoothing", 0.0))
+        acc = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+        return xent.mean(), ({"accuracy": acc}, state)
+
+    def evaluators(self):
+        evals = {}
+        for name, cfg in self.config.evals.items():
+            if cfg.type != "classification":
+                raise ValueError(f"config.evals.{name}.type={cfg.type!r}: this task offers 'classification'")
+            evals[name] = Evaluator(data=cfg.data, predict=self._predict, reduce=_reduce_accuracy)
+        return evals
+
+    def _predict(self, variables, batch):
+        logits, _ = self.model.apply(variables, batch["image"], train=False)
+        return {"correct": jnp.argmax(logits, -1) == batch["label"],
+                "loss": softmax_xent(logits, batch["label"])}
+
+    def predict_fns(self):
+        def predict(variables, images):
+            logits, _ = self.model.apply(variables, images, train=False)
+            return logits
+        return {"logits": predict}
+
+
+def _reduce_accuracy(out):
+    return {"accuracy": float(np.mean(out["correct"])), "loss": float(np.mean(out["loss"]))}

@@ -1,0 +1,3 @@
+from vlmjax.train.main import run
+
+run()

@@ -1,0 +1,91 @@
+"""Checkpoints with orbax: the train state and the input iterator's state, saved together under one step.
+
+`workdir/checkpoints/<step>/{state,data}`; saves are asynchronous (the next steps run while the arrays are
+written), orbax commits a step atomically, and the last `keep` steps are kept. Restoring onto the current mesh's
+shardings means a run can resume on a different mesh.
+"""
+import os
+import re
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from vlmjax.train.optim import param_path
+
+
+class Checkpointer:
+    def __init__(self, workdir: str, every_steps: int, keep: int, async_save: bool = True):
+        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        options = ocp.CheckpointManagerOptions(save_interval_steps=max(int(every_steps), 1), max_to_keep=keep,
+                                               enable_async_checkpointing=async_save, create=True)
+        self.mngr = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
+
+    def latest_step(self):
+        return self.mngr.latest_step()
+
+    def save(self, step: int, state, data_state: dict, force: bool = False) -> bool:
+        return self.mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                            data=ocp.args.JsonSave(data_state)), force=force)
+
+    def restore(self, step: int, abstract_state):
+        """abstract_state: tree of jax.ShapeDtypeStruct with `.sharding` -> (state placed on those shardings, data)."""
+        out = self.mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                                              data=ocp.args.JsonRestore()))
+        return out.state, out.data
+
+    def wait(self):
+        self.mngr.wait_until_finished()
+
+    def close(self):
+        self.mngr.wait_until_finished()
+        self.mngr.close()
+
+
+def load_params_numpy(workdir: str, step: int = None) -> dict:
+    """The params of another run's checkpoint (latest step by default) as host numpy arrays."""
+    directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"config.init_from.workdir={workdir!r}: no checkpoints directory at {directory}")
+    mngr = ocp.CheckpointManager(directory, item_names=("state", "data"),
+                                 options=ocp.CheckpointManagerOptions(read_only=True))
+    step = mngr.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"config.init_from.workdir={workdir!r}: no finished checkpoint in {directory}")
+    meta = mngr.item_metadata(step)["state"]
+    meta = getattr(meta, "tree", meta)
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
+    state = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(item=None, restore_args=restore_args))).state
+    mngr.close()
+    return state["params"]
+
+
+def merge_params(params, loaded, include: str, rewrite, where: str = "config.init_from"):
+    """Replace leaves of `params` whose path matches `include` by `loaded[source path]`.
+
+    The source path is the target path after the `rewrite` substitutions ((pattern, replacement), ...), so one
+    tower can be taken from a run whose parameters sat at the top level (e.g. `(('^img/', ''),)`).
+    Returns (new params, list of the loaded paths). Raises naming the path on a missing or misshapen source.
+    """
+    flat_loaded = {param_path(p): v for p, v in jax.tree_util.tree_flatten_with_path(loaded)[0]}
+    taken = []
+
+    def pick(path, leaf):
+        target = param_path(path)
+        if not re.fullmatch(include, target):
+            return leaf
+        source = target
+        for pattern, repl in rewrite:
+            source = re.sub(pattern, repl, source)
+        if source not in flat_loaded:
+            raise KeyError(f"{where}: parameter {target!r} (source {source!r}) is not in the loaded checkpoint; "
+                           f"it has e.g. {sorted(flat_loaded)[:5]}")
+        value = flat_loaded[source]
+        if tuple(value.shape) != tuple(leaf.shape):
+            raise ValueError(f"{where}: parameter {target!r} has shape {tuple(leaf.shape)} but the checkpoint's "
+                             f"{source!r} has {tuple(value.shape)}")
+        taken.append(target)
+        return value.astype(leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(pick, params), taken

@@ -1,0 +1,144 @@
+"""The core config schema and its validation, run before anything compiles.
+
+An experiment file only sets what differs from `defaults()`; validation reports the first problem with one message
+that names the key: an unknown or misspelt key (with the closest known key), a wrong type, a mesh that does not fit
+the devices, a batch that does not split over the data-parallel devices, a bad preprocessing op.
+Free-form sections (`model`, `evals`) are checked by the task against the modules and evaluators it builds.
+"""
+import difflib
+import json
+
+import ml_collections
+
+from vlmjax.train.mesh import DEFAULT_RULES, resolve_mesh_shape
+
+FREE_FORM = ("model", "evals", "sharding_rules")
+
+
+def defaults() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.task = ""
+    c.seed = 0
+    c.total_steps = 1000
+    c.batch_size = 128
+    c.log_every_steps = 50
+    c.model = ml_collections.ConfigDict()
+
+    c.data = ml_collections.ConfigDict(dict(
+        name="scenes/default", split="train", data_dir="data/tfds", preprocess=[], worker_count=0, shuffle=True))
+
+    c.eval = ml_collections.ConfigDict(dict(every_steps=500, batch_size=256))
+    c.evals = ml_collections.ConfigDict()
+
+    c.optimizer = ml_collections.ConfigDict(dict(
+        name="adamw", lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, momentum=0.0, weight_decay=0.0,
+        wd_mask=r".*(kernel|embedding)$", clip_norm=1.0, freeze="", lr_mults=(), grad_accum_steps=1))
+    c.schedule = ml_collections.ConfigDict(dict(name="cosine", warmup_steps=0, end_lr_frac=0.0, timescale=10_000))
+
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.sharding_rules = [list(r) for r in DEFAULT_RULES]
+
+    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
+    c.init_from = ml_collections.ConfigDict(dict(workdir="", include=".*", rewrite=[]))
+    c.debug = ml_collections.ConfigDict(dict(sleep_per_step=0.0))
+    return c
+
+
+EVAL_DATA_DEFAULTS = dict(name="", split="test", data_dir="", preprocess=[], batch_size=0, max_examples=0)
+
+
+def _type_ok(default, value) -> bool:
+    if default is None or value is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, (list, tuple))
+    return isinstance(value, type(default))
+
+
+def _unknown(where, key, known):
+    close = difflib.get_close_matches(key, list(known), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ValueError(f"unknown key {where}.{key}{hint}; known keys: {', '.join(sorted(known))}")
+
+
+def check_against(cfg, schema, where: str) -> None:
+    """Every key of `cfg` exists in `schema` with a compatible type; recurse into sub-dicts."""
+    for key in cfg.keys():
+        if key not in schema:
+            raise _unknown(where, key, schema.keys())
+        value, default = cfg[key], schema[key]
+        if key in FREE_FORM and where == "config":
+            continue
+        if isinstance(default, (dict, ml_collections.ConfigDict)):
+            if not isinstance(value, (dict, ml_collections.ConfigDict)):
+                raise ValueError(f"{where}.{key}: expected a dict of settings, got {type(value).__name__}")
+            check_against(value, default, f"{where}.{key}")
+        elif not _type_ok(default, value):
+            raise ValueError(f"{where}.{key}={value!r}: wrong type {type(value).__name__}, "
+                             f"expected {type(default).__name__} (like the default {default!r})")
+
+
+def resolve(config, task_defaults: dict = None) -> ml_collections.ConfigDict:
+    """Validated copy of `config` with every default filled in."""
+    schema = defaults()
+    for k, v in (task_defaults or {}).items():
+        schema[k] = v
+    check_against(config, schema, "config")
+    merged = schema
+    _deep_update(merged, config)
+    for name, ev in merged.evals.items():
+        check_against(ev, {"type": "", "every_steps": 0, "data": EVAL_DATA_DEFAULTS,
+                           **{k: ev[k] for k in ev.keys() if k not in ("type", "every_steps", "data")}},
+                      f"config.evals.{name}")
+        data = ml_collections.ConfigDict(dict(EVAL_DATA_DEFAULTS))
+        data.name, data.data_dir = merged.data.name, merged.data.data_dir
+        data.batch_size = merged.eval.batch_size
+        _deep_update(data, ev.get("data", {}))
+        with ev.unlocked():
+            ev.data = data
+            if "every_steps" not in ev:
+                ev.every_steps = merged.eval.every_steps
+    return merged
+
+
+def _deep_update(dst, src):
+    with dst.unlocked():
+        for k in src.keys():
+            v = src[k]
+            if isinstance(v, (dict, ml_collections.ConfigDict)) and isinstance(dst.get(k), ml_collections.ConfigDict) \
+                    and k not in ("model",):
+                _deep_update(dst[k], v)
+            else:
+                dst[k] = v
+
+
+def check_runtime(config, num_devices: int, process_count: int = 1) -> tuple:
+    """Mesh and batch checks against the devices; returns the resolved mesh shape."""
+    shape = resolve_mesh_shape(config.mesh, num_devices)
+    dp = shape[0] * shape[1]
+    accum = int(config.optimizer.grad_accum_steps)
+    if accum < 1:
+        raise ValueError(f"config.optimizer.grad_accum_steps={accum}: must be >= 1")
+    if config.batch_size % (dp * accum):
+        raise ValueError(
+            f"config.batch_size={config.batch_size} is not divisible by the data-parallel size {dp} "
+            f"(mesh data={shape[0]} x fsdp={shape[1]})" + (f" x grad_accum_steps={accum}" if accum > 1 else ""))
+    if config.batch_size % process_count:
+        raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the {process_count} processes")
+    for name, ev in config.evals.items():
+        if ev.data.batch_size % dp:
+            raise ValueError(f"config.evals.{name}.data.batch_size={ev.data.batch_size} is not divisible by the "
+                             f"data-parallel size {dp}")
+    if config.total_steps < 1:
+        raise ValueError(f"config.total_steps={config.total_steps}: must be >= 1")
+    return shape
+
+
+def to_json(config) -> str:
+    return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)

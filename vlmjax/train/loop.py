@@ -1,0 +1,265 @@
+"""The one training loop every task runs through.
+
+Order of work, so that every configuration mistake surfaces before anything compiles: resolve + validate the
+config, build the task (model keys), check mesh and batch against the devices, open the data sources, then
+create the train state already sharded (eval_shape -> shardings from logical axes -> jit with out_shardings),
+restore or initialise, and run jitted steps with the state donated.
+"""
+import os
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from vlmjax.data import ops as data_ops
+from vlmjax.data.pipeline import VALID_KEY, TrainIterator, eval_batches, make_source
+from vlmjax.tasks import get_task_class
+from vlmjax.train import config as config_lib
+from vlmjax.train.checkpoint import Checkpointer, load_params_numpy, merge_params
+from vlmjax.train.mesh import (batch_sharding, like_params_shardings, logical_shardings, make_mesh,
+                               rules_from_config)
+from vlmjax.train.metrics import MetricWriter, Progress
+from vlmjax.train.optim import make_optimizer
+
+
+def log(msg: str) -> None:
+    if jax.process_index() == 0:
+        print(msg, flush=True)
+
+
+class Trainer:
+    """Holds the compiled pieces of one experiment; `run()` trains, `evaluate()` runs the evaluators."""
+
+    def __init__(self, config, workdir: str):
+        task_cls = get_task_class(config.get("task", ""))
+        self.config = cfg = config_lib.resolve(config, getattr(task_cls, "config_defaults", dict)())
+        self.workdir = workdir
+        for where, specs in [("config.data.preprocess", cfg.data.preprocess)] + [
+                (f"config.evals.{n}.data.preprocess", e.data.preprocess) for n, e in cfg.evals.items()]:
+            try:
+                data_ops.validate_specs(specs)
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}") from None
+        self.task = task_cls(cfg)
+        self.task.validate()
+        config_lib.check_runtime(cfg, jax.device_count(), jax.process_count())
+        self.mesh = make_mesh(cfg.mesh)
+        self.rules = rules_from_config(cfg.sharding_rules)
+        self.evaluators = self.task.evaluators()
+        self._eval_sources = {}
+        for name, ev in cfg.evals.items():  # a missing eval split fails now, not after an hour of training
+            self._eval_source(ev.data)
+        self.tx, self.schedule = make_optimizer(cfg.optimizer, cfg.schedule, cfg.total_steps)
+        self._build_state_shardings()
+        self._train_step = None
+        self._predict_cache = {}
+
+    # -- state -----------------------------------------------------------------------------------------------------
+    def _dummy(self):
+        from vlmjax.train.mesh import data_parallel_size
+
+        return jax.tree.map(jnp.asarray, self.task.dummy_batch(data_parallel_size(self.mesh)))
+
+    def _init_variables(self, rng):
+        with nn.logical_axis_rules(self.rules):
+            return self.task.init(rng, self._dummy())
+
+    def _build_state_shardings(self):
+        rng = jax.random.key(self.config.seed)
+        with self.mesh:
+            boxed = jax.eval_shape(self._init_variables, rng)
+        params_abs, params_sh = logical_shardings(boxed["params"], self.mesh, self.rules)
+        ms_abs, ms_sh = logical_shardings({k: v for k, v in boxed.items() if k != "params"}, self.mesh, self.rules)
+        opt_abs = jax.eval_shape(self.tx.init, params_abs)
+        replicated = NamedSharding(self.mesh, P())
+        self.state_shardings = {"step": replicated, "params": params_sh, "model_state": ms_sh,
+                                "opt_state": like_params_shardings(opt_abs, params_abs, params_sh, self.mesh)}
+        abstract = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": params_abs, "model_state": ms_abs,
+                    "opt_state": opt_abs}
+        self.abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                           abstract, self.state_shardings)
+
+    def init_state(self):
+        """A fresh train state, created directly in its sharded layout (never whole on one device)."""
+
+        def create(rng):
+            variables = nn.meta.unbox(self._init_variables(rng))
+            params = variables.pop("params")
+            return {"step": jnp.zeros((), jnp.int32), "params": params, "model_state": dict(variables),
+                    "opt_state": self.tx.init(params)}
+
+        with self.mesh:
+            state = jax.jit(create, out_shardings=self.state_shardings)(jax.random.key(self.config.seed))
+        init = self.config.init_from
+        if init.workdir:
+            loaded = load_params_numpy(init.workdir)
+            params, taken = merge_params(jax.device_get(state["params"]), loaded, init.include,
+                                         [tuple(r) for r in init.rewrite])
+            log(f"init_from {init.workdir}: loaded {len(taken)} parameters")
+            state["params"] = jax.device_put(params, self.state_shardings["params"])
+            state["opt_state"] = jax.jit(self.tx.init, out_shardings=self.state_shardings["opt_state"])(
+                state["params"])
+        return state
+
+    # -- step ------------------------------------------------------------------------------------------------------
+    def _global_batch(self, batch: dict) -> dict:
+        sh = batch_sharding(self.mesh)
+        return {k: jax.make_array_from_process_local_data(sh, np.asarray(v)) for k, v in batch.items()}
+
+    def train_step_fn(self):
+        task, tx, cfg = self.task, self.tx, self.config
+        accum = int(cfg.optimizer.grad_accum_steps)
+        base_key = jax.random.key(cfg.seed + 1)
+
+        def grads_of(params, model_state, batch, rng, step):
+            rngs = {name: jax.random.fold_in(rng, i) for i, name in enumerate(task.rng_streams)}
+            (loss, (metrics, new_ms)), grads = jax.value_and_grad(task.loss, has_aux=True)(
+                params, model_state, batch, rngs, step)
+            return loss, metrics, new_ms, grads
+
+        def step_fn(state, batch):
+            step = state["step"]
+            rng = jax.random.fold_in(base_key, step)
+            params = state["params"]
+            with nn.logical_axis_rules(self.rules):
+                if accum == 1:
+                    loss, metrics, model_state, grads = grads_of(params, state["model_state"], batch, rng, step)
+                else:
+                    # Microbatch j takes rows j, j+accum, ...: every device keeps its share of each microbatch.
+                    micro = jax.tree.map(lambda x: jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]),
+                                                                0, 1), batch)
+
+                    def body(carry, xs):
+                        ms, gsum, lsum, msum = carry
+                        mb, j = xs
+                        loss, m, ms, g = grads_of(params, ms, mb, jax.random.fold_in(rng, j), step)
+                        return (ms, jax.tree.map(jnp.add, gsum, g), lsum + loss,
+                                jax.tree.map(jnp.add, msum, m)), None
+
+                    m_shape = jax.eval_shape(lambda: grads_of(params, state["model_state"],
+                                                              jax.tree.map(lambda x: x[0], micro), rng, step)[1])
+                    zeros = (state["model_state"], jax.tree.map(jnp.zeros_like, params), jnp.zeros(()),
+                             jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape))
+                    (model_state, grads, loss, metrics), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
+                    grads = jax.tree.map(lambda g: g / accum, grads)
+                    loss = loss / accum
+                    metrics = jax.tree.map(lambda m: m / accum, metrics)
+            updates, opt_state = tx.update(grads, state["opt_state"], params)
+            params = optax.apply_updates(params, updates)
+            out = {"train/loss": loss, "train/lr": self.schedule(step),
+                   "train/grad_norm": optax.global_norm(grads), "train/param_norm": optax.global_norm(params)}
+            out.update({f"train/{k}": v for k, v in metrics.items()})
+            new_state = {"step": step + 1, "params": params, "model_state": model_state, "opt_state": opt_state}
+            return new_state, out
+
+        return jax.jit(step_fn, in_shardings=(self.state_shardings, batch_sharding(self.mesh)),
+                       out_shardings=(self.state_shardings, NamedSharding(self.mesh, P())), donate_argnums=(0,))
+
+    # -- eval ------------------------------------------------------------------------------------------------------
+    def _eval_source(self, data_cfg):
+        key = (data_cfg.name, data_cfg.split, data_cfg.data_dir)
+        if key not in self._eval_sources:
+            self._eval_sources[key] = make_source(data_cfg, data_cfg.split)
+        return self._eval_sources[key]
+
+    def batches(self, data_cfg):
+        """Global eval batches for a data config (with `_valid`)."""
+        source = self._eval_source(data_cfg)
+        pre = self.task.preprocess_fn(data_cfg, train=False)
+        local = data_cfg.batch_size // jax.process_count()
+        for b in eval_batches(source, pre, batch_size=local, process_index=jax.process_index(),
+                              process_count=jax.process_count(), max_examples=data_cfg.max_examples or None):
+            yield self._global_batch(b)
+
+    def predict_all(self, predict, variables, data_cfg) -> dict:
+        """Run `predict` over the whole split; per-example outputs of the valid rows, on every host."""
+        if predict not in self._predict_cache:
+            self._predict_cache[predict] = jax.jit(predict, out_shardings=batch_sharding(self.mesh))
+        fn = self._predict_cache[predict]
+        chunks = []
+        with self.mesh, nn.logical_axis_rules(self.rules):
+            for batch in self.batches(data_cfg):
+                out = fn(variables, batch)
+                out[VALID_KEY] = batch[VALID_KEY]
+                chunks.append(multihost_utils.process_allgather(out, tiled=True))
+        if not chunks:
+            raise ValueError(f"evaluation on {data_cfg.name}:{data_cfg.split} saw no decodable example")
+        out = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+        valid = out.pop(VALID_KEY).astype(bool)
+        return {k: v[valid] for k, v in out.items()}
+
+    def evaluate(self, state, step: int, writer=None, only=None) -> dict:
+        variables = {"params": state["params"], **state["model_state"]}
+        results = {}
+        for name, ev in self.evaluators.items():
+            every = self.config.evals[name].every_steps
+            if only is None and not (step == self.config.total_steps or (every and step % every == 0)):
+                continue
+            t0 = time.time()
+            metrics = ev.run(variables, self)
+            results.update({f"eval/{name}/{k}": v for k, v in metrics.items()})
+            log(f"eval {name} @ {step} ({time.time() - t0:.1f}s): " +
+                ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+            if writer is not None and ev.images is not None:
+                writer.write_images(step, {f"eval/{name}/{k}": v for k, v in ev.images(variables, self).items()})
+        return results
+
+    # -- loop ------------------------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        cfg = self.config
+        os.makedirs(self.workdir, exist_ok=True)
+        writer = MetricWriter(self.workdir, enabled=jax.process_index() == 0)
+        if jax.process_index() == 0:
+            with open(os.path.join(self.workdir, "config.json"), "w") as f:
+                f.write(config_lib.to_json(cfg))
+        source = make_source(cfg.data, cfg.data.split)
+        train_iter = TrainIterator(source, self.task.preprocess_fn(cfg.data, train=True),
+                                   batch_size=cfg.batch_size // jax.process_count(), seed=cfg.seed,
+                                   process_index=jax.process_index(), process_count=jax.process_count(),
+                                   worker_count=cfg.data.worker_count, shuffle=cfg.data.shuffle)
+        ckpt = Checkpointer(self.workdir, cfg.checkpoint.every_steps, cfg.checkpoint.keep, cfg.checkpoint.async_save)
+        start = ckpt.latest_step() or 0
+        if start:
+            state, data_state = ckpt.restore(start, self.abstract_state)
+            train_iter.set_state(data_state)
+            log(f"resumed from {ckpt.directory}/{start}")
+        else:
+            state = self.init_state()
+        if self._train_step is None:
+            self._train_step = self.train_step_fn()
+        progress = Progress(cfg.total_steps, cfg.batch_size, start)
+        final = {}
+        if start >= cfg.total_steps:  # already finished: report its evaluation instead of silently exiting
+            with self.mesh:
+                final = self.evaluate(state, start, only=True)
+        with self.mesh:
+            for step in range(start + 1, cfg.total_steps + 1):
+                batch = next(train_iter)
+                self.task.check_batch(batch, f"train batch at step {step}")
+                state, metrics = self._train_step(state, self._global_batch(batch))
+                if step % cfg.log_every_steps == 0 or step == cfg.total_steps:
+                    m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    m.update(train_iter.drop_metrics())
+                    writer.write(step, m)
+                    log(progress.line(step, m))
+                    final.update(m)
+                evals = self.evaluate(state, step, writer)
+                if evals:
+                    writer.write(step, evals)
+                    final.update(evals)
+                ckpt.save(step, state, train_iter.get_state(), force=step == cfg.total_steps)
+                if cfg.debug.sleep_per_step:
+                    time.sleep(cfg.debug.sleep_per_step)
+        ckpt.close()
+        writer.close()
+        self.state = state
+        return final
+
+
+def train(config, workdir: str) -> dict:
+    return Trainer(config, workdir).run()

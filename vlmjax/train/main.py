@@ -1,0 +1,42 @@
+"""`vlmjax-train` / `python -m vlmjax.train`: train an experiment.
+
+    vlmjax-train --config experiments/vit_scenes.py --workdir /tmp/vit_scenes
+    vlmjax-train --config experiments/vit_scenes.py:runlocal --workdir /tmp/w --config.optimizer.lr=1e-3
+
+Re-running with the same workdir resumes from its latest checkpoint.
+"""
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment file, e.g. experiments/vit_scenes.py[:arg].",
+                                          lock_config=False)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics.jsonl, TensorBoard events go.")
+
+
+def _main(argv):
+    del argv
+    from vlmjax.train.loop import train
+
+    try:
+        metrics = train(_CONFIG.value, _WORKDIR.value)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        # Configuration and data errors carry a message naming the key/file: print it, not a traceback.
+        if os.environ.get("VLMJAX_TRACEBACK"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    final = {k: v for k, v in metrics.items() if k.startswith("eval/")}
+    if final:
+        print("final eval: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(final.items())))
+
+
+def run():
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(_main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,100 @@
+"""Metric sinks: `workdir/metrics.jsonl`, TensorBoard event files (scalars and image grids) and a console line.
+
+Only process 0 writes. TensorBoard events are written with the `tensorboard` package's own writer (no TF import).
+"""
+import io
+import json
+import math
+import os
+import time
+
+import numpy as np
+
+
+def image_grid(images: np.ndarray, cols: int = 8) -> np.ndarray:
+    """uint8[N, H, W, 3] -> one uint8[rows*H, cols*W, 3] grid (blank cells at the end)."""
+    n, h, w, c = images.shape
+    cols = min(cols, n)
+    rows = math.ceil(n / cols)
+    grid = np.zeros((rows * h, cols * w, c), np.uint8)
+    for i, im in enumerate(images):
+        r, k = divmod(i, cols)
+        grid[r * h:(r + 1) * h, k * w:(k + 1) * w] = im
+    return grid
+
+
+class MetricWriter:
+    def __init__(self, workdir: str, enabled: bool = True):
+        self.enabled = enabled
+        self._tb = None
+        if not enabled:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        self._tb = EventFileWriter(os.path.join(workdir, "tb"))
+
+    def write(self, step: int, metrics: dict) -> None:
+        if not self.enabled or not metrics:
+            return
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+
+        row = {"step": int(step)}
+        row.update({k: float(v) for k, v in sorted(metrics.items())})
+        self._jsonl.write(json.dumps(row) + "\n")
+        self._jsonl.flush()
+        summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=k, simple_value=float(v))
+                                             for k, v in metrics.items()])
+        self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
+        self._tb.flush()
+
+    def write_images(self, step: int, images: dict) -> None:
+        """images: {tag: uint8[N, H, W, 3]} -> one grid per tag."""
+        if not self.enabled or not images:
+            return
+        from PIL import Image
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+
+        values = []
+        for tag, ims in images.items():
+            grid = image_grid(np.asarray(ims))
+            buf = io.BytesIO()
+            Image.fromarray(grid).save(buf, format="PNG")
+            values.append(summary_pb2.Summary.Value(tag=tag, image=summary_pb2.Summary.Image(
+                height=grid.shape[0], width=grid.shape[1], colorspace=3, encoded_image_string=buf.getvalue())))
+        self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                           summary=summary_pb2.Summary(value=values)))
+        self._tb.flush()
+
+    def close(self):
+        if self.enabled:
+            self._jsonl.close()
+            self._tb.close()
+
+
+def read_metrics(workdir: str) -> list:
+    """Rows of metrics.jsonl; where a resumed run logged a step again, the last row for that step wins."""
+    rows = {}
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        for line in f:
+            row = json.loads(line)
+            rows.setdefault(row["step"], {}).update(row)
+    return [rows[s] for s in sorted(rows)]
+
+
+class Progress:
+    """Console progress line: step, loss, steps/s, examples/s, ETA."""
+
+    def __init__(self, total_steps: int, batch_size: int, first_step: int):
+        self.total, self.batch = total_steps, batch_size
+        self._t, self._s = time.time(), first_step
+
+    def line(self, step: int, metrics: dict) -> str:
+        now = time.time()
+        rate = (step - self._s) / max(now - self._t, 1e-9)
+        self._t, self._s = now, step
+        eta = (self.total - step) / max(rate, 1e-9)
+        loss = metrics.get("train/loss", float("nan"))
+        return (f"step {step}/{self.total} | loss {loss:.4f} | {rate:.2f} steps/s | {rate * self.batch:.0f} ex/s | "
+                f"ETA {int(eta // 60)}m{int(eta % 60):02d}s")

@@ -1,0 +1,112 @@
+"""optax optimizer from `config.optimizer` and `config.schedule`.
+
+Parameter groups are chosen by regular expressions matched (`re.fullmatch`) against '/'-joined parameter paths such
+as `img/encoder/block00/attn/query/kernel`:
+- `optimizer.freeze`: parameters that never change (no optimizer state is kept for them);
+- `optimizer.wd_mask`: parameters that get weight decay (default: kernels and embeddings, not biases/norms);
+- `optimizer.lr_mults`: ((regex, multiplier), ...) — the first match scales that parameter's updates.
+"""
+import re
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+OPTIMIZERS = ("adamw", "adafactor", "sgd")
+SCHEDULES = ("cosine", "linear", "rsqrt", "constant")
+
+
+def param_path(path) -> str:
+    parts = []
+    for k in path:
+        parts.append(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))))
+    return "/".join(parts)
+
+
+def tree_paths(tree):
+    """Same-structure tree of '/'-joined key paths."""
+    return jax.tree_util.tree_map_with_path(lambda p, _: param_path(p), tree)
+
+
+def _match(regex):
+    return lambda path: regex is not None and re.fullmatch(regex, path) is not None
+
+
+def make_schedule(cfg, total_steps: int, base_lr: float) -> Callable:
+    """Warmup (linear from 0) then cosine / linear decay to `end_lr_frac * lr`, rsqrt, or constant."""
+    warmup = int(cfg.warmup_steps)
+    if cfg.name not in SCHEDULES:
+        raise ValueError(f"config.schedule.name={cfg.name!r}: expected one of {', '.join(SCHEDULES)}")
+    end = base_lr * float(cfg.end_lr_frac)
+    decay_steps = max(total_steps - warmup, 1)
+
+    def schedule(step):
+        step = jnp.asarray(step, jnp.float32)
+        warm = base_lr * jnp.minimum(1.0, (step + 1) / max(warmup, 1)) if warmup else base_lr
+        t = jnp.clip((step - warmup) / decay_steps, 0.0, 1.0)
+        if cfg.name == "cosine":
+            lr = end + (base_lr - end) * 0.5 * (1 + jnp.cos(jnp.pi * t))
+        elif cfg.name == "linear":
+            lr = base_lr + (end - base_lr) * t
+        elif cfg.name == "rsqrt":
+            timescale = max(int(cfg.timescale), 1)
+            lr = base_lr * jnp.sqrt(timescale / jnp.maximum(step - warmup + timescale, timescale))
+        else:
+            lr = jnp.asarray(base_lr, jnp.float32)
+        return jnp.where(step < warmup, warm, lr)
+
+    return schedule
+
+
+def _scale_by_tree(factors_fn) -> optax.GradientTransformation:
+    """Multiply each update by a per-parameter constant computed from the params' paths."""
+
+    def init(params):
+        del params
+        return optax.EmptyState()
+
+    def update(updates, state, params=None):
+        factors = factors_fn(updates)
+        return jax.tree.map(lambda u, f: u if f == 1.0 else u * f, updates, factors), state
+
+    return optax.GradientTransformation(init, update)
+
+
+def make_optimizer(cfg, schedule_cfg, total_steps: int) -> tuple:
+    """(optax transform, learning-rate schedule) from config."""
+    if cfg.name not in OPTIMIZERS:
+        raise ValueError(f"config.optimizer.name={cfg.name!r}: expected one of {', '.join(OPTIMIZERS)}")
+    schedule = make_schedule(schedule_cfg, total_steps, float(cfg.lr))
+    parts = []
+    if cfg.clip_norm:
+        parts.append(optax.clip_by_global_norm(float(cfg.clip_norm)))
+    if cfg.name == "adamw":
+        parts.append(optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps))
+    elif cfg.name == "adafactor":
+        parts.append(optax.scale_by_factored_rms(decay_rate=cfg.b2 if cfg.b2 < 1 else 0.8))
+        if cfg.b1:
+            parts.append(optax.trace(decay=cfg.b1))
+    else:
+        if cfg.momentum:
+            parts.append(optax.trace(decay=cfg.momentum, nesterov=False))
+    if cfg.weight_decay:
+        wd_match = _match(cfg.wd_mask)
+        parts.append(optax.add_decayed_weights(
+            float(cfg.weight_decay), mask=lambda p: jax.tree.map(wd_match, tree_paths(p))))
+    parts.append(optax.scale_by_learning_rate(schedule))
+    mults = [(re.compile(r), float(m)) for r, m in (cfg.lr_mults or ())]
+    if mults:
+        def factor(path):
+            for regex, m in mults:
+                if regex.fullmatch(path):
+                    return m
+            return 1.0
+        parts.append(_scale_by_tree(lambda u: jax.tree.map(factor, tree_paths(u))))
+    tx = optax.chain(*parts)
+    if cfg.freeze:
+        frozen = _match(cfg.freeze)
+        tx = optax.multi_transform(
+            {"train": tx, "freeze": optax.set_to_zero()},
+            lambda p: jax.tree.map(lambda path: "freeze" if frozen(path) else "train", tree_paths(p)))
+    return tx, schedule
