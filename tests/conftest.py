@@ -4,3 +4,27 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import fcntl  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+# Compiled executables are cached on disk and shared by the test workers and the subprocesses tests start.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.dirname(__file__), "..", ".jax_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+
+@pytest.fixture(scope="session")
+def scenes_tiny_dir(tmp_path_factory):
+    """data_dir holding the built `scenes/tiny` dataset, built once per test run (shared by xdist workers)."""
+    root = tmp_path_factory.getbasetemp().parent / "scenes_tiny"
+    root.mkdir(exist_ok=True)
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / ".built").exists():
+            subprocess.run([sys.executable, "-m", "vlmjax.data.scenes", "--data_dir", str(root), "--config", "tiny"],
+                           check=True, capture_output=True)
+            (root / ".built").touch()
+    return str(root)

@@ -67,11 +67,16 @@ class Attention(nn.Module):
             raise ValueError(f"width {d} is not divisible by num_heads {self.num_heads}")
         hd = d // self.num_heads
 
+        init = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2))
+
         def proj(name, x):
-            return nn.DenseGeneral((self.num_heads, hd), dtype=self.dtype, param_dtype=self.param_dtype,
-                                   kernel_init=dense_init(("embed", "heads", "kv")),
-                                   bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("heads", "kv")),
-                                   name=name)(x)
+            # Explicit 3-D kernels (not DenseGeneral, which initialises a flat 2-D kernel) so the logical names
+            # hold at creation time under a mesh.
+            kernel = self.param(f"{name}_kernel", dense_init(("embed", "heads", "kv"), init),
+                                (d, self.num_heads, hd), self.param_dtype)
+            bias = self.param(f"{name}_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("heads", "kv")),
+                              (self.num_heads, hd), self.param_dtype)
+            return jnp.einsum("bld,dhk->blhk", x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
 
         q, k, v = proj("query", xq), proj("key", xkv), proj("value", xkv)
         q = nn.with_logical_constraint(q, ("batch", "length", "act_heads", "act_kv"))
@@ -81,10 +86,12 @@ class Attention(nn.Module):
         # Softmax in float32: bf16 logits lose the small differences that decide attention.
         probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
         out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-        return nn.DenseGeneral(d, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,
-                               kernel_init=dense_init(("heads", "kv", "embed")),
-                               bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-                               name="out")(out)
+        w_out = self.param("out_kernel", dense_init(("heads", "kv", "embed"),
+                                                    nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2)),
+                           (self.num_heads, hd, d), self.param_dtype)
+        b_out = self.param("out_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+                           (d,), self.param_dtype)
+        return jnp.einsum("bqhk,hkd->bqd", out, w_out.astype(self.dtype)) + b_out.astype(self.dtype)
 
 
 def layer_norm(name, dtype, param_dtype):

@@ -35,7 +35,7 @@ def log(msg: str) -> None:
 class Trainer:
     """Holds the compiled pieces of one experiment; `run()` trains, `evaluate()` runs the evaluators."""
 
-    def __init__(self, config, workdir: str):
+    def __init__(self, config, workdir: str, devices=None):
         task_cls = get_task_class(config.get("task", ""))
         self.config = cfg = config_lib.resolve(config, getattr(task_cls, "config_defaults", dict)())
         self.workdir = workdir
@@ -47,9 +47,11 @@ class Trainer:
                 raise ValueError(f"{where}: {e}") from None
         self.task = task_cls(cfg)
         self.task.validate()
-        config_lib.check_runtime(cfg, jax.device_count(), jax.process_count())
-        self.mesh = make_mesh(cfg.mesh)
+        devices = jax.devices() if devices is None else list(devices)
+        config_lib.check_runtime(cfg, len(devices), jax.process_count())
+        self.mesh = make_mesh(cfg.mesh, devices)
         self.rules = rules_from_config(cfg.sharding_rules)
+        self.train_source = make_source(cfg.data, cfg.data.split)
         self.evaluators = self.task.evaluators()
         self._eval_sources = {}
         for name, ev in cfg.evals.items():  # a missing eval split fails now, not after an hour of training
@@ -71,7 +73,7 @@ class Trainer:
 
     def _build_state_shardings(self):
         rng = jax.random.key(self.config.seed)
-        with self.mesh:
+        with jax.set_mesh(self.mesh):
             boxed = jax.eval_shape(self._init_variables, rng)
         params_abs, params_sh = logical_shardings(boxed["params"], self.mesh, self.rules)
         ms_abs, ms_sh = logical_shardings({k: v for k, v in boxed.items() if k != "params"}, self.mesh, self.rules)
@@ -93,7 +95,7 @@ class Trainer:
             return {"step": jnp.zeros((), jnp.int32), "params": params, "model_state": dict(variables),
                     "opt_state": self.tx.init(params)}
 
-        with self.mesh:
+        with jax.set_mesh(self.mesh):
             state = jax.jit(create, out_shardings=self.state_shardings)(jax.random.key(self.config.seed))
         init = self.config.init_from
         if init.workdir:
@@ -152,7 +154,7 @@ class Trainer:
             updates, opt_state = tx.update(grads, state["opt_state"], params)
             params = optax.apply_updates(params, updates)
             out = {"train/loss": loss, "train/lr": self.schedule(step),
-                   "train/grad_norm": optax.global_norm(grads), "train/param_norm": optax.global_norm(params)}
+                   "train/grad_norm": optax.tree.norm(grads), "train/param_norm": optax.tree.norm(params)}
             out.update({f"train/{k}": v for k, v in metrics.items()})
             new_state = {"step": step + 1, "params": params, "model_state": model_state, "opt_state": opt_state}
             return new_state, out
@@ -182,7 +184,7 @@ class Trainer:
             self._predict_cache[predict] = jax.jit(predict, out_shardings=batch_sharding(self.mesh))
         fn = self._predict_cache[predict]
         chunks = []
-        with self.mesh, nn.logical_axis_rules(self.rules):
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
             for batch in self.batches(data_cfg):
                 out = fn(variables, batch)
                 out[VALID_KEY] = batch[VALID_KEY]
@@ -217,8 +219,7 @@ class Trainer:
         if jax.process_index() == 0:
             with open(os.path.join(self.workdir, "config.json"), "w") as f:
                 f.write(config_lib.to_json(cfg))
-        source = make_source(cfg.data, cfg.data.split)
-        train_iter = TrainIterator(source, self.task.preprocess_fn(cfg.data, train=True),
+        train_iter = TrainIterator(self.train_source, self.task.preprocess_fn(cfg.data, train=True),
                                    batch_size=cfg.batch_size // jax.process_count(), seed=cfg.seed,
                                    process_index=jax.process_index(), process_count=jax.process_count(),
                                    worker_count=cfg.data.worker_count, shuffle=cfg.data.shuffle)
@@ -235,9 +236,9 @@ class Trainer:
         progress = Progress(cfg.total_steps, cfg.batch_size, start)
         final = {}
         if start >= cfg.total_steps:  # already finished: report its evaluation instead of silently exiting
-            with self.mesh:
+            with jax.set_mesh(self.mesh):
                 final = self.evaluate(state, start, only=True)
-        with self.mesh:
+        with jax.set_mesh(self.mesh):
             for step in range(start + 1, cfg.total_steps + 1):
                 batch = next(train_iter)
                 self.task.check_batch(batch, f"train batch at step {step}")
@@ -261,5 +262,6 @@ class Trainer:
         return final
 
 
-def train(config, workdir: str) -> dict:
-    return Trainer(config, workdir).run()
+def train(config, workdir: str, devices=None) -> dict:
+    """Train (or resume) `config` in `workdir` on `devices` (default: all); returns the last logged metrics."""
+    return Trainer(config, workdir, devices).run()

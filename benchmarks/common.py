@@ -1,0 +1,35 @@
+"""Shared benchmark plumbing: timing and writing results to benchmarks/results/<name>.json."""
+import json
+import os
+import platform
+import time
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def timed(fn, repeats: int = 5, warmup: int = 1) -> float:
+    """Median seconds of `fn()` (fn must block until its work is done)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
+def write_result(name: str, result: dict) -> str:
+    import jax
+
+    result = dict(result)
+    result.setdefault("machine", {"platform": platform.platform(), "processor": platform.processor(),
+                                  "cpu_count": os.cpu_count(), "jax_backend": jax.default_backend(),
+                                  "devices": [str(d) for d in jax.devices()][:4]})
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, f"{name}.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2, sort_keys=True)
+    print(json.dumps(result, indent=2, sort_keys=True))
+    print(f"wrote {path}")
+    return path
