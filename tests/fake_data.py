@@ -41,6 +41,20 @@ def make_examples(n: int, seed: int, bad: bool = False):
     return out
 
 
+NAN_INDEX = 40
+
+
+def make_float_examples(n: int, seed: int):
+    """Decoded float images (no `decode` op needed); example NAN_INDEX holds a NaN pixel."""
+    out = []
+    for ex in make_examples(n, seed):
+        img = np.asarray(Image.open(io.BytesIO(ex["image"])), np.float32) / 127.5 - 1
+        if ex["id"] == NAN_INDEX:
+            img[0, 0, 0] = np.nan
+        out.append({"image": img, "label": ex["label"]})
+    return out
+
+
 _CACHE = {}
 
 
@@ -50,5 +64,9 @@ def fake_source(cfg, split):
     key = (kind, split)
     if key not in _CACHE:
         n = 256 if split == "train" else 64
-        _CACHE[key] = make_examples(n, seed=0 if split == "train" else 1, bad=(kind == "bad"))
+        seed = 0 if split == "train" else 1
+        if kind == "nan":
+            _CACHE[key] = make_float_examples(n, seed) if split == "train" else make_float_examples(n, seed)[:40]
+        else:
+            _CACHE[key] = make_examples(n, seed, bad=(kind == "bad"))
     return _CACHE[key]

@@ -6,12 +6,21 @@ shardings means a run can resume on a different mesh.
 """
 import os
 import re
+import shutil
+import time
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
 from vlmjax.train.optim import param_path
+
+
+def multihost_sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 class Checkpointer:
@@ -33,6 +42,28 @@ class Checkpointer:
         out = self.mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
                                                               data=ocp.args.JsonRestore()))
         return out.state, out.data
+
+    def restore_latest(self, abstract_state, warn=print):
+        """(step, state, data) from the newest checkpoint that restores, or None if there is none.
+
+        A checkpoint that fails to restore (truncated or corrupt files) is reported by name and moved aside to
+        `checkpoints_corrupt/` (kept, not deleted), and the previous one is tried.
+        """
+        for step in sorted(self.mngr.all_steps(), reverse=True):
+            try:
+                state, data = self.restore(step, abstract_state)
+                return step, state, data
+            except Exception as e:  # orbax/tensorstore raise many types for damaged files
+                path = os.path.join(self.directory, str(step))
+                aside = os.path.join(os.path.dirname(self.directory), "checkpoints_corrupt", f"{step}-{int(time.time())}")
+                warn(f"WARNING: checkpoint {path} could not be restored ({type(e).__name__}: "
+                     f"{str(e).splitlines()[0][:200] if str(e) else ''}); moved to {aside}, trying the previous one")
+                if jax.process_index() == 0:
+                    os.makedirs(os.path.dirname(aside), exist_ok=True)
+                    shutil.move(path, aside)
+                multihost_sync(f"moved_corrupt_{step}")
+                self.mngr.reload()
+        return None
 
     def wait(self):
         self.mngr.wait_until_finished()

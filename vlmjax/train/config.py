@@ -22,6 +22,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.total_steps = 1000
     c.batch_size = 128
     c.log_every_steps = 50
+    c.nan_policy = "stop"  # 'stop': fail with a message, last good checkpoint intact; 'skip': drop the step, count it
     c.model = ml_collections.ConfigDict()
 
     c.data = ml_collections.ConfigDict(dict(
@@ -135,6 +136,8 @@ def check_runtime(config, num_devices: int, process_count: int = 1) -> tuple:
         if ev.data.batch_size % dp:
             raise ValueError(f"config.evals.{name}.data.batch_size={ev.data.batch_size} is not divisible by the "
                              f"data-parallel size {dp}")
+    if config.nan_policy not in ("stop", "skip"):
+        raise ValueError(f"config.nan_policy={config.nan_policy!r}: expected 'stop' or 'skip'")
     if config.total_steps < 1:
         raise ValueError(f"config.total_steps={config.total_steps}: must be >= 1")
     return shape

@@ -21,6 +21,7 @@ from vlmjax.data.pipeline import VALID_KEY, TrainIterator, eval_batches, make_so
 from vlmjax.tasks import get_task_class
 from vlmjax.train import config as config_lib
 from vlmjax.train.checkpoint import Checkpointer, load_params_numpy, merge_params
+from vlmjax.train.distributed import PreemptionWatcher
 from vlmjax.train.mesh import (batch_sharding, like_params_shardings, logical_shardings, make_mesh,
                                rules_from_config)
 from vlmjax.train.metrics import MetricWriter, Progress
@@ -79,9 +80,10 @@ class Trainer:
         ms_abs, ms_sh = logical_shardings({k: v for k, v in boxed.items() if k != "params"}, self.mesh, self.rules)
         opt_abs = jax.eval_shape(self.tx.init, params_abs)
         replicated = NamedSharding(self.mesh, P())
-        self.state_shardings = {"step": replicated, "params": params_sh, "model_state": ms_sh,
+        self.state_shardings = {"step": replicated, "nonfinite": replicated, "params": params_sh, "model_state": ms_sh,
                                 "opt_state": like_params_shardings(opt_abs, params_abs, params_sh, self.mesh)}
-        abstract = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": params_abs, "model_state": ms_abs,
+        abstract = {"step": jax.ShapeDtypeStruct((), jnp.int32), "nonfinite": jax.ShapeDtypeStruct((), jnp.int32),
+                    "params": params_abs, "model_state": ms_abs,
                     "opt_state": opt_abs}
         self.abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                            abstract, self.state_shardings)
@@ -92,7 +94,8 @@ class Trainer:
         def create(rng):
             variables = nn.meta.unbox(self._init_variables(rng))
             params = variables.pop("params")
-            return {"step": jnp.zeros((), jnp.int32), "params": params, "model_state": dict(variables),
+            return {"step": jnp.zeros((), jnp.int32), "nonfinite": jnp.zeros((), jnp.int32), "params": params,
+                    "model_state": dict(variables),
                     "opt_state": self.tx.init(params)}
 
         with jax.set_mesh(self.mesh):
@@ -152,12 +155,19 @@ class Trainer:
                     loss = loss / accum
                     metrics = jax.tree.map(lambda m: m / accum, metrics)
             updates, opt_state = tx.update(grads, state["opt_state"], params)
-            params = optax.apply_updates(params, updates)
-            out = {"train/loss": loss, "train/lr": self.schedule(step),
-                   "train/grad_norm": optax.tree.norm(grads), "train/param_norm": optax.tree.norm(params)}
+            new = {"params": optax.apply_updates(params, updates), "model_state": model_state, "opt_state": opt_state}
+            grad_norm = optax.tree.norm(grads)
+            # A non-finite loss or gradient never reaches the state: the step is dropped and counted, and the
+            # host decides (config.nan_policy) whether to stop or go on.
+            ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+            old = {"params": params, "model_state": state["model_state"], "opt_state": state["opt_state"]}
+            new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+            out = {"train/loss": loss, "train/lr": self.schedule(step), "train/grad_norm": grad_norm,
+                   "train/param_norm": optax.tree.norm(new["params"])}
             out.update({f"train/{k}": v for k, v in metrics.items()})
-            new_state = {"step": step + 1, "params": params, "model_state": model_state, "opt_state": opt_state}
-            return new_state, out
+            nonfinite = state["nonfinite"] + (~ok).astype(jnp.int32)
+            out["train/nonfinite_steps"] = nonfinite
+            return {"step": step + 1, "nonfinite": nonfinite, **new}, out
 
         return jax.jit(step_fn, in_shardings=(self.state_shardings, batch_sharding(self.mesh)),
                        out_shardings=(self.state_shardings, NamedSharding(self.mesh, P())), donate_argnums=(0,))
@@ -224,42 +234,61 @@ class Trainer:
                                    process_index=jax.process_index(), process_count=jax.process_count(),
                                    worker_count=cfg.data.worker_count, shuffle=cfg.data.shuffle)
         ckpt = Checkpointer(self.workdir, cfg.checkpoint.every_steps, cfg.checkpoint.keep, cfg.checkpoint.async_save)
-        start = ckpt.latest_step() or 0
-        if start:
-            state, data_state = ckpt.restore(start, self.abstract_state)
+        restored = ckpt.restore_latest(self.abstract_state, warn=log)
+        if restored is not None:
+            start, state, data_state = restored
             train_iter.set_state(data_state)
             log(f"resumed from {ckpt.directory}/{start}")
         else:
-            state = self.init_state()
+            start, state = 0, self.init_state()
         if self._train_step is None:
             self._train_step = self.train_step_fn()
         progress = Progress(cfg.total_steps, cfg.batch_size, start)
-        final = {}
+        preemption = PreemptionWatcher()
+        final, self.preempted = {}, False
         if start >= cfg.total_steps:  # already finished: report its evaluation instead of silently exiting
             with jax.set_mesh(self.mesh):
                 final = self.evaluate(state, start, only=True)
-        with jax.set_mesh(self.mesh):
-            for step in range(start + 1, cfg.total_steps + 1):
-                batch = next(train_iter)
-                self.task.check_batch(batch, f"train batch at step {step}")
-                state, metrics = self._train_step(state, self._global_batch(batch))
-                if step % cfg.log_every_steps == 0 or step == cfg.total_steps:
-                    m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                    m.update(train_iter.drop_metrics())
-                    writer.write(step, m)
-                    log(progress.line(step, m))
-                    final.update(m)
-                evals = self.evaluate(state, step, writer)
-                if evals:
-                    writer.write(step, evals)
-                    final.update(evals)
-                ckpt.save(step, state, train_iter.get_state(), force=step == cfg.total_steps)
-                if cfg.debug.sleep_per_step:
-                    time.sleep(cfg.debug.sleep_per_step)
-        ckpt.close()
-        writer.close()
+        try:
+            with jax.set_mesh(self.mesh):
+                for step in range(start + 1, cfg.total_steps + 1):
+                    batch = next(train_iter)
+                    self.task.check_batch(batch, f"train batch at step {step}")
+                    state, metrics = self._train_step(state, self._global_batch(batch))
+                    will_save = step == cfg.total_steps or ckpt.mngr.should_save(step)
+                    if step % cfg.log_every_steps == 0 or will_save:
+                        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                        m.update(train_iter.drop_metrics())
+                        self._check_finite(m, step, ckpt)
+                        if step % cfg.log_every_steps == 0 or step == cfg.total_steps:
+                            writer.write(step, m)
+                            log(progress.line(step, m))
+                            final.update(m)
+                    evals = self.evaluate(state, step, writer)
+                    if evals:
+                        writer.write(step, evals)
+                        final.update(evals)
+                    stop = preemption.should_stop()
+                    ckpt.save(step, state, train_iter.get_state(), force=step == cfg.total_steps or stop)
+                    if stop:
+                        log(f"preempted (SIGTERM): saved step {step}; re-run the same command to resume")
+                        self.preempted = True
+                        break
+                    if cfg.debug.sleep_per_step:
+                        time.sleep(cfg.debug.sleep_per_step)
+        finally:
+            preemption.close()
+            ckpt.close()
+            writer.close()
         self.state = state
         return final
+
+    def _check_finite(self, metrics: dict, step: int, ckpt) -> None:
+        if self.config.nan_policy == "stop" and metrics.get("train/nonfinite_steps", 0) > 0:
+            raise FloatingPointError(
+                f"non-finite loss or gradients at or before step {step} (config.nan_policy='stop'); no checkpoint "
+                f"was written after it — the last good one is step {ckpt.latest_step()} in {ckpt.directory}. "
+                f"Use config.nan_policy='skip' to drop such steps and go on.")
 
 
 def train(config, workdir: str, devices=None) -> dict:

@@ -14,15 +14,21 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment file, e.g. experiments/vit_scenes.py[:arg].",
                                           lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics.jsonl, TensorBoard events go.")
+_COORD = flags.DEFINE_string("coordinator_address", "", "host:port of process 0, for multi-process runs.")
+_NPROC = flags.DEFINE_integer("num_processes", 0, "Number of processes (with --coordinator_address).")
+_PID = flags.DEFINE_integer("process_id", -1, "This process's index (with --coordinator_address).")
+_DIST = flags.DEFINE_enum("distributed", "", ["", "auto"], "'auto': let jax detect a TPU pod or SLURM cluster.")
 
 
 def _main(argv):
     del argv
+    from vlmjax.train import distributed
     from vlmjax.train.loop import train
 
+    distributed.initialize(_COORD.value, _NPROC.value, _PID.value, _DIST.value)
     try:
         metrics = train(_CONFIG.value, _WORKDIR.value)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except (ValueError, FileNotFoundError, KeyError, FloatingPointError) as e:
         # Configuration and data errors carry a message naming the key/file: print it, not a traceback.
         if os.environ.get("VLMJAX_TRACEBACK"):
             raise
