@@ -98,8 +98,6 @@ def resolve(config, task_defaults: dict = None) -> ml_collections.ConfigDict:
                            **{k: ev[k] for k in ev.keys() if k not in ("type", "every_steps", "data")}},
                       f"config.evals.{name}")
         data = ml_collections.ConfigDict(dict(EVAL_DATA_DEFAULTS))
-        data.name, data.data_dir = merged.data.name, merged.data.data_dir
-        data.batch_size = merged.eval.batch_size
         _deep_update(data, ev.get("data", {}))
         with ev.unlocked():
             ev.data = data
@@ -117,6 +115,17 @@ def _deep_update(dst, src):
                 _deep_update(dst[k], v)
             else:
                 dst[k] = v
+
+
+def fill_eval_data(config) -> None:
+    """Eval data settings left empty take the train data's name and data_dir and `config.eval.batch_size`.
+
+    Done after command-line overrides, so `--config.data.data_dir=...` reaches the evaluators too."""
+    for ev in config.evals.values():
+        with ev.data.unlocked():
+            ev.data.name = ev.data.name or config.data.name
+            ev.data.data_dir = ev.data.data_dir or config.data.data_dir
+            ev.data.batch_size = ev.data.batch_size or config.eval.batch_size
 
 
 def check_runtime(config, num_devices: int, process_count: int = 1) -> tuple:
@@ -141,6 +150,71 @@ def check_runtime(config, num_devices: int, process_count: int = 1) -> tuple:
     if config.total_steps < 1:
         raise ValueError(f"config.total_steps={config.total_steps}: must be >= 1")
     return shape
+
+
+def load_experiment(spec: str):
+    """`experiments/x.py[:arg]` -> the ConfigDict its `get_config(arg)` returns."""
+    import importlib.util
+    import os
+
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--config {spec!r}: no experiment file {path!r}")
+    mod_spec = importlib.util.spec_from_file_location(f"experiment_{os.path.basename(path)[:-3]}", path)
+    module = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(module)
+    return module.get_config(arg or None)
+
+
+def _parse_value(text: str, like):
+    import ast
+
+    if isinstance(like, bool):
+        if text.lower() in ("true", "1", "yes"):
+            return True
+        if text.lower() in ("false", "0", "no"):
+            return False
+        raise ValueError(f"expected true/false, got {text!r}")
+    if isinstance(like, str):
+        return text
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        if like is None:
+            return text
+        raise ValueError(f"cannot parse {text!r} as {type(like).__name__}") from None
+    if isinstance(like, float) and isinstance(value, int):
+        value = float(value)
+    return value
+
+
+def apply_overrides(config, overrides, task_defaults: dict = None):
+    """Apply `[('optimizer.lr', '1e-3'), ...]` to the config merged with the defaults (so any core key can be
+    overridden); values are parsed to the type of the key they replace. Returns the merged config."""
+    merged = resolve(config, task_defaults)
+    for key, text in overrides:
+        node, parts = merged, key.split(".")
+        for i, p in enumerate(parts[:-1]):
+            if p not in node:
+                raise _unknown("config" + "".join("." + q for q in parts[:i]), p, node.keys())
+            node = node[p]
+        last = parts[-1]
+        free = parts[0] in FREE_FORM
+        if last not in node and not free:
+            raise _unknown("config" + "".join("." + q for q in parts[:-1]), last, node.keys())
+        like = node[last] if last in node else None
+        try:
+            value = _parse_value(text, like)
+        except ValueError as e:
+            raise ValueError(f"--config.{key}={text}: {e}") from None
+        with node.unlocked():
+            if last in node and value is not None and not _type_ok(like, value):
+                raise ValueError(f"--config.{key}={text}: wrong type {type(value).__name__}, "
+                                 f"expected {type(like).__name__}")
+            if last in node:
+                del node[last]
+            node[last] = value
+    return merged
 
 
 def to_json(config) -> str:

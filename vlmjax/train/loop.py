@@ -39,6 +39,7 @@ class Trainer:
     def __init__(self, config, workdir: str, devices=None):
         task_cls = get_task_class(config.get("task", ""))
         self.config = cfg = config_lib.resolve(config, getattr(task_cls, "config_defaults", dict)())
+        config_lib.fill_eval_data(cfg)
         self.workdir = workdir
         for where, specs in [("config.data.preprocess", cfg.data.preprocess)] + [
                 (f"config.evals.{n}.data.preprocess", e.data.preprocess) for n, e in cfg.evals.items()]:

@@ -9,10 +9,9 @@ import os
 import sys
 
 from absl import app, flags
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment file, e.g. experiments/vit_scenes.py[:arg].",
-                                          lock_config=False)
+_CONFIG = flags.DEFINE_string("config", None, "Experiment file, e.g. experiments/vit_scenes.py[:arg]; "
+                              "override any key with --config.<key>=<value>.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics.jsonl, TensorBoard events go.")
 _COORD = flags.DEFINE_string("coordinator_address", "", "host:port of process 0, for multi-process runs.")
 _NPROC = flags.DEFINE_integer("num_processes", 0, "Number of processes (with --coordinator_address).")
@@ -25,9 +24,15 @@ def _main(argv):
     from vlmjax.train import distributed
     from vlmjax.train.loop import train
 
+    from vlmjax.tasks import get_task_class
+    from vlmjax.train import config as config_lib
+
     distributed.initialize(_COORD.value, _NPROC.value, _PID.value, _DIST.value)
     try:
-        metrics = train(_CONFIG.value, _WORKDIR.value)
+        config = config_lib.load_experiment(_CONFIG.value)
+        task_defaults = get_task_class(config.get("task", "")).config_defaults()
+        config = config_lib.apply_overrides(config, _OVERRIDES, task_defaults)
+        metrics = train(config, _WORKDIR.value)
     except (ValueError, FileNotFoundError, KeyError, FloatingPointError) as e:
         # Configuration and data errors carry a message naming the key/file: print it, not a traceback.
         if os.environ.get("VLMJAX_TRACEBACK"):
@@ -39,9 +44,32 @@ def _main(argv):
         print("final eval: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(final.items())))
 
 
+_OVERRIDES = []
+
+
+def split_overrides(argv):
+    """Take `--config.<key>=<value>` (or `--config.<key> <value>`) out of argv: (rest, [(key, value), ...])."""
+    rest, overrides, i = [], [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith("--config."):
+            key, eq, value = a[len("--config."):].partition("=")
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise SystemExit(f"error: {a} needs a value")
+                value, i = argv[i + 1], i + 1
+            overrides.append((key, value))
+        else:
+            rest.append(a)
+        i += 1
+    return rest, overrides
+
+
 def run():
+    argv, overrides = split_overrides(sys.argv)
+    _OVERRIDES[:] = overrides
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(_main)
+    app.run(_main, argv=argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,217 @@
+"""Preprocessing ops against independent numpy computations; spec validation messages; DropExample."""
+import io
+
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from vlmjax.data import ops
+from vlmjax.data.ops import DropExample, get_preprocess_fn, validate_specs
+
+
+def _img(h=24, w=32, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _encode(arr, fmt="PNG"):
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+def _run(specs, ex, seed=0, tokenizer=None):
+    return get_preprocess_fn(specs, tokenizer=tokenizer)(ex, np.random.default_rng(seed))
+
+
+class CharTokenizer:
+    """Independent stand-in: one id per character (ord + 10), pad 0, bos 1, eos 2."""
+    pad_id, bos_id, eos_id = 0, 1, 2
+
+    def encode(self, text):
+        return [ord(c) + 10 for c in text]
+
+
+# ---- images ------------------------------------------------------------------------------------------------------
+def test_decode_png_jpeg_gray_and_passthrough():
+    img = _img()
+    out = _run([dict(op="decode")], {"image": _encode(img)})["image"]
+    np.testing.assert_array_equal(out, img)
+    smooth = np.broadcast_to(np.linspace(0, 255, 32, dtype=np.uint8)[None, :, None], (24, 32, 3)).copy()
+    jpg = _run([dict(op="decode")], {"image": _encode(smooth, "JPEG")})["image"]
+    assert jpg.shape == (24, 32, 3) and np.abs(jpg.astype(int) - smooth).mean() < 3
+    gray = _run([dict(op="decode")], {"image": _encode(img[..., 0])})["image"]
+    assert gray.shape == (24, 32, 3) and all((gray[..., c] == img[..., 0]).all() for c in range(3))
+    wrapped = _run([dict(op="decode")], {"image": np.array(_encode(img), dtype=object)})["image"]
+    np.testing.assert_array_equal(wrapped, img)
+    assert _run([dict(op="decode")], {"image": img})["image"] is img
+
+
+@pytest.mark.parametrize("bad", [b"\x89PNG this is not an image", b"", None])
+def test_decode_corrupt_raises_drop(bad):
+    data = _encode(_img())[:60] if bad is None else bad  # None: a truncated real PNG
+    with pytest.raises(DropExample) as e:
+        _run([dict(op="decode")], {"image": data})
+    assert e.value.reason == "corrupt_image"
+
+
+def test_resize_nearest_matches_index_formula():
+    img = _img(20, 30)
+    out = _run([dict(op="resize", size=[8, 12], method="nearest")], {"image": img})["image"]
+    rows = np.floor((np.arange(8) + 0.5) * 20 / 8).astype(int)
+    cols = np.floor((np.arange(12) + 0.5) * 30 / 12).astype(int)
+    np.testing.assert_array_equal(out, img[rows][:, cols])
+
+
+def test_resize_bilinear_preserves_linear_ramps():
+    h, w = 40, 60
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    img = np.stack([2 * xx + 30, 3 * yy + 20, xx + yy + 40], -1).round().astype(np.uint8)
+    for size, (oh, ow) in [(20, (20, 20)), ([30, 45], (30, 45))]:
+        raw = _run([dict(op="resize", size=size)], {"image": img})["image"]
+        assert raw.shape == (oh, ow, 3) and raw.dtype == np.uint8
+        out = raw.astype(np.float64)
+        # Output pixel centre (i + 0.5) maps to input coordinate (i + 0.5) * in / out - 0.5.
+        sy = (np.arange(oh) + 0.5) * h / oh - 0.5
+        sx = (np.arange(ow) + 0.5) * w / ow - 0.5
+        ref = np.stack([2 * sx[None, :] + 30 + 0 * sy[:, None], 3 * sy[:, None] + 20 + 0 * sx[None, :],
+                        sx[None, :] + sy[:, None] + 40], -1)
+        inner = (slice(2, -2), slice(2, -2))
+        assert np.abs(out[inner] - ref[inner]).max() <= 1.01
+    f = img.astype(np.float32) / 255
+    outf = _run([dict(op="resize", size=20)], {"image": f})["image"]
+    assert outf.dtype == np.float32
+    np.testing.assert_allclose(outf * 255, _run([dict(op="resize", size=20)], {"image": img})["image"], atol=1.01)
+
+
+def test_center_crop_matches_slicing():
+    img = _img(7, 9)
+    out = _run([dict(op="center_crop", size=4)], {"image": img})["image"]
+    np.testing.assert_array_equal(out, img[1:5, 2:6])
+    out = _run([dict(op="center_crop", size=[7, 3])], {"image": img})["image"]
+    np.testing.assert_array_equal(out, img[:, 3:6])
+
+
+def test_crop_boxes_respect_scale_and_ratio():
+    rng = np.random.default_rng(0)
+    boxes = [ops.sample_crop_box(48, 64, rng, (0.3, 0.9), (0.5, 2.0)) for _ in range(300)]
+    for t, l, ch, cw in boxes:
+        assert 0 <= t and t + ch <= 48 and 0 <= l and l + cw <= 64
+        assert 0.3 - 0.05 <= ch * cw / (48 * 64) <= 0.9 + 0.05
+        assert 0.5 * 0.9 <= cw / ch <= 2.0 * 1.1
+    assert len(set(boxes)) > 250
+    # A window that cannot fit (ratio far from the image's) falls back to the largest central crop.
+    assert ops.sample_crop_box(10, 100, np.random.default_rng(0), (0.9, 1.0), (1.0, 1.0)) == (0, 45, 10, 10)
+
+
+def test_random_resized_crop_is_resize_of_sampled_window():
+    img = _img(48, 64)
+    spec = dict(op="random_resized_crop", size=16, scale=[0.3, 0.9])
+    for seed in range(3):
+        out = _run([spec], {"image": img}, seed=seed)["image"]
+        t, l, ch, cw = ops.sample_crop_box(48, 64, np.random.default_rng(seed), (0.3, 0.9), (3 / 4, 4 / 3))
+        ref = np.asarray(Image.fromarray(img[t:t + ch, l:l + cw]).resize((16, 16), Image.BILINEAR))
+        np.testing.assert_array_equal(out, ref)
+    whole = _run([dict(op="random_resized_crop", size=12, scale=[1, 1], ratio=[1, 1])], {"image": img[:, :48]})
+    np.testing.assert_array_equal(whole["image"], np.asarray(Image.fromarray(img[:, :48]).resize((12, 12),
+                                                                                                  Image.BILINEAR)))
+
+
+def test_flip_lr():
+    img = _img()
+    np.testing.assert_array_equal(_run([dict(op="flip_lr", p=1.0)], {"image": img})["image"], img[:, ::-1])
+    np.testing.assert_array_equal(_run([dict(op="flip_lr", p=0.0)], {"image": img})["image"], img)
+    flips = [not np.array_equal(_run([dict(op="flip_lr")], {"image": img}, seed=s)["image"], img) for s in range(400)]
+    assert 0.4 < np.mean(flips) < 0.6
+
+
+def test_value_range():
+    img = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, -1)
+    out = _run([dict(op="value_range", vmin=-1, vmax=1)], {"image": img})["image"]
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, img.astype(np.float64) / 255 * 2 - 1, atol=1e-6)
+    out = _run([dict(op="value_range", vmin=0, vmax=1)], {"image": img})["image"]
+    assert out.min() == 0 and abs(out.max() - 1) < 1e-6
+
+
+# ---- text and fields ---------------------------------------------------------------------------------------------
+def test_choice_single_and_aligned():
+    caps = [b"a", b"b", b"c"]
+    picks = {_run([dict(op="choice", key="captions", out="caption")], {"captions": caps}, seed=s)["caption"]
+             for s in range(40)}
+    assert picks == set(caps)
+    qs, ans = [f"q{i}" for i in range(5)], [f"a{i}" for i in range(5)]
+    spec = dict(op="choice", key=["questions", "answers"], out=["question", "answer"])
+    for s in range(30):
+        ex = _run([spec], {"questions": qs, "answers": ans}, seed=s)
+        assert ex["question"][1:] == ex["answer"][1:] and ex["questions"] == qs
+    with pytest.raises(DropExample):
+        _run([dict(op="choice", key="captions")], {"captions": []})
+
+
+def test_tokenize_pads_masks_and_truncates():
+    tok = CharTokenizer()
+    spec = dict(op="tokenize", key="caption", max_len=6)
+    ex = _run([spec], {"caption": b"abc"}, tokenizer=tok)
+    np.testing.assert_array_equal(ex["caption"], [ord("a") + 10, ord("b") + 10, ord("c") + 10, 2, 0, 0])
+    np.testing.assert_array_equal(ex["caption_mask"], [1, 1, 1, 1, 0, 0])
+    assert ex["caption"].dtype == np.int32
+    ex = _run([dict(spec, out="ids", bos=True, eos=False)], {"caption": "abc"}, tokenizer=tok)
+    np.testing.assert_array_equal(ex["ids"], [1, ord("a") + 10, ord("b") + 10, ord("c") + 10, 0, 0])
+    assert ex["caption"] == "abc"
+    long = _run([spec], {"caption": "abcdefgh"}, tokenizer=tok)
+    np.testing.assert_array_equal(long["caption"], [ord(c) + 10 for c in "abcdef"])
+    assert long["caption_mask"].all()
+    for empty in ["", "   ", b" \n"]:
+        with pytest.raises(DropExample) as e:
+            _run([spec], {"caption": empty}, tokenizer=tok)
+        assert e.value.reason == "empty_caption"
+
+
+def test_keep_rename_copy():
+    ex = {"a": 1, "b": 2, "c": 3}
+    assert _run([dict(op="keep", keys=["a", "c"])], ex) == {"a": 1, "c": 3}
+    assert _run([dict(op="rename", mapping={"a": "x", "b": "a"})], ex) == {"x": 1, "a": 2, "c": 3}
+    assert _run([dict(op="copy", mapping={"a": "z"})], ex) == {"a": 1, "b": 2, "c": 3, "z": 1}
+    assert ex == {"a": 1, "b": 2, "c": 3}  # input not modified
+    with pytest.raises(KeyError, match="'nope'"):
+        _run([dict(op="keep", keys=["nope"])], ex)
+
+
+def test_chain_is_deterministic_given_rng():
+    specs = [dict(op="decode"), dict(op="random_resized_crop", size=16), dict(op="flip_lr"),
+             dict(op="value_range"), dict(op="choice", key="captions", out="caption"), dict(op="keep", keys=[
+                 "image", "caption"])]
+    ex = {"image": _encode(_img(32, 32)), "captions": [f"c{i}" for i in range(10)], "label": 3}
+    a, b, c = _run(specs, ex, seed=5), _run(specs, ex, seed=5), _run(specs, ex, seed=6)
+    assert set(a) == {"image", "caption"} and a["image"].shape == (16, 16, 3)
+    np.testing.assert_array_equal(a["image"], b["image"])
+    assert a["caption"] == b["caption"]
+    assert not np.array_equal(a["image"], c["image"])
+
+
+# ---- validation --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("specs,message", [
+    ([dict(op="decode"), dict(op="flip_lr"), dict(op="resize", sise=8)],
+     "preprocess[2] ('resize'): unknown argument 'sise'; expected one of: size, key, method"),
+    ([dict(op="resise", size=8)], "preprocess[0]: unknown op 'resise' (did you mean 'resize'?)"),
+    ([dict(op="resize")], "preprocess[0] ('resize'): missing argument 'size'"),
+    ([dict(op="resize", size=[8, -1])], "preprocess[0] ('resize'): size must be a positive int or [h, w]"),
+    ([dict(op="flip_lr", p=2)], "preprocess[0] ('flip_lr'): p must be in [0, 1]"),
+    ([dict(op="tokenize", max_len=0)], "preprocess[0] ('tokenize'): max_len must be a positive int"),
+    ([dict(op="tokenize", max_len=8, tokenizer="x")], "preprocess[0] ('tokenize'): unknown argument 'tokenizer'"),
+    ([dict(size=8)], "preprocess[0]: unknown op None"),
+])
+def test_validate_specs_messages(specs, message):
+    with pytest.raises(ValueError) as e:
+        validate_specs(specs)
+    assert message in str(e.value)
+
+
+def test_validate_accepts_config_dicts_and_tokenize_needs_tokenizer():
+    cfg = ml_collections.ConfigDict({"pp": [dict(op="resize", size=[8, 8]), dict(op="rename", mapping={"a": "b"}),
+                                            dict(op="tokenize", key="caption", max_len=8)]})
+    validate_specs(cfg.pp)
+    validate_specs([ml_collections.ConfigDict(s) for s in cfg.pp])
+    with pytest.raises(ValueError, match=r"preprocess\[2\] \('tokenize'\): needs a tokenizer"):
+        get_preprocess_fn(cfg.pp)
