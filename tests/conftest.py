@@ -19,7 +19,13 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 @pytest.fixture(scope="session")
 def scenes_tiny_dir(tmp_path_factory):
     """data_dir holding the built `scenes/tiny` dataset, built once per test run (shared by xdist workers)."""
-    root = tmp_path_factory.getbasetemp().parent / "scenes_tiny"
+    import hashlib
+
+    import vlmjax.data.scenes as scenes_module
+
+    # Keyed on the builder's source: a changed generator never reads a stale build.
+    digest = hashlib.sha1(open(scenes_module.__file__, "rb").read()).hexdigest()[:12]
+    root = tmp_path_factory.getbasetemp().parent / f"scenes_tiny_{digest}"
     root.mkdir(exist_ok=True)
     with open(root / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

@@ -43,6 +43,7 @@ def _classify(m):
 @pytest.mark.parametrize("size", [32, 64])
 def test_pixels_match_objects(size):
     small, large = S.extents(size)
+    areas = {"small": [], "large": []}
     for seed in SEEDS:
         img, objs = S.render_scene(seed, size)
         assert img.shape == (size, size, 3) and img.dtype == np.uint8
@@ -61,8 +62,10 @@ def test_pixels_match_objects(size):
             extent = max(y1 - y0, x1 - x0)
             assert (extent > (small + large) / 2) == (o["size"] == "large"), (seed, o, extent)
             assert extent >= 6  # visible at 32 px
+            areas[o["size"]].append(int(m.sum()))
             centre = img[int(cy), int(cx)].astype(np.float32)
             assert np.abs(centre - S.RGB[S.COLORS.index(o["color"])]).max() <= S.COLOR_JITTER + 1
+    assert min(areas["large"]) > max(areas["small"])  # "largest" by size class is also largest in pixels
 
 
 def test_render_is_deterministic_and_varied():

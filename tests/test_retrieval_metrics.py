@@ -1,0 +1,99 @@
+"""Zero-shot and retrieval metrics on hand-made embeddings with known answers, and against brute-force sorting."""
+import numpy as np
+import pytest
+
+from vlmjax.tasks.retrieval_metrics import (PROMPT_TEMPLATES, retrieval_recall, zeroshot_accuracy,
+                                            zeroshot_classifier)
+
+
+def unit(*v):
+    v = np.asarray(v, np.float64)
+    return v / np.linalg.norm(v)
+
+
+def test_prompt_templates_format():
+    assert len(PROMPT_TEMPLATES) >= 3
+    assert all(t.format("dog").count("dog") == 1 for t in PROMPT_TEMPLATES)
+
+
+def test_zeroshot_classifier_normalises_each_template_before_averaging():
+    # Template 0 is long and leans towards e4, template 1 is short and leans away by the same angle: only
+    # per-template normalisation cancels the lean (a plain mean would tilt towards e4).
+    c, d = 3, 5
+    eye = np.eye(d)
+    text = np.stack([np.stack([3.0 * (eye[i] + 0.5 * eye[4]), 0.2 * (eye[i] - 0.5 * eye[4])]) for i in range(c)])
+    clf = zeroshot_classifier(text)
+    assert clf.shape == (c, d)
+    np.testing.assert_allclose(clf, eye[:c], atol=1e-6)
+
+
+def test_zeroshot_accuracy_known_ranks():
+    classes = np.eye(6)
+    # Each image's scores are its row; the true class sits at rank 0, 1, 0, 5 and 2.
+    imgs = np.array([[.9, .1, 0, 0, 0, 0],
+                     [.9, .5, .1, 0, 0, 0],
+                     [0, 0, .2, .9, 0, 0],
+                     [.6, .5, .4, .3, .2, .1],
+                     [.1, .2, .9, .8, .7, 0]])
+    labels = np.array([0, 1, 3, 5, 4])
+    acc = zeroshot_accuracy(imgs, classes, labels)
+    assert acc["top1"] == pytest.approx(2 / 5)
+    assert acc["top5"] == pytest.approx(4 / 5)
+    # Fewer than five classes: no top-5 entry.
+    assert "top5" not in zeroshot_accuracy(imgs[:, :4], classes[:4, :4], np.array([0, 1, 3, 0, 2]))
+
+
+def test_retrieval_one_caption_each_two_of_four_ranked_first():
+    imgs = np.eye(4)
+    txts = np.stack([unit(1, 0, 0, 0),
+                     unit(0, 1, 0, 0),
+                     unit(0, .8, .6, 0),       # image 1 outranks its image 2: rank 1
+                     unit(.7, .6, 0, .39)])    # images 0 and 1 outrank image 3: rank 2
+    r = retrieval_recall(imgs, txts, np.arange(4), ks=(1, 2, 3))
+    assert (r["txt2img_r@1"], r["txt2img_r@2"], r["txt2img_r@3"]) == (0.5, 0.75, 1.0)
+    assert r["img2txt_r@1"] == 1.0
+
+
+def test_retrieval_any_caption_counts_for_image_queries():
+    imgs = np.eye(2)
+    txts = np.stack([unit(.6, .8), unit(.1, .995), unit(.8, .6), unit(0, 1)])
+    txt_to_img = np.array([0, 0, 1, 1])
+    r = retrieval_recall(imgs, txts, txt_to_img, ks=(1, 2))
+    # Image 1's first caption has two other captions above it, but its second ranks 1st; image 0's best ranks 2nd.
+    assert (r["img2txt_r@1"], r["img2txt_r@2"]) == (0.5, 1.0)
+    assert (r["txt2img_r@1"], r["txt2img_r@2"]) == (0.25, 1.0)
+
+
+def test_retrieval_matches_brute_force_sorting_and_chunking():
+    rng = np.random.RandomState(0)
+    n, m, d = 23, 50, 6
+    imgs, txts = rng.randn(n, d), rng.randn(m, d)
+    txt_to_img = rng.randint(0, n - 3, size=m)  # the last images have no captions
+    ks = (1, 5, 10)
+    sims = (imgs / np.linalg.norm(imgs, axis=1, keepdims=True)) @ (txts / np.linalg.norm(txts, axis=1,
+                                                                                          keepdims=True)).T
+    i2t = {k: [] for k in ks}
+    for i in range(n):
+        caps = set(np.flatnonzero(txt_to_img == i))
+        if not caps:
+            continue
+        order = list(np.argsort(-sims[i]))
+        first = min(order.index(j) for j in caps)
+        for k in ks:
+            i2t[k].append(first < k)
+    t2i = {k: [list(np.argsort(-sims[:, j])).index(txt_to_img[j]) < k for j in range(m)] for k in ks}
+    labels = rng.randint(0, 7, size=n)
+    top = np.argsort(-sims[:, :7], axis=1)
+    for chunk in (4, 4096):
+        r = retrieval_recall(imgs, txts, txt_to_img, ks=ks, chunk_size=chunk)
+        for k in ks:
+            assert r[f"img2txt_r@{k}"] == pytest.approx(np.mean(i2t[k]))
+            assert r[f"txt2img_r@{k}"] == pytest.approx(np.mean(t2i[k]))
+        z = zeroshot_accuracy(imgs, txts[:7], labels, chunk_size=chunk)
+        assert z["top1"] == pytest.approx(np.mean(top[:, 0] == labels))
+        assert z["top5"] == pytest.approx(np.mean([labels[i] in top[i, :5] for i in range(n)]))
+
+
+def test_retrieval_rejects_bad_indices():
+    with pytest.raises(ValueError, match="txt_to_img"):
+        retrieval_recall(np.eye(2), np.eye(2), np.array([0, 2]))
