@@ -6,6 +6,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from vlmjax.train.checkpoint import load_params_numpy
 from vlmjax.train.metrics import read_metrics
@@ -56,3 +57,28 @@ def jax_leaves(tree):
     import jax
 
     return jax.tree.leaves(tree)
+
+
+def test_eval_cli_reproduces_final_metrics(scenes_tiny_dir, tmp_path):
+    wd = str(tmp_path / "run")
+    _run(_cmd(wd, scenes_tiny_dir, 0)[:-1] + ["--config.total_steps=5"])
+    out = subprocess.run([sys.executable, "-m", "vlmjax.train.evaluate", f"--workdir={wd}", "--json"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    want = [r for r in read_metrics(wd) if "eval/test/accuracy" in r][-1]["eval/test/accuracy"]
+    line = [ln for ln in out.stdout.splitlines() if ln.startswith("eval/test/accuracy=")][0]
+    assert float(line.split("=")[1]) == pytest.approx(want, abs=1e-6)
+    assert os.path.exists(os.path.join(wd, "eval_5.json"))
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.optimizer.lrr=1e-3", "error: unknown key config.optimizer.lrr (did you mean 'lr'?)"),
+    ("--config.batch_size=abc", "error: --config.batch_size=abc: cannot parse 'abc' as int"),
+    ("--config.mesh.data=3", "error: config.mesh (data=3, fsdp=1, tensor=1): axis sizes multiply to 3, but there are 8"),
+])
+def test_cli_reports_bad_overrides_in_one_line(tmp_path, override, message):
+    out = subprocess.run([sys.executable, "-m", "vlmjax.train", "--config", "experiments/vit_scenes.py:runlocal",
+                          f"--workdir={tmp_path}", override], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr

@@ -217,5 +217,23 @@ def apply_overrides(config, overrides, task_defaults: dict = None):
     return merged
 
 
+def split_overrides(argv):
+    """Take `--config.<key>=<value>` (or `--config.<key> <value>`) out of argv: (rest, [(key, value), ...])."""
+    rest, overrides, i = [], [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith("--config."):
+            key, eq, value = a[len("--config."):].partition("=")
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise SystemExit(f"error: {a} needs a value")
+                value, i = argv[i + 1], i + 1
+            overrides.append((key, value))
+        else:
+            rest.append(a)
+        i += 1
+    return rest, overrides
+
+
 def to_json(config) -> str:
     return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)

@@ -47,25 +47,9 @@ def _main(argv):
 _OVERRIDES = []
 
 
-def split_overrides(argv):
-    """Take `--config.<key>=<value>` (or `--config.<key> <value>`) out of argv: (rest, [(key, value), ...])."""
-    rest, overrides, i = [], [], 0
-    while i < len(argv):
-        a = argv[i]
-        if a.startswith("--config."):
-            key, eq, value = a[len("--config."):].partition("=")
-            if not eq:
-                if i + 1 >= len(argv):
-                    raise SystemExit(f"error: {a} needs a value")
-                value, i = argv[i + 1], i + 1
-            overrides.append((key, value))
-        else:
-            rest.append(a)
-        i += 1
-    return rest, overrides
-
-
 def run():
+    from vlmjax.train.config import split_overrides
+
     argv, overrides = split_overrides(sys.argv)
     _OVERRIDES[:] = overrides
     flags.mark_flags_as_required(["config", "workdir"])

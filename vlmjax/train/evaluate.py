@@ -1,0 +1,86 @@
+"""`vlmjax-eval`: run an experiment's evaluators on a trained workdir's latest checkpoint.
+
+    vlmjax-eval --workdir workdirs/vit_scenes                      # the config saved with the run
+    vlmjax-eval --workdir W --config experiments/vit_scenes.py --config.evals.test.data.split=validation
+
+Prints `eval/<evaluator>/<metric>=value` lines; `--json` also writes them to `<workdir>/eval_<step>.json`.
+"""
+import json
+import os
+import sys
+
+from absl import app, flags
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A trained run's workdir.")
+_CONFIG = flags.DEFINE_string("config", None, "Experiment file[:arg]; default: <workdir>/config.json.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+_JSON = flags.DEFINE_bool("json", False, "Write the metrics to <workdir>/eval_<step>.json.")
+
+
+def load_run_config(workdir: str, spec: str = None):
+    """The experiment config of a run: `spec` if given, else the resolved config.json saved in the workdir."""
+    import ml_collections
+
+    from vlmjax.train import config as config_lib
+
+    if spec:
+        return config_lib.load_experiment(spec)
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--workdir {workdir!r}: no config.json (not a vlmjax run directory?)")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def evaluate_workdir(workdir: str, config, step: int = None) -> tuple:
+    """(step, {metric: value}) for the checkpoint `step` (latest by default) of `workdir`."""
+    import jax
+
+    from vlmjax.train.checkpoint import Checkpointer
+    from vlmjax.train.loop import Trainer
+
+    trainer = Trainer(config, workdir)
+    ckpt = Checkpointer(workdir, 1, None, async_save=False)
+    step = ckpt.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"--workdir {workdir!r}: no checkpoint to evaluate")
+    state, _ = ckpt.restore(step, trainer.abstract_state)
+    ckpt.close()
+    with jax.set_mesh(trainer.mesh):
+        return step, trainer.evaluate(state, step, only=True)
+
+
+def _main(argv):
+    del argv
+    from vlmjax.tasks import get_task_class
+    from vlmjax.train import config as config_lib
+
+    try:
+        config = load_run_config(_WORKDIR.value, _CONFIG.value)
+        defaults = get_task_class(config.get("task", "")).config_defaults()
+        config = config_lib.apply_overrides(config, _OVERRIDES, defaults)
+        step, metrics = evaluate_workdir(_WORKDIR.value, config, _STEP.value)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    for k, v in sorted(metrics.items()):
+        print(f"{k}={v:.6g}")
+    if _JSON.value:
+        with open(os.path.join(_WORKDIR.value, f"eval_{step}.json"), "w") as f:
+            json.dump({"step": step, **metrics}, f, indent=2)
+
+
+_OVERRIDES = []
+
+
+def run():
+    from vlmjax.train.config import split_overrides
+
+    argv, overrides = split_overrides(sys.argv)
+    _OVERRIDES[:] = overrides
+    flags.mark_flags_as_required(["workdir"])
+    app.run(_main, argv=argv)
+
+
+if __name__ == "__main__":
+    run()
