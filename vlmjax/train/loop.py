@@ -22,6 +22,7 @@ from vlmjax.tasks import get_task_class
 from vlmjax.train import config as config_lib
 from vlmjax.train.checkpoint import Checkpointer, load_params_numpy, merge_params
 from vlmjax.train.distributed import PreemptionWatcher
+from vlmjax.train.flops import cost_of, peak_flops
 from vlmjax.train.mesh import (batch_sharding, like_params_shardings, logical_shardings, make_mesh,
                                rules_from_config)
 from vlmjax.train.metrics import MetricWriter, Progress
@@ -36,7 +37,7 @@ def log(msg: str) -> None:
 class Trainer:
     """Holds the compiled pieces of one experiment; `run()` trains, `evaluate()` runs the evaluators."""
 
-    def __init__(self, config, workdir: str, devices=None):
+    def __init__(self, config, workdir: str, devices=None, open_data: bool = True):
         task_cls = get_task_class(config.get("task", ""))
         self.config = cfg = config_lib.resolve(config, getattr(task_cls, "config_defaults", dict)())
         config_lib.fill_eval_data(cfg)
@@ -53,14 +54,16 @@ class Trainer:
         config_lib.check_runtime(cfg, len(devices), jax.process_count())
         self.mesh = make_mesh(cfg.mesh, devices)
         self.rules = rules_from_config(cfg.sharding_rules)
-        self.train_source = make_source(cfg.data, cfg.data.split)
         self.evaluators = self.task.evaluators()
         self._eval_sources = {}
-        for name, ev in cfg.evals.items():  # a missing eval split fails now, not after an hour of training
-            self._eval_source(ev.data)
+        if open_data:  # a missing split fails now, not after an hour of training
+            self.train_source = make_source(cfg.data, cfg.data.split)
+            for name, ev in cfg.evals.items():
+                self._eval_source(ev.data)
         self.tx, self.schedule = make_optimizer(cfg.optimizer, cfg.schedule, cfg.total_steps)
         self._build_state_shardings()
         self._train_step = None
+        self._compiled = None
         self._predict_cache = {}
 
     # -- state -----------------------------------------------------------------------------------------------------
@@ -255,15 +258,26 @@ class Trainer:
                 for step in range(start + 1, cfg.total_steps + 1):
                     batch = next(train_iter)
                     self.task.check_batch(batch, f"train batch at step {step}")
-                    state, metrics = self._train_step(state, self._global_batch(batch))
+                    gbatch = self._global_batch(batch)
+                    if self._compiled is None:  # compile once, ahead of time, to read its FLOPs for MFU
+                        self._compiled = self._train_step.lower(state, gbatch).compile()
+                        self.step_flops = cost_of(self._compiled)["flops"]
+                        self.peak_flops, peak_src = peak_flops()
+                        log(f"train step: {self.step_flops:.4g} FLOPs per device; peak {self.peak_flops:.4g} "
+                            f"FLOP/s ({peak_src})")
+                    state, metrics = self._compiled(state, gbatch)
                     will_save = step == cfg.total_steps or ckpt.mngr.should_save(step)
                     if step % cfg.log_every_steps == 0 or will_save:
                         m = {k: float(v) for k, v in jax.device_get(metrics).items()}
                         m.update(train_iter.drop_metrics())
                         self._check_finite(m, step, ckpt)
                         if step % cfg.log_every_steps == 0 or step == cfg.total_steps:
+                            rate = progress.rate(step)
+                            if step > start + 1:  # the first interval includes compilation
+                                m["train/steps_per_s"] = rate
+                                m["train/mfu"] = self.step_flops * rate / self.peak_flops
                             writer.write(step, m)
-                            log(progress.line(step, m))
+                            log(progress.line(step, m, rate))
                             final.update(m)
                     evals = self.evaluate(state, step, writer)
                     if evals:

@@ -16,6 +16,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics.json
 _COORD = flags.DEFINE_string("coordinator_address", "", "host:port of process 0, for multi-process runs.")
 _NPROC = flags.DEFINE_integer("num_processes", 0, "Number of processes (with --coordinator_address).")
 _PID = flags.DEFINE_integer("process_id", -1, "This process's index (with --coordinator_address).")
+_DRY = flags.DEFINE_bool("dry_run", False, "Compile the train step and report memory/FLOPs/shardings; no training.")
+_NDEV = flags.DEFINE_integer("num_devices", 0, "With --dry_run: simulate this many CPU devices.")
+_TARGET = flags.DEFINE_string("target", "", "With --dry_run: chip to check memory against (tpu_v5p, h100, ...).")
+_MAXUNSH = flags.DEFINE_float("max_unsharded_fraction", 0.5, "With --dry_run: fail above this unsharded fraction.")
 _DIST = flags.DEFINE_enum("distributed", "", ["", "auto"], "'auto': let jax detect a TPU pod or SLURM cluster.")
 
 
@@ -32,6 +36,11 @@ def _main(argv):
         config = config_lib.load_experiment(_CONFIG.value)
         task_defaults = get_task_class(config.get("task", "")).config_defaults()
         config = config_lib.apply_overrides(config, _OVERRIDES, task_defaults)
+        if _DRY.value:
+            from vlmjax.train.dry_run import dry_run
+
+            dry_run(config, _TARGET.value, _MAXUNSH.value)
+            return
         metrics = train(config, _WORKDIR.value)
     except (ValueError, FileNotFoundError, KeyError, FloatingPointError) as e:
         # Configuration and data errors carry a message naming the key/file: print it, not a traceback.
@@ -52,6 +61,12 @@ def run():
 
     argv, overrides = split_overrides(sys.argv)
     _OVERRIDES[:] = overrides
+    for i, a in enumerate(argv):  # simulated devices must be requested before jax starts its backend
+        n = a.split("=", 1)[1] if a.startswith("--num_devices=") else (
+            argv[i + 1] if a == "--num_devices" and i + 1 < len(argv) else None)
+        if n:
+            os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                       f" --xla_force_host_platform_device_count={int(n)}").strip()
     flags.mark_flags_as_required(["config", "workdir"])
     app.run(_main, argv=argv)
 

@@ -84,17 +84,22 @@ def read_metrics(workdir: str) -> list:
 
 
 class Progress:
-    """Console progress line: step, loss, steps/s, examples/s, ETA."""
+    """Console progress line: step, loss, steps/s, examples/s, MFU, ETA."""
 
     def __init__(self, total_steps: int, batch_size: int, first_step: int):
         self.total, self.batch = total_steps, batch_size
         self._t, self._s = time.time(), first_step
 
-    def line(self, step: int, metrics: dict) -> str:
+    def rate(self, step: int) -> float:
+        """Steps/s since the previous call."""
         now = time.time()
         rate = (step - self._s) / max(now - self._t, 1e-9)
         self._t, self._s = now, step
+        return rate
+
+    def line(self, step: int, metrics: dict, rate: float) -> str:
         eta = (self.total - step) / max(rate, 1e-9)
         loss = metrics.get("train/loss", float("nan"))
-        return (f"step {step}/{self.total} | loss {loss:.4f} | {rate:.2f} steps/s | {rate * self.batch:.0f} ex/s | "
-                f"ETA {int(eta // 60)}m{int(eta % 60):02d}s")
+        mfu = f" | MFU {100 * metrics['train/mfu']:.1f}%" if "train/mfu" in metrics else ""
+        return (f"step {step}/{self.total} | loss {loss:.4f} | {rate:.2f} steps/s | {rate * self.batch:.0f} ex/s"
+                f"{mfu} | ETA {int(eta // 60)}m{int(eta % 60):02d}s")
