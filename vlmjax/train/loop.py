@@ -248,6 +248,7 @@ class Trainer:
         if self._train_step is None:
             self._train_step = self.train_step_fn()
         progress = Progress(cfg.total_steps, cfg.batch_size, start)
+        self.peak_flops, peak_src = peak_flops(self.mesh.devices.flat[0])  # outside the mesh: it runs a matmul
         preemption = PreemptionWatcher()
         final, self.preempted = {}, False
         if start >= cfg.total_steps:  # already finished: report its evaluation instead of silently exiting
@@ -262,7 +263,6 @@ class Trainer:
                     if self._compiled is None:  # compile once, ahead of time, to read its FLOPs for MFU
                         self._compiled = self._train_step.lower(state, gbatch).compile()
                         self.step_flops = cost_of(self._compiled)["flops"]
-                        self.peak_flops, peak_src = peak_flops()
                         log(f"train step: {self.step_flops:.4g} FLOPs per device; peak {self.peak_flops:.4g} "
                             f"FLOP/s ({peak_src})")
                     state, metrics = self._compiled(state, gbatch)
