@@ -17,12 +17,15 @@ from typing import Callable, Iterator, Optional
 import grain
 import numpy as np
 
+from vlmjax.data import filters  # noqa: F401  (registers the ALIGN filter ops)
 from vlmjax.data.ops import DropExample
 
 DROP_KEY = "_dropped"
 VALID_KEY = "_valid"
 
 _SOURCES = {}
+# Sources registered on import of their module, loaded only when a dataset name asks for them.
+_LAZY_SOURCES = {"webdataset": "vlmjax.data.webdataset"}
 
 
 def register_source(prefix: str):
@@ -54,6 +57,10 @@ def _tfds_source(cfg, split):
 def make_source(cfg, split: str):
     """Random-access source for `cfg.name` (a tfds name, or 'prefix:...' for a registered source)."""
     prefix = cfg.name.split(":", 1)[0] if ":" in cfg.name else None
+    if prefix in _LAZY_SOURCES and prefix not in _SOURCES:
+        import importlib
+
+        importlib.import_module(_LAZY_SOURCES[prefix])
     if prefix in _SOURCES:
         return _SOURCES[prefix](cfg, split)
     return _tfds_source(cfg, split)
