@@ -13,6 +13,8 @@ $(VENV)/.installed: setup.py
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
+	# HF parity test + PyTorch benchmark need torch (CPU wheel) and transformers; their absence only skips those.
+	$(BIN)/pip install -q -e '.[hf]' || echo "warning: torch/transformers not installed; HF parity test will skip"
 	touch $@
 
 venv: $(VENV)/.installed

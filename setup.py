@@ -28,11 +28,16 @@ setup(
     packages=find_packages(include=["vlmjax", "vlmjax.*"]),
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest==9.2.0", "pytest-xdist==3.8.0"]},
+    # torch + transformers only for the HF SigLIP parity test and the PyTorch speed benchmark (CPU wheel).
+    extras_require={"test": ["pytest==9.2.0", "pytest-xdist==3.8.0"],
+                    "hf": ["torch==2.13.0", "transformers==5.23.0", "safetensors==0.8.0"]},
     entry_points={
         "console_scripts": [
             "vlmjax-train=vlmjax.train.main:run",
             "vlmjax-eval=vlmjax.train.evaluate:run",
+            "vlmjax-zeroshot=vlmjax.zeroshot_cli:run",
+            "vlmjax-vq=vlmjax.vq_cli:run",
+            "vlmjax-predict=vlmjax.predict_cli:run",
         ],
     },
 )
