@@ -11,10 +11,14 @@ import sys
 
 from absl import app, flags
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A trained run's workdir.")
-_CONFIG = flags.DEFINE_string("config", None, "Experiment file[:arg]; default: <workdir>/config.json.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
-_JSON = flags.DEFINE_bool("json", False, "Write the metrics to <workdir>/eval_<step>.json.")
+
+
+def _define_flags():
+    """Defined when the CLI runs, not on import: other CLIs import this module's functions."""
+    flags.DEFINE_string("workdir", None, "A trained run's workdir.")
+    flags.DEFINE_string("config", None, "Experiment file[:arg]; default: <workdir>/config.json.")
+    flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+    flags.DEFINE_bool("json", False, "Write the metrics to <workdir>/eval_<step>.json.")
 
 
 def load_run_config(workdir: str, spec: str = None):
@@ -56,17 +60,18 @@ def _main(argv):
     from vlmjax.train import config as config_lib
 
     try:
-        config = load_run_config(_WORKDIR.value, _CONFIG.value)
+        F = flags.FLAGS
+        config = load_run_config(F.workdir, F.config)
         defaults = get_task_class(config.get("task", "")).config_defaults()
         config = config_lib.apply_overrides(config, _OVERRIDES, defaults)
-        step, metrics = evaluate_workdir(_WORKDIR.value, config, _STEP.value)
+        step, metrics = evaluate_workdir(F.workdir, config, F.step)
     except (ValueError, FileNotFoundError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     for k, v in sorted(metrics.items()):
         print(f"{k}={v:.6g}")
-    if _JSON.value:
-        with open(os.path.join(_WORKDIR.value, f"eval_{step}.json"), "w") as f:
+    if F.json:
+        with open(os.path.join(F.workdir, f"eval_{step}.json"), "w") as f:
             json.dump({"step": step, **metrics}, f, indent=2)
 
 
@@ -78,6 +83,7 @@ def run():
 
     argv, overrides = split_overrides(sys.argv)
     _OVERRIDES[:] = overrides
+    _define_flags()
     flags.mark_flags_as_required(["workdir"])
     app.run(_main, argv=argv)
 
