@@ -3,6 +3,9 @@ import importlib
 
 TASKS = {
     "classification": "vlmjax.tasks.classification:ClassificationTask",
+    "contrastive": "vlmjax.tasks.contrastive:ContrastiveTask",
+    "vqvae": "vlmjax.tasks.vqvae:VQVAETask",
+    "prefixlm": "vlmjax.tasks.prefixlm:PrefixLMTask",
 }
 
 
