@@ -36,14 +36,15 @@ def load_run_config(workdir: str, spec: str = None):
         return ml_collections.ConfigDict(json.load(f))
 
 
-def evaluate_workdir(workdir: str, config, step: int = None) -> tuple:
-    """(step, {metric: value}) for the checkpoint `step` (latest by default) of `workdir`."""
+def evaluate_workdir(workdir: str, config, step: int = None, devices=None) -> tuple:
+    """(step, {metric: value}) for the checkpoint `step` (latest by default) of `workdir`, on `devices`
+    (default: all; the mesh in `config` must fit them — any mesh works, checkpoints restore onto it)."""
     import jax
 
     from vlmjax.train.checkpoint import Checkpointer
     from vlmjax.train.loop import Trainer
 
-    trainer = Trainer(config, workdir)
+    trainer = Trainer(config, workdir, devices)
     ckpt = Checkpointer(workdir, 1, None, async_save=False)
     step = ckpt.latest_step() if step is None else step
     if step is None:

@@ -1,0 +1,189 @@
+"""Sigmoid (SigLIP) vs softmax (CLIP) loss at batch 32, 128 and 512 with the same number of examples seen.
+
+Trains small two-tower models on `scenes` (32 px, the siglip_scenes recipe shrunk) on one CPU device and reports
+zero-shot accuracy on the main-object label and retrieval R@1 on the test split. Regenerates, in one command:
+
+    .venv/bin/python benchmarks/contrastive_report.py            # ~10 min on 2 cores (needs `make data`)
+    .venv/bin/python benchmarks/contrastive_report.py --quick    # a 1-minute smoke run, nothing written to docs/
+
+Writes benchmarks/results/contrastive_report.json, docs/contrastive_batch_size.png and the results section of
+docs/contrastive.md (between the `results:begin` / `results:end` markers; the rest of the page is kept).
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+sys.path.insert(0, ROOT)
+from common import write_result  # noqa: E402
+
+DOC = os.path.join(ROOT, "docs", "contrastive.md")
+PLOT = os.path.join(ROOT, "docs", "contrastive_batch_size.png")
+BEGIN, END = "<!-- results:begin (written by benchmarks/contrastive_report.py) -->", "<!-- results:end -->"
+LOSSES = ("sigmoid", "softmax")
+COLORS = {"sigmoid": (31, 119, 180), "softmax": (214, 39, 40)}
+
+
+def run_config(loss: str, batch: int, examples: int, args):
+    """The siglip_scenes recipe at 32 px with small towers; steps = examples // batch, warmup 10% of them."""
+    from vlmjax.train.config import load_experiment
+
+    c = load_experiment(os.path.join(ROOT, "experiments", "siglip_scenes.py") + (":softmax" if loss == "softmax"
+                                                                                 else ""))
+    size = 32
+    resize = dict(op="resize", size=size, key="image", method="area")
+    with c.unlocked():
+        for pp in [c.data.preprocess] + [e.data.preprocess for e in c.evals.values()]:
+            pp.insert(1, resize)
+        c.data.data_dir = args.data_dir
+        c.tokenizer = os.path.join(args.data_dir, "scenes_spm.model")
+        c.image_size = size
+        c.batch_size = batch
+        c.total_steps = max(examples // batch, 1)
+        c.log_every_steps = max(c.total_steps // 4, 1)
+        c.schedule.warmup_steps = max(c.total_steps // 10, 1)
+        c.eval.every_steps = c.total_steps
+        for ev in c.evals.values():
+            ev.data.max_examples = args.eval_examples
+        c.model.image.update(width=48, depth=2, num_heads=2, mlp_dim=192)
+        c.model.text.update(width=48, depth=1, num_heads=2, mlp_dim=192)
+        c.model.out_dim = 48
+        c.mesh.data = 1
+        c.checkpoint.every_steps = c.total_steps
+        c.checkpoint.async_save = False
+    return c
+
+
+def sweep(args) -> list:
+    import jax
+
+    from vlmjax.train.loop import train
+
+    rows = []
+    for batch in args.batches:
+        for loss in LOSSES:
+            cfg = run_config(loss, batch, args.examples, args)
+            with tempfile.TemporaryDirectory() as wd:
+                t0 = time.time()
+                final = train(cfg, wd, devices=jax.devices()[:1])
+                secs = time.time() - t0
+            row = {"loss": loss, "batch": batch, "steps": cfg.total_steps, "examples": cfg.total_steps * batch,
+                   "seconds": round(secs, 1), "train_loss": final.get("train/loss"),
+                   "temperature": final.get("train/temperature"), "bias": final.get("train/bias"),
+                   "zeroshot": final["eval/zeroshot/accuracy"],
+                   "img2txt_r1": final["eval/retrieval/img2txt_r@1"], "txt2img_r1": final["eval/retrieval/txt2img_r@1"]}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
+# ---- plot (PIL only: no plotting dependency) -------------------------------------------------------------------
+def plot(rows, path: str, metrics=(("zeroshot", "zero-shot accuracy"), ("img2txt_r1", "image->text R@1"),
+                                   ("txt2img_r1", "text->image R@1"))):
+    """One panel per metric: metric vs batch size (log scale), a line per loss."""
+    pw, ph, m = 300, 240, 44
+    img = Image.new("RGB", (pw * len(metrics), ph + 30), "white")
+    d = ImageDraw.Draw(img)
+    batches = sorted({r["batch"] for r in rows})
+    xs = {b: i / max(len(batches) - 1, 1) for i, b in enumerate(batches)}
+    for p, (key, title) in enumerate(metrics):
+        x0, y0, w, h = p * pw + m, 20, pw - m - 14, ph - 50
+        d.text((x0, 4), title, fill="black")
+        d.rectangle([x0, y0, x0 + w, y0 + h], outline="black")
+        for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
+            y = y0 + h - frac * h
+            d.line([x0 - 3, y, x0, y], fill="black")
+            d.text((x0 - 30, y - 5), f"{frac:.2f}", fill="black")
+        for b in batches:
+            x = x0 + xs[b] * w
+            d.line([x, y0 + h, x, y0 + h + 3], fill="black")
+            d.text((x - 8, y0 + h + 6), str(b), fill="black")
+        d.text((x0 + w // 2 - 25, y0 + h + 20), "batch size", fill="black")
+        for loss in LOSSES:
+            pts = [(x0 + xs[r["batch"]] * w, y0 + h - r[key] * h) for r in sorted(rows, key=lambda r: r["batch"])
+                   if r["loss"] == loss]
+            if len(pts) > 1:
+                d.line(pts, fill=COLORS[loss], width=2)
+            for x, y in pts:
+                d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=COLORS[loss])
+    for i, loss in enumerate(LOSSES):
+        d.rectangle([10 + i * 110, ph + 12, 22 + i * 110, ph + 24], fill=COLORS[loss])
+        d.text((26 + i * 110, ph + 12), loss, fill="black")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    img.save(path)
+
+
+# ---- markdown ------------------------------------------------------------------------------------------------
+def summary(rows) -> list:
+    """Sentences comparing the losses at each batch size (computed, so they match the table)."""
+    by = {(r["loss"], r["batch"]): r for r in rows}
+    out = []
+    for b in sorted({r["batch"] for r in rows}):
+        s, x = by.get(("sigmoid", b)), by.get(("softmax", b))
+        if s and x:
+            dz = 100 * (s["zeroshot"] - x["zeroshot"])
+            dr = 100 * (s["img2txt_r1"] + s["txt2img_r1"] - x["img2txt_r1"] - x["txt2img_r1"]) / 2
+            out.append(f"- batch {b}: sigmoid {'+' if dz >= 0 else ''}{dz:.1f} points zero-shot and "
+                       f"{'+' if dr >= 0 else ''}{dr:.1f} points mean R@1 vs softmax.")
+    return out
+
+
+def markdown(rows, args) -> str:
+    lines = [BEGIN, "",
+             f"Same {args.examples} training examples for every run; zero-shot and retrieval on the first "
+             f"{args.eval_examples} test images; one seed (0) per cell. Regenerate with "
+             "`.venv/bin/python benchmarks/contrastive_report.py`.", "",
+             "| loss | batch | steps | zero-shot acc | img→txt R@1 | txt→img R@1 | final t | final b | wall s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["batch"], r["loss"])):
+        bias = "—" if r["bias"] is None else f"{r['bias']:.2f}"
+        lines.append(f"| {r['loss']} | {r['batch']} | {r['steps']} | {r['zeroshot']:.3f} | {r['img2txt_r1']:.3f} | "
+                     f"{r['txt2img_r1']:.3f} | {r['temperature']:.1f} | {bias} | {r['seconds']:.0f} |")
+    lines += ["", "![zero-shot accuracy and R@1 vs batch size](contrastive_batch_size.png)", ""]
+    lines += summary(rows) + ["", END]
+    return "\n".join(lines)
+
+
+def update_doc(text: str, path: str = DOC) -> None:
+    doc = open(path).read() if os.path.exists(path) else f"# Contrastive\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in doc or END not in doc:
+        doc += f"\n{BEGIN}\n{END}\n"
+    head, rest = doc.split(BEGIN, 1)
+    with open(path, "w") as f:
+        f.write(head + text + rest.split(END, 1)[1])
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data_dir", default=os.path.join(ROOT, "data", "tfds"))
+    p.add_argument("--examples", type=int, default=0, help="examples seen per run (default 49152; --quick 2048)")
+    p.add_argument("--batches", type=int, nargs="+", default=[32, 128, 512])
+    p.add_argument("--eval_examples", type=int, default=1000)
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args(argv)
+    args.examples = args.examples or (2048 if args.quick else 49152)
+    if args.quick:
+        args.eval_examples = min(args.eval_examples, 256)
+    t0 = time.time()
+    rows = sweep(args)
+    result = {"examples_per_run": args.examples, "eval_examples": args.eval_examples, "runs": rows,
+              "total_seconds": round(time.time() - t0, 1)}
+    if args.quick:
+        print(json.dumps(result, indent=2))
+        return
+    write_result("contrastive_report", result)
+    plot(rows, PLOT)
+    update_doc(markdown(rows, args))
+    print(f"wrote {PLOT} and the results of {DOC}")
+
+
+if __name__ == "__main__":
+    main()

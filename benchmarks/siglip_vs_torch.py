@@ -1,0 +1,180 @@
+"""SigLIP train-step throughput: ours (the Trainer's jitted step) vs HF transformers' PyTorch `SiglipModel`.
+
+Same architecture (our config comes from the HF config through `weight_import.siglip_model_config`), the SAME
+initial weights (the torch model's, imported with `weight_import.from_hf`), the same batch, the same sigmoid loss
+and AdamW (lr 1e-3, betas 0.9/0.999, eps 1e-8, weight decay 1e-4 on every parameter, no clipping, constant lr).
+The first steps' losses are compared to show both sides compute the same thing. Timings alternate between the two
+frameworks in one process, so machine load hits both alike; the median of the rounds is reported.
+
+    .venv/bin/python benchmarks/siglip_vs_torch.py [--sizes scenes,tiny] [--batch 64] [--rounds 5] [--steps 3]
+                                                   [--threads 1]
+
+Threads: both frameworks get the same number of intra-op threads (default 1). The cores of this machine are shared
+with other processes, and a multi-threaded torch step then collapses (its OpenMP workers spin-wait for cores others
+hold: 2-3 s instead of 0.25 s per step, measured), which would flatter us; one thread each compares per-core
+efficiency. `--threads 2` on a quiet machine measures both on all cores.
+
+Writes benchmarks/results/siglip_vs_torch.json. Target: ours >= 2x torch's examples/s.
+"""
+import argparse
+import os
+
+
+def _args(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="scenes,tiny")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=3, help="steps per timed round")
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads for both frameworks")
+    return ap.parse_known_args(argv)[0]
+
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if __name__ == "__main__" and _args().threads == 1:  # XLA reads its thread settings when jax starts
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
+                               "intra_op_parallelism_threads=1").strip()
+
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import write_result  # noqa: E402
+
+from vlmjax.data import pipeline  # noqa: E402
+from vlmjax.data.tokenizer import train_from_texts  # noqa: E402
+from vlmjax.models import weight_import  # noqa: E402
+from vlmjax.train.loop import Trainer  # noqa: E402
+
+# (vision, text) HF config kwargs. 'scenes': the width/depth class of experiments/siglip_scenes.py; 'tiny': ViT-Ti
+# widths (192, 3 heads) at 64 px / patch 8 and a 16-token text, 4 layers per tower.
+SIZES = {
+    "scenes": (dict(hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=2,
+                    image_size=64, patch_size=8),
+               dict(vocab_size=1000, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                    num_attention_heads=2, max_position_embeddings=24)),
+    "tiny": (dict(hidden_size=192, intermediate_size=768, num_hidden_layers=4, num_attention_heads=3,
+                  image_size=64, patch_size=8),
+             dict(vocab_size=1000, hidden_size=192, intermediate_size=768, num_hidden_layers=4,
+                  num_attention_heads=3, max_position_embeddings=16)),
+}
+LR, WD = 1e-3, 1e-4
+
+
+@pipeline.register_source("bench")
+def _bench_source(cfg, split):  # the Trainer opens a source; the timed steps get their batch directly
+    return [{"image": np.zeros((8, 8, 3), np.uint8), "text": "x"}]
+
+
+def torch_setup(hf_config, batch):
+    torch.manual_seed(0)
+    model = transformers.SiglipModel(hf_config).train()
+    with torch.no_grad():  # SigLIP's inits (HF zero-inits them when built from a config)
+        model.logit_scale.fill_(np.log(10.0))
+        model.logit_bias.fill_(-10.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=WD)
+    pixels = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).contiguous()
+    ids = torch.from_numpy(batch["text"].astype(np.int64))
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = model(input_ids=ids, pixel_values=pixels, return_loss=True).loss
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    return model, step
+
+
+def jax_setup(hf_config, torch_model, batch, workdir):
+    spec = weight_import.siglip_model_config(hf_config)
+    tok = train_from_texts([f"a photo of thing {i}" for i in range(200)], os.path.join(workdir, "spm.model"),
+                           vocab_size=300)
+    c = ml_collections.ConfigDict()
+    c.task, c.tokenizer, c.loss, c.loss_impl = "contrastive", tok.path, "sigmoid", "dense"
+    c.image_size, c.text_len = spec["image_size"], spec["text_len"]
+    c.batch_size, c.total_steps = len(batch["image"]), 1000
+    c.model = spec["model"]
+    c.data = dict(name="bench:", preprocess=[])
+    c.optimizer = dict(name="adamw", lr=LR, b1=0.9, b2=0.999, eps=1e-8, weight_decay=WD, wd_mask=".*",
+                       clip_norm=0.0)
+    c.schedule = dict(name="constant")
+    c.mesh = dict(data=1, fsdp=1, tensor=1)
+    trainer = Trainer(c, workdir, devices=jax.devices()[:1])
+    state = trainer.init_state()
+    heads = (hf_config.vision_config.num_attention_heads, hf_config.text_config.num_attention_heads)
+    params = weight_import.nest(weight_import.from_hf(torch_model.state_dict(), *heads))
+    state["params"] = jax.device_put(params, trainer.state_shardings["params"])
+    state["opt_state"] = jax.jit(trainer.tx.init, out_shardings=trainer.state_shardings["opt_state"])(
+        state["params"])
+    gbatch = trainer._global_batch({"image": batch["image"], "text": batch["text"], "text_mask": batch["text_mask"]})
+    with jax.set_mesh(trainer.mesh):
+        compiled = trainer.train_step_fn().lower(state, gbatch).compile()
+    holder = {"state": state}
+
+    def step():
+        with jax.set_mesh(trainer.mesh):
+            holder["state"], metrics = compiled(holder["state"], gbatch)
+        return float(metrics["train/loss"])  # blocks until the step is done
+
+    return step
+
+
+def bench(name, batch_size, rounds, steps):
+    vision, text = SIZES[name]
+    hf_config = transformers.SiglipConfig(vision_config=vision, text_config=text)
+    rng = np.random.default_rng(0)
+    s, n = vision["image_size"], text["max_position_embeddings"]
+    batch = {"image": rng.uniform(-1, 1, (batch_size, s, s, 3)).astype(np.float32),
+             "text": rng.integers(4, text["vocab_size"], (batch_size, n)).astype(np.int32),
+             "text_mask": np.ones((batch_size, n), np.int32)}
+    torch_model, torch_step = torch_setup(hf_config, batch)
+    with tempfile.TemporaryDirectory() as workdir:
+        t0 = time.perf_counter()
+        jax_step = jax_setup(hf_config, torch_model, batch, workdir)  # copies torch's weights before it trains
+        compile_s = time.perf_counter() - t0
+        losses = {"ours": [jax_step() for _ in range(3)], "torch": [torch_step() for _ in range(3)]}
+        times = {"ours": [], "torch": []}
+        for _ in range(rounds):  # alternate, so load from other processes hits both alike
+            for key, fn in (("ours", jax_step), ("torch", torch_step)):
+                t = time.perf_counter()
+                for _ in range(steps):
+                    fn()
+                times[key].append((time.perf_counter() - t) / steps)
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    eps = {k: batch_size / v for k, v in med.items()}
+    n_params = sum(p.numel() for p in torch_model.parameters())
+    return {"vision": vision, "text": text, "batch": batch_size, "params": int(n_params),
+            "examples_per_s": eps, "step_s_median": med, "step_s_all": times, "speedup": eps["ours"] / eps["torch"],
+            "first_losses": losses, "max_loss_diff_first_3_steps": float(np.max(np.abs(
+                np.array(losses["ours"]) - np.array(losses["torch"])))), "ours_setup_compile_s": compile_s}
+
+
+def main():
+    args = _args()
+    torch.set_num_threads(args.threads)
+    results = {}
+    for name in args.sizes.split(","):
+        results[name] = bench(name, args.batch, args.rounds, args.steps)
+        print(f"{name}: ours {results[name]['examples_per_s']['ours']:.1f} ex/s, torch "
+              f"{results[name]['examples_per_s']['torch']:.1f} ex/s -> {results[name]['speedup']:.2f}x", flush=True)
+    write_result("siglip_vs_torch", {
+        "what": "SigLIP train step examples/s, ours (jax, Trainer step) vs HF transformers SiglipModel (torch eager), "
+                "same sizes/weights/batch/AdamW, one process on this CPU, alternating rounds, median",
+        "target": "speedup >= 2", "results": results,
+        "versions": {"jax": jax.__version__, "torch": torch.__version__, "transformers": transformers.__version__},
+        "threads_per_framework": args.threads, "torch_threads": torch.get_num_threads(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "load_average_at_end": os.getloadavg(),  # other processes on the shared cores; > cpu_count means contention
+        "min_speedup": min(r["speedup"] for r in results.values())})
+
+
+if __name__ == "__main__":
+    main()
