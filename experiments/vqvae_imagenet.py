@@ -1,7 +1,7 @@
 r"""Pod-scale VQ-VAE tokenizer on ImageNet 256: f = 16 (16x16 codes), 16384 l2-normalised 8-dim codes.
 
     vlmjax-train --config experiments/vqvae_imagenet.py --workdir gs://BUCKET/vqvae_imagenet --distributed=auto
-    vlmjax-train --config experiments/vqvae_imagenet.py:runlocal --workdir /tmp/vqvae_imagenet_local  # CPU, seconds
+    vlmjax-train --config experiments/vqvae_imagenet.py:runlocal --workdir /tmp/vqvae_imagenet_local  # CPU, ~1 min
 
 The quantizer follows ViT-VQGAN / LlamaGen's recipe against codebook collapse at 16k codes: the encoder output
 (z_channels wide) is projected to 8 dimensions, l2-normalised together with the codes, and searched there; unused

@@ -1,7 +1,7 @@
 r"""VQ-VAE tokenizer (f = 8: 8x8 codes per 64 px image, 1024 codes) on the built-in `scenes` dataset, on CPU.
 
     vlmjax-train --config experiments/vqvae_scenes.py --workdir workdirs/vqvae_scenes
-    vlmjax-train --config experiments/vqvae_scenes.py:runlocal --workdir /tmp/vqvae_scenes   # seconds, smoke test
+    vlmjax-train --config experiments/vqvae_scenes.py:runlocal --workdir /tmp/vqvae_scenes   # smoke test, ~1 min
     vlmjax-vq encode --workdir workdirs/vqvae_scenes a.png --out codes.npy                  # then `decode`
 
 Target (issue 4): PSNR >= 28 dB on the scenes test split with codebook usage >= 90%. Measured with this config

@@ -156,13 +156,17 @@ def test_training_reaches_psnr_and_usage(trained):
     # Windowed training usage and the split-wide usage are both reported.
     assert 0 < final["train/codebook_usage"] <= 1 and final["train/codebook_perplexity"] >= 1
     # Threshold: reconstructing each image by its mean colour scores `baseline` (computed here: 18.1 dB on these
-    # 256 scenes/tiny images, the flat backgrounds dominate); the reduced run measured 5.7 dB more. Requiring +3 dB
-    # leaves room for run-to-run noise yet fails unless the codes carry the shapes' positions and colours.
+    # 256 scenes/tiny images, the flat backgrounds dominate); the reduced run measured 22.9 dB (+4.8). Requiring
+    # +3 dB leaves room for numerical differences between machines yet fails unless the codes carry the shapes'
+    # positions and colours (200 steps, +3.0 dB, would not pass reliably: hence 300).
     x = out["image"]
-    baseline = float(np.mean(psnr(x, np.broadcast_to(x.mean(axis=(1, 2), keepdims=True), x.shape))))
+    mean_only = np.broadcast_to(x.mean(axis=(1, 2), keepdims=True), x.shape)
+    baseline = float(np.mean(psnr(x, mean_only)))
     assert final["eval/recon/psnr"] >= baseline + 3.0, (baseline, final)
-    assert final["eval/recon/ssim"] > 0.4, final  # about 0.6 measured; the mean-colour baseline is about 0.2
-    # Restarts every 20 steps: nearly all 64 codes are in use over the 256 evaluated test images (16k positions).
+    # SSIM barely separates them (flat regions score ~1 for any flat reconstruction): 0.68 measured vs 0.64.
+    assert final["eval/recon/ssim"] > float(np.mean(ssim(x, mean_only))), final
+    # Restarts every 20 steps: nearly all 64 codes are in use over the 256 evaluated test images (64k positions);
+    # measured 64/64 and perplexity 38 (a collapsed codebook scores a handful).
     assert final["eval/codebook/usage"] >= 0.9, final
     assert final["eval/codebook/perplexity"] > 0.4 * 64, final
 

@@ -14,7 +14,6 @@ import sys
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 from PIL import Image
 
@@ -22,6 +21,7 @@ from vlmjax.data import ops
 from vlmjax.tasks import get_task_class
 from vlmjax.tasks.image_metrics import to_uint8
 from vlmjax.train import config as config_lib
+from vlmjax.train.checkpoint import load_state_numpy
 from vlmjax.train.evaluate import load_run_config
 
 TOKENIZER_STATE = ("params", "model_state")
@@ -29,27 +29,7 @@ TOKENIZER_STATE = ("params", "model_state")
 
 def load_variables(workdir: str, step: int = None):
     """(step, {'params': ..., **model_state}) as host numpy arrays, from `workdir/checkpoints` (latest by default)."""
-    directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"--workdir {workdir!r}: no checkpoints directory at {directory}")
-    # Handlers named up front: without them a read-only manager returns no metadata for the items.
-    mngr = ocp.CheckpointManager(directory, item_names=("state", "data"),
-                                 item_handlers={"state": ocp.PyTreeCheckpointHandler(),
-                                                "data": ocp.JsonCheckpointHandler()},
-                                 options=ocp.CheckpointManagerOptions(read_only=True))
-    try:
-        step = mngr.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"--workdir {workdir!r}: no finished checkpoint in {directory}")
-        meta = mngr.item_metadata(step)["state"]
-        meta = getattr(meta, "tree", meta)
-        wanted = {k: meta[k] for k in TOKENIZER_STATE if k in meta}
-        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
-        # partial_restore: the optimizer state (2x the params for Adam) is never read.
-        state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            item=wanted, restore_args=restore_args, partial_restore=True))).state
-    finally:
-        mngr.close()
+    step, state = load_state_numpy(workdir, TOKENIZER_STATE, step, where="--workdir")
     return step, {"params": state["params"], **state.get("model_state", {})}
 
 

@@ -73,23 +73,38 @@ class Checkpointer:
         self.mngr.close()
 
 
-def load_params_numpy(workdir: str, step: int = None) -> dict:
-    """The params of another run's checkpoint (latest step by default) as host numpy arrays."""
+def load_state_numpy(workdir: str, keys=("params",), step: int = None, where: str = "config.init_from.workdir"):
+    """(step, {key: subtree}) of another run's train state as host numpy arrays (latest step by default).
+
+    Only the named top-level keys are read (`partial_restore`): the optimizer state is never loaded, and the arrays
+    land on the host whatever mesh wrote them.
+    """
     directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     if not os.path.isdir(directory):
-        raise FileNotFoundError(f"config.init_from.workdir={workdir!r}: no checkpoints directory at {directory}")
+        raise FileNotFoundError(f"{where}={workdir!r}: no checkpoints directory at {directory}")
+    # Handlers named up front: without them a read-only manager returns no metadata for the items.
     mngr = ocp.CheckpointManager(directory, item_names=("state", "data"),
+                                 item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                                                "data": ocp.JsonCheckpointHandler()},
                                  options=ocp.CheckpointManagerOptions(read_only=True))
-    step = mngr.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"config.init_from.workdir={workdir!r}: no finished checkpoint in {directory}")
-    meta = mngr.item_metadata(step)["state"]
-    meta = getattr(meta, "tree", meta)
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
-    state = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(item=None, restore_args=restore_args))).state
-    mngr.close()
-    return state["params"]
+    try:
+        step = mngr.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"{where}={workdir!r}: no finished checkpoint in {directory}")
+        meta = mngr.item_metadata(step)["state"]
+        meta = getattr(meta, "tree", meta)
+        wanted = {k: meta[k] for k in keys if k in meta}
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
+        state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item=wanted, restore_args=restore_args, partial_restore=True))).state
+    finally:
+        mngr.close()
+    return step, dict(state)
+
+
+def load_params_numpy(workdir: str, step: int = None) -> dict:
+    """The params of another run's checkpoint (latest step by default) as host numpy arrays."""
+    return load_state_numpy(workdir, ("params",), step)[1]["params"]
 
 
 def merge_params(params, loaded, include: str, rewrite, where: str = "config.init_from"):
