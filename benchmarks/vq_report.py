@@ -130,6 +130,24 @@ def findings(by, scenes) -> list:
     return out
 
 
+OPTIONS = [
+    "## Options not measured in this report", "",
+    "ViT encoder/decoder (ViT-VQGAN): `config.model.encoder` / `config.model.decoder` = `'conv'` (default) | "
+    "`'vit'`, mixable. A ViT side patchifies with `patch_size` = f (which must equal the conv side's "
+    "2^(len(ch_mult) - 1) when the sides are mixed) and is shaped by `vit_width`, `vit_depth`, `vit_heads`, "
+    "`vit_mlp_dim` (default 4 x width), `vit_posemb` (`'learn'` | `'sincos2d'`), `vit_remat_policy`, "
+    "`vit_scan_layers`; the encoder is the core's ViT without pooling, the decoder transformer blocks followed by a "
+    "linear map of each token to its f x f x 3 pixels. `experiments/vqvae_scenes.py:vit` trains one (not yet "
+    "measured).", "",
+    "Patch adversarial loss (VQGAN), off by default: `config.adversarial = dict(weight=0.0, start_step=0, "
+    "disc_channels=64, disc_layers=3, disc_norm_groups=8)`. With `weight` > 0 a PatchGAN discriminator "
+    "(`params['disc']`, GroupNorm, logits on an H / 2^disc_layers grid) is trained in the same step by the same "
+    "optimizer; from train step `start_step` on the loss adds `weight` x hinge generator loss + hinge "
+    "discriminator loss (both 0 before). Why one optimizer is two optimizers stepping together: "
+    "`vlmjax/losses/adversarial.py`. Not implemented: taming's adaptive weight and a perceptual (LPIPS) loss.",
+]
+
+
 def write_markdown(rows, scenes, path, png, grid_png, seconds):
     by = {(r["variant"], r["num_codes"]): r for r in rows}
     lines = [
@@ -157,6 +175,7 @@ def write_markdown(rows, scenes, path, png, grid_png, seconds):
     if scenes:
         lines += ["## `experiments/vqvae_scenes.py` (64 px, f = 8)", "",
                   "| metric | value |", "|---|---|"] + [f"| {k} | {v:.4f} |" for k, v in sorted(scenes.items())]
+    lines += [""] + OPTIONS
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 

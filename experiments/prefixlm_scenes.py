@@ -18,8 +18,7 @@ import ml_collections
 
 TYPES = ["color", "shape", "count", "relation"]
 TRAIN_KEYS = ["image", "tokens", "input_mask", "mask_ar", "mask_loss"]
-PROMPT_LEN = 24
-SIGLIP_WORKDIR = "workdirs/siglip_scenes"  # vlmjax-train --config experiments/siglip_scenes.py --workdir ...  # "<|user|> is the yellow triangle to the left of the purple cross?<|end|><|assistant|>" < 20
+PROMPT_LEN = 24  # "<|user|> is the yellow triangle to the left of the purple cross?<|end|><|assistant|>" < 20
 
 
 def image_pp(size=None):
@@ -69,11 +68,12 @@ def evals(stage, size=None, max_examples=0, text_len=32, max_turns=8):
     return ev
 
 
-def model(vit_width=64, vit_depth=3, lm_width=128, lm_depth=3, projector="linear", token_merge=2):
-    # The default ViT is experiments/siglip_scenes.py's image tower, so that its weights load by init_from.
+def model(vit_width=96, vit_depth=3, lm_width=128, lm_depth=3, projector="linear", token_merge=2, stem=64):
+    """stem > 0: the ViT's conv stem (4x4 patchify + a residual 3x3 conv, `stem` channels) then 2x2 patches, so
+    8x8 patches on the image either way (64 tokens at 64 px; token_merge 2 hands 16 of them to the LM)."""
     return dict(
-        vit=dict(patch_size=(8, 8), width=vit_width, depth=vit_depth, num_heads=max(vit_width // 32, 1),
-                 mlp_dim=4 * vit_width),
+        vit=dict(patch_size=(2, 2) if stem else (8, 8), width=vit_width, depth=vit_depth,
+                 num_heads=max(vit_width // 32, 1), mlp_dim=4 * vit_width, stem_channels=stem),
         lm=dict(width=lm_width, depth=lm_depth, num_heads=4, num_kv_heads=1, head_dim=lm_width // 4,
                 mlp_dim=3 * lm_width),
         projector=projector, feature_layer=-1, token_merge=token_merge)
@@ -103,10 +103,6 @@ def get_config(arg=None):
         c.total_steps, c.batch_size = 500, 64
         c.data = dict(name="scenes/default", split="train", preprocess=pretrain_pp(c.text_len))
         c.evals = evals("pretrain", max_examples=512, text_len=c.text_len)
-        # PaliGemma/LLaVA: the image tower comes from a contrastive run and stays frozen while the projector and
-        # the (here untrained) LM learn to read it. From scratch: --config.init_from.workdir= --config.optimizer.freeze=
-        c.init_from = dict(workdir=SIGLIP_WORKDIR, include="^vit/.*", rewrite=[("^vit/", "img/")])
-        c.optimizer.freeze = "^vit/.*"
     else:
         c.text_len = 112  # up to 8 turns of ~13 tokens; turns that do not fit are dropped whole
         c.total_steps, c.batch_size = 800, 64
@@ -125,7 +121,7 @@ def get_config(arg=None):
         c.evals = evals("chat", max_examples=32, text_len=c.text_len, max_turns=3)
         c.total_steps, c.batch_size, c.log_every_steps = 10, 8, 5
         c.eval.batch_size = 16
-        c.model = model(32, 1, 32, 2, token_merge=1)
+        c.model = model(32, 1, 32, 2, token_merge=1, stem=16)
         c.init_from = dict(workdir="", include=".*")
         c.schedule.warmup_steps = 2
         c.checkpoint = dict(every_steps=10, keep=1)

@@ -97,3 +97,62 @@ def test_retrieval_matches_brute_force_sorting_and_chunking():
 def test_retrieval_rejects_bad_indices():
     with pytest.raises(ValueError, match="txt_to_img"):
         retrieval_recall(np.eye(2), np.eye(2), np.array([0, 2]))
+
+
+def test_identical_captions_are_one_answer():
+    # Images 0 and 1 came with the same text (group 7), embedded once per image; image 2 has its own caption.
+    # Image 1 scores the copy that came with image 0 highest: still a hit, whichever copy rounding favours.
+    imgs = np.stack([unit(1, 0, 0), unit(1, .05, 0), unit(0, 0, 1)])
+    # The two copies differ slightly (a stand-in for rounding under another batch layout): image 1's copy scores a
+    # hair lower for both images.
+    txts = np.stack([unit(1, .02, 0), unit(1, .02, 1e-3), unit(0, .1, 1)])
+    txt_to_img, groups = np.array([0, 1, 2]), np.array([7, 7, 3])
+    r = retrieval_recall(imgs, txts, txt_to_img, ks=(1,), txt_groups=groups)
+    assert r["img2txt_r@1"] == 1.0 and r["txt2img_r@1"] == 1.0
+    # By caption index alone (no groups), image 1 and image 1's copy miss: decided by that hair.
+    r = retrieval_recall(imgs, txts, txt_to_img, ks=(1,))
+    assert r["img2txt_r@1"] == pytest.approx(2 / 3) and r["txt2img_r@1"] == pytest.approx(2 / 3)
+
+
+def test_other_exact_ties_count_in_the_query_favour():
+    # Caption 1 (image 1's) scores exactly as high for image 0 as image 0's own caption: no wrong item is strictly
+    # above, so image 0 is a hit at 1; the same rule for a zero-shot class tie.
+    imgs = np.stack([unit(1, 1), unit(0, 1)])
+    txts = np.stack([unit(1, 0), unit(0, 1)])
+    assert retrieval_recall(imgs, txts, np.arange(2), ks=(1,))["img2txt_r@1"] == 1.0
+    assert zeroshot_accuracy(imgs[:1], txts, np.array([1]))["top1"] == 1.0
+
+
+def test_grouped_retrieval_matches_brute_force():
+    """Against per-query loops over sets of texts (repeated captions, images without captions, chunking)."""
+    rng = np.random.RandomState(1)
+    n, m, d, ks = 17, 40, 5, (1, 3, 10)
+    imgs, txts = rng.randn(n, d), rng.randn(m, d)
+    txt_to_img = rng.randint(0, n - 2, size=m)
+    text = [f"caption {g}" for g in rng.randint(0, 12, size=m)]  # many repeated texts
+    for j in range(m):  # identical texts embed identically
+        txts[j] = txts[text.index(text[j])]
+    sims = (imgs / np.linalg.norm(imgs, axis=1, keepdims=True)) @ (txts / np.linalg.norm(txts, axis=1,
+                                                                                          keepdims=True)).T
+    texts_of = [{text[j] for j in range(m) if txt_to_img[j] == i} for i in range(n)]
+    i2t = {k: [] for k in ks}
+    for i in range(n):
+        if not texts_of[i]:
+            continue
+        best = max(sims[i, j] for j in range(m) if text[j] in texts_of[i])
+        above = sum(sims[i, j] > best for j in range(m) if text[j] not in texts_of[i])
+        for k in ks:
+            i2t[k].append(above < k)
+    t2i = {k: [] for k in ks}
+    for j in range(m):
+        best = max(sims[i, j] for i in range(n) if text[j] in texts_of[i])
+        above = sum(sims[i, j] > best for i in range(n) if text[j] not in texts_of[i])
+        for k in ks:
+            t2i[k].append(above < k)
+    groups = np.array([hash(t) % 1000 for t in text])  # any ids work: only equality matters
+    for chunk in (3, 4096):
+        r = retrieval_recall(imgs, txts, txt_to_img, ks=ks, chunk_size=chunk, txt_groups=groups)
+        for k in ks:
+            assert r[f"img2txt_r@{k}"] == pytest.approx(np.mean(i2t[k]))
+            assert r[f"txt2img_r@{k}"] == pytest.approx(np.mean(t2i[k]))
+    assert np.mean(t2i[1]) > retrieval_recall(imgs, txts, txt_to_img, ks=(1,))["txt2img_r@1"]  # groups matter here

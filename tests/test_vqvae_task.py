@@ -117,6 +117,12 @@ def tiny_config(data_dir, **over):
     ({"evals.recon.type": "psnr"}, "config.evals.recon.type='psnr': this task offers recon, codebook"),
     ({"evals.recon.num_imgs": 3}, "unknown key config.evals.recon.num_imgs (did you mean 'num_images'?)"),
     ({"model.num_code": 3}, "unknown key config.model.num_code (did you mean 'num_codes'?)"),
+    ({"model.encoder": "resnet"}, "config.model.encoder='resnet': expected one of 'conv', 'vit'"),
+    ({"model.decoder": "vit", "model.patch_size": 4}, "config.model.patch_size=4 differs from the conv side's f=2"),
+    ({"model.encoder": "vit", "model.decoder": "vit", "model.patch_size": 5},
+     "config.image_size=32 is not divisible by the downsampling factor f=5 (config.model.patch_size)"),
+    ({"adversarial": {"weight": 0.1, "disc_layer": 2}},
+     "unknown key config.adversarial.disc_layer (did you mean 'disc_layers'?)"),
 ])
 def test_validation_messages(over, message):
     with pytest.raises(ValueError) as e:
@@ -127,7 +133,8 @@ def test_validation_messages(over, message):
 
 def test_ema_state_is_created_replicated_on_the_mesh(scenes_tiny_dir, tmp_path):
     # The EMA codebook and its statistics are model state: created directly in their sharded layout by the core
-    # (this failed before VQVAETask.init re-boxed the quantizer's mesh-named `ema_sums`) and whole on every device.
+    # (this failed while the quantizer boxed `ema_sums` with mesh axis names instead of logical ones) and whole on
+    # every device.
     t = Trainer(tiny_config(scenes_tiny_dir, **{"model.ema": True}), str(tmp_path))
     stats = t.init_state()["model_state"]["vq_stats"]["quantizer"]
     assert set(stats) == {"codebook", "ema_counts", "ema_sums", "window_counts", "window_step"}

@@ -9,18 +9,21 @@ label for a sigmoid-loss run (independent: they need not sum to 1, as in SigLIP'
 labels of t * cos for a softmax-loss run.
 """
 import json
-import os
 import sys
 
 import numpy as np
 from absl import app, flags
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A trained contrastive run's workdir.")
-_IMAGE = flags.DEFINE_multi_string("image", None, "Image file (PNG/JPEG); may be repeated.")
-_LABELS = flags.DEFINE_string("labels", None, 'Comma-separated labels, e.g. "red circle,blue square".')
-_JSON = flags.DEFINE_bool("json", False, "Print one JSON object per image instead of a table.")
-
 IMAGE_OPS = ("decode", "resize", "center_crop", "value_range")
+
+
+def _define_flags():
+    """Defined when the CLI runs, not on import: tests and other CLIs import this module's functions, and absl
+    refuses a flag name (`workdir`, `json`) defined twice in one process."""
+    flags.DEFINE_string("workdir", None, "A trained contrastive run's workdir.")
+    flags.DEFINE_multi_string("image", None, "Image file (PNG/JPEG); may be repeated.")
+    flags.DEFINE_string("labels", None, 'Comma-separated labels, e.g. "red circle,blue square".')
+    flags.DEFINE_bool("json", False, "Print one JSON object per image instead of a table.")
 
 
 def image_preprocess(config) -> list:
@@ -60,18 +63,12 @@ def label_probabilities(task, params, images, labels, templates) -> np.ndarray:
 
 def load_run(workdir: str):
     """(task, host params) of a contrastive run's latest checkpoint."""
-    import ml_collections
-
     from vlmjax.tasks import get_task_class
     from vlmjax.train import config as config_lib
     from vlmjax.train.checkpoint import load_params_numpy
+    from vlmjax.train.evaluate import load_run_config
 
-    # Read here, not via vlmjax.train.evaluate, whose module-level absl flags would clash with ours.
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"--workdir {workdir!r}: no config.json (not a vlmjax run directory?)")
-    with open(path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+    config = load_run_config(workdir)
     task_cls = get_task_class(config.get("task", ""))
     if config.get("task") != "contrastive":
         raise ValueError(f"--workdir {workdir!r}: config.task={config.get('task')!r}, not a contrastive run")
@@ -97,12 +94,13 @@ def _main(argv):
     del argv
     from vlmjax.data.ops import DropExample
 
-    labels = [s.strip() for s in (_LABELS.value or "").split(",") if s.strip()]
+    F = flags.FLAGS
+    labels = [s.strip() for s in (F.labels or "").split(",") if s.strip()]
     if not labels:
         print('error: --labels needs at least one label, e.g. --labels "red circle,blue square"', file=sys.stderr)
         sys.exit(2)
     try:
-        results = run_cli(_WORKDIR.value, _IMAGE.value, labels)
+        results = run_cli(F.workdir, F.image, labels)
     except DropExample as e:
         print(f"error: --image: cannot decode ({e.reason})", file=sys.stderr)
         sys.exit(2)
@@ -110,7 +108,7 @@ def _main(argv):
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     for path, probs in results:
-        if _JSON.value:
+        if F.json:
             print(json.dumps({"image": path, "probabilities": probs}))
             continue
         print(path)
@@ -119,6 +117,7 @@ def _main(argv):
 
 
 def run():
+    _define_flags()
     flags.mark_flags_as_required(["workdir", "image", "labels"])
     app.run(_main)
 

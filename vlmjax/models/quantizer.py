@@ -178,7 +178,7 @@ class VectorQuantizer(nn.Module):
             self.ema_counts = self.variable("vq_stats", "ema_counts", lambda: nn.with_logical_partitioning(
                 nn.initializers.ones, ("codebook",))(None, (k,), f32))
             self.ema_sums = self.variable("vq_stats", "ema_sums",
-                                          lambda: nn.Partitioned(self.ema_codebook.value, cb_names))
+                                          lambda: nn.LogicallyPartitioned(self.ema_codebook.value, cb_names))
         else:
             self.codebook = self.param("codebook", nn.with_logical_partitioning(init, cb_names), (k, d),
                                        self.param_dtype)

@@ -21,6 +21,37 @@ def posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.0) 
     return np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)[None].astype(np.float32)
 
 
+class ConvStem(nn.Module):
+    """Hybrid-ViT stem: a patchify conv (kernel = stride = `patch`) then `blocks` residual LayerNorm-GELU-3x3-conv
+    blocks. float[B, H, W, 3] -> float[B, H/patch, W/patch, channels]; the ViT then patchifies its output.
+
+    Why: a plain ViT trained from scratch on small data learns shapes slowly; local 3x3 mixing on a finer grid gives
+    the inductive bias early convolutions bring ("Early Convolutions Help Transformers See Better", Xiao et al. 2021).
+    """
+
+    channels: int
+    patch: int = 4
+    blocks: int = 1
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        def conv(k, s, name):
+            return nn.Conv(self.channels, (k, k), strides=(s, s), padding="VALID" if s > 1 else "SAME",
+                           dtype=self.dtype, param_dtype=self.param_dtype, name=name,
+                           kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
+                                                                    (None, None, None, "conv_out")),
+                           bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)))
+        x = conv(self.patch, self.patch, "patchify")(x.astype(self.dtype))
+        for i in range(self.blocks):
+            ln = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name=f"norm{i}",
+                              scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("conv_out",)),
+                              bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)))
+            x = x + conv(3, 1, f"conv{i}")(nn.gelu(ln(x)))
+        return x
+
+
 class ViT(nn.Module):
     """ViT: float[B, H, W, 3] -> (float[B, num_classes] or float[B, D] if num_classes is None, dict of features).
 
@@ -36,6 +67,9 @@ class ViT(nn.Module):
     posemb: str = "learn"  # 'learn' | 'sincos2d'
     pool_type: str = "gap"  # 'gap' | 'tok' | 'map' | 'none'
     num_classes: Optional[int] = None
+    stem_channels: int = 0
+    stem_patch: int = 4
+    stem_blocks: int = 1
     head_zeroinit: bool = True
     dropout: float = 0.0
     remat_policy: str = "none"
@@ -47,6 +81,9 @@ class ViT(nn.Module):
     def __call__(self, images, train: bool = False):
         mlp_dim = self.mlp_dim or 4 * self.width
         ph, pw = self.patch_size
+        if self.stem_channels:
+            images = ConvStem(self.stem_channels, self.stem_patch, self.stem_blocks, self.dtype, self.param_dtype,
+                              name="stem")(images)
         x = nn.Conv(self.width, (ph, pw), strides=(ph, pw), padding="VALID", dtype=self.dtype,
                     param_dtype=self.param_dtype, name="embedding",
                     kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),

@@ -192,7 +192,8 @@ def from_big_vision(flat: Mapping) -> Flat:
             new = new.replace("/LayerNorm_0/", "/ln/")
         for pattern, repl in _BV_LEAF:
             new = re.sub(pattern, repl, new)
-        if re.search(r"_\d+/|Transformer|Encoder_0|Dense_|LayerNorm_", new):
+        known = re.match(r"(img|txt)/|[tb]$", new)  # e.g. a HF 'logit_bias' is not
+        if not known or re.search(r"_\d+/|Transformer|Encoder_0|Dense_|LayerNorm_", new):
             raise ValueError(f"big_vision checkpoint: no rule for {key!r} (became {new!r})")
         out[new] = value
     return out

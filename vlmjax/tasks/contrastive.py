@@ -15,6 +15,8 @@ Evaluators (`config.evals.<name>.type`):
              Metrics `accuracy` (top-1) and `top5`.
   retrieval  every image against all of its captions (`caption_key`, up to `max_captions` per image; nested tfds
              features are addressed as 'captions/text'). Metrics img2txt_r@{1,5,10}, txt2img_r@{1,5,10}.
+             Captions with identical tokens are one answer, correct for every image that came with one of them;
+             other exact ties count in the query's favour (vlmjax/tasks/retrieval_metrics.py).
 """
 import math
 import os
@@ -120,7 +122,10 @@ class ZeroShotEvaluator(Evaluator):
 def _retrieval_reduce(out) -> dict:
     valid = out["captions_valid"].astype(bool)  # [N, K]
     txt_to_img = np.nonzero(valid)[0]  # row-major: caption k of image i -> i
-    return rm.retrieval_recall(out["zimg"], out["ztxt"][valid], txt_to_img)
+    # Captions the model sees identically (same tokens) are one answer; see retrieval_metrics on ties.
+    tokens = np.concatenate([out["captions"], out["captions_mask"]], axis=-1)[valid]  # [M, 2L]
+    groups = np.unique(tokens, axis=0, return_inverse=True)[1].reshape(-1) if len(tokens) else None
+    return rm.retrieval_recall(out["zimg"], out["ztxt"][valid], txt_to_img, txt_groups=groups)
 
 
 class ContrastiveTask(Task):
@@ -277,7 +282,8 @@ class ContrastiveTask(Task):
         b, k, n = batch["captions"].shape
         _, ztxt, _ = self.model.apply(variables, text=batch["captions"].reshape(b * k, n),
                                       text_mask=batch["captions_mask"].reshape(b * k, n))
-        return {"zimg": zimg, "ztxt": ztxt.reshape(b, k, -1), "captions_valid": batch["captions_valid"]}
+        return {"zimg": zimg, "ztxt": ztxt.reshape(b, k, -1), "captions_valid": batch["captions_valid"],
+                "captions": batch["captions"], "captions_mask": batch["captions_mask"]}
 
     def predict_fns(self):
         return {"embed_image": lambda v, images: self.model.apply(v, images=images)[0],

@@ -1,8 +1,17 @@
 """Evaluation metrics for image-text towers: zero-shot classification and image<->text retrieval recall.
 
 Pure numpy on embeddings gathered to the host. Similarities are cosine (inputs are L2-normalised here, so already
-normalised embeddings pass through unchanged). Ranks count only items scoring strictly higher than the best match,
-so exact ties count in the query's favour.
+normalised embeddings pass through unchanged).
+
+Ties, defined explicitly:
+  * Identical captions are one answer. Captions with equal `txt_groups` ids (the evaluator gives equal ids to
+    captions whose token ids are equal, i.e. identical to the model) are interchangeable: if image A's caption is
+    also image B's caption, that text is a correct answer for both images, and both images are correct answers for
+    it. Without this, a dataset with repeated captions (scenes: "one shape: a small blue triangle" describes ~1 in
+    50 single-object images) has R@1 decided by float rounding between bitwise-equal or ulp-apart scores of
+    identical texts, i.e. by batch layout and mesh, not by the model.
+  * Any other exact tie counts in the query's favour: a rank counts only the wrong items scoring strictly higher
+    than the best correct one (same for zero-shot classes).
 """
 from typing import Sequence
 
@@ -38,14 +47,11 @@ def zeroshot_classifier(text_emb):
     return l2_normalize(np.mean(l2_normalize(text_emb), axis=1))
 
 
-def _ranks_of_target(scores, target_scores, exclude=None):
-    """Number of items scoring strictly above the target: scores float[Q, K], target_scores float[Q] -> int[Q].
-
-    exclude bool[Q, K] marks items that are not competitors (other correct answers)."""
-    above = scores > target_scores[:, None]
-    if exclude is not None:
-        above &= ~exclude
-    return np.sum(above, axis=1)
+def _ranks(scores, correct):
+    """Wrong items scoring strictly above the best correct one: scores float[Q, K], correct bool[Q, K] -> int[Q]
+    (a query with no correct item gets rank K)."""
+    best = np.max(np.where(correct, scores, -np.inf), axis=1)
+    return np.sum((scores > best[:, None]) & ~correct, axis=1)
 
 
 def zeroshot_accuracy(img_emb, class_emb, labels, chunk_size: int = 4096) -> dict:
@@ -60,8 +66,8 @@ def zeroshot_accuracy(img_emb, class_emb, labels, chunk_size: int = 4096) -> dic
     ranks = []
     for start in range(0, img.shape[0], chunk_size):
         scores = img[start:start + chunk_size] @ cls.T  # [n, C]
-        target = np.take_along_axis(scores, labels[start:start + chunk_size, None], axis=1)[:, 0]
-        ranks.append(_ranks_of_target(scores, target))
+        correct = labels[start:start + chunk_size, None] == np.arange(cls.shape[0])[None, :]
+        ranks.append(_ranks(scores, correct))
     ranks = np.concatenate(ranks) if ranks else np.zeros((0,), int)
     out = {"top1": float(np.mean(ranks < 1))}
     if cls.shape[0] >= 5:
@@ -69,35 +75,49 @@ def zeroshot_accuracy(img_emb, class_emb, labels, chunk_size: int = 4096) -> dic
     return out
 
 
-def retrieval_recall(img_emb, txt_emb, txt_to_img, ks: Sequence[int] = (1, 5, 10), chunk_size: int = 4096) -> dict:
-    """Recall@k in both directions; several captions may describe one image.
+def retrieval_recall(img_emb, txt_emb, txt_to_img, ks: Sequence[int] = (1, 5, 10), chunk_size: int = 4096,
+                     txt_groups=None) -> dict:
+    """Recall@k in both directions; several captions may describe one image, one text may describe several.
 
-    img_emb float[N, D], txt_emb float[M, D], txt_to_img int[M] (the image each caption describes) ->
-    {'img2txt_r@k': float, 'txt2img_r@k': float for k in ks}. An image query is a hit when ANY of its captions is
-    in the top k; images without captions are left out of img2txt. A caption query is a hit when its image is in
-    the top k.
+    img_emb float[N, D], txt_emb float[M, D], txt_to_img int[M] (the image each caption came with), txt_groups
+    int[M] (equal ids = identical caption text; default: all distinct) -> {'img2txt_r@k', 'txt2img_r@k' for k in ks}.
+
+    A caption text is correct for an image when any caption of its group came with that image. An image query is a
+    hit at k when fewer than k wrong captions score strictly above its best correct one (images without captions
+    are left out); a caption query likewise over images. With all groups distinct this is the usual definition.
     """
     img, txt = l2_normalize(img_emb), l2_normalize(txt_emb)
     txt_to_img = np.asarray(txt_to_img)
-    if txt_to_img.shape != (txt.shape[0],):
-        raise ValueError(f"retrieval_recall: txt_to_img {txt_to_img.shape} does not match {txt.shape[0]} captions")
-    if txt_to_img.size and (txt_to_img.min() < 0 or txt_to_img.max() >= img.shape[0]):
-        raise ValueError(f"retrieval_recall: txt_to_img must index the {img.shape[0]} images")
+    m, n = txt.shape[0], img.shape[0]
+    if txt_to_img.shape != (m,):
+        raise ValueError(f"retrieval_recall: txt_to_img {txt_to_img.shape} does not match {m} captions")
+    if txt_to_img.size and (txt_to_img.min() < 0 or txt_to_img.max() >= n):
+        raise ValueError(f"retrieval_recall: txt_to_img must index the {n} images")
+    groups = np.arange(m) if txt_groups is None else np.unique(np.asarray(txt_groups), return_inverse=True)[1]
+    if groups.shape != (m,):
+        raise ValueError(f"retrieval_recall: txt_groups {np.shape(txt_groups)} does not match {m} captions")
+    num_groups = int(groups.max()) + 1 if m else 0
 
     img_ranks = []
-    has_caption = np.bincount(txt_to_img, minlength=img.shape[0]) > 0
-    for start in range(0, img.shape[0], chunk_size):
-        ids = np.arange(start, min(start + chunk_size, img.shape[0]))
-        scores = img[ids] @ txt.T  # [n, M]
-        positive = txt_to_img[None, :] == ids[:, None]
-        best = np.max(np.where(positive, scores, -np.inf), axis=1)
-        img_ranks.append(_ranks_of_target(scores, best, exclude=positive)[has_caption[ids]])
+    has_caption = np.bincount(txt_to_img, minlength=n) > 0
+    for start in range(0, n, chunk_size):
+        stop = min(start + chunk_size, n)
+        mine = (txt_to_img >= start) & (txt_to_img < stop)
+        has_group = np.zeros((stop - start, num_groups), bool)  # [n, G]: image has a caption of that text
+        has_group[txt_to_img[mine] - start, groups[mine]] = True
+        correct = has_group[:, groups]  # [n, M]
+        img_ranks.append(_ranks(img[start:stop] @ txt.T, correct)[has_caption[start:stop]])
 
     txt_ranks = []
-    for start in range(0, txt.shape[0], chunk_size):
-        scores = txt[start:start + chunk_size] @ img.T  # [m, N]
-        target = np.take_along_axis(scores, txt_to_img[start:start + chunk_size, None], axis=1)[:, 0]
-        txt_ranks.append(_ranks_of_target(scores, target))
+    for start in range(0, m, chunk_size):
+        chunk_groups = groups[start:start + chunk_size]
+        slot = np.full(num_groups, -1)  # group id -> row of `members`, for the groups in this chunk
+        present = np.unique(chunk_groups)
+        slot[present] = np.arange(present.size)
+        members = np.zeros((present.size, n), bool)  # [g, N]: images that came with a caption of that text
+        sel = slot[groups] >= 0
+        members[slot[groups[sel]], txt_to_img[sel]] = True
+        txt_ranks.append(_ranks(txt[start:start + chunk_size] @ img.T, members[slot[chunk_groups]]))
 
     img_ranks = np.concatenate(img_ranks) if img_ranks else np.zeros((0,), int)
     txt_ranks = np.concatenate(txt_ranks) if txt_ranks else np.zeros((0,), int)
@@ -106,3 +126,4 @@ def retrieval_recall(img_emb, txt_emb, txt_to_img, ks: Sequence[int] = (1, 5, 10
         out[f"img2txt_r@{k}"] = float(np.mean(img_ranks < k)) if img_ranks.size else float("nan")
         out[f"txt2img_r@{k}"] = float(np.mean(txt_ranks < k)) if txt_ranks.size else float("nan")
     return out
+

@@ -4,6 +4,7 @@
 written), orbax commits a step atomically, and the last `keep` steps are kept. Restoring onto the current mesh's
 shardings means a run can resume on a different mesh.
 """
+import json
 import os
 import re
 import shutil
@@ -105,6 +106,77 @@ def load_state_numpy(workdir: str, keys=("params",), step: int = None, where: st
 def load_params_numpy(workdir: str, step: int = None) -> dict:
     """The params of another run's checkpoint (latest step by default) as host numpy arrays."""
     return load_state_numpy(workdir, ("params",), step)[1]["params"]
+
+
+IMPORT_FORMATS = ("hf_siglip", "big_vision")
+
+
+def check_init_from(init) -> None:
+    """`config.init_from` names one source: `workdir` (a vlmjax run) or `path` + `format` (imported weights)."""
+    if init.workdir and init.path:
+        raise ValueError(f"config.init_from: set workdir={init.workdir!r} (a vlmjax run) or path={init.path!r} "
+                         f"(imported weights), not both")
+    if init.path or init.format:
+        if init.format not in IMPORT_FORMATS:
+            raise ValueError(f"config.init_from.format={init.format!r}: expected one of {', '.join(IMPORT_FORMATS)} "
+                             f"for config.init_from.path={init.path!r}")
+        if not init.path:
+            raise ValueError(f"config.init_from.format={init.format!r} needs config.init_from.path (a .safetensors / "
+                             f".bin / .npz file or a HF model folder)")
+        if not os.path.exists(os.path.expanduser(init.path)):
+            raise FileNotFoundError(f"config.init_from.path={init.path!r}: no such file or folder")
+
+
+def _source_paths(params, include: str, rewrite) -> dict:
+    """{source path (after `rewrite`): shape} for the leaves of `params` that `include` selects."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        target = param_path(path)
+        if re.fullmatch(include, target):
+            for pattern, repl in rewrite:
+                target = re.sub(pattern, repl, target)
+            out[target] = tuple(leaf.shape)
+    return out
+
+
+def _hf_heads(path: str, wanted: dict) -> tuple:
+    """(vision, text) attention head counts for a HF SigLIP state dict: from the config.json next to it (as
+    `save_pretrained` writes), else from the query kernels [D, H, hd] of the model being initialised."""
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    if os.path.exists(os.path.join(folder, "config.json")):
+        with open(os.path.join(folder, "config.json")) as f:
+            cfg = json.load(f)
+        return cfg["vision_config"]["num_attention_heads"], cfg["text_config"]["num_attention_heads"]
+    heads = {}
+    for src, shape in wanted.items():
+        m = re.fullmatch(r"(img|txt)/encoder/block(?:s|\d+)/attn/query_kernel", src)
+        if m:
+            heads.setdefault(m.group(1), shape[-2])
+    if not heads:
+        raise ValueError(f"config.init_from.path={path!r}: no config.json next to it to read the attention head "
+                         f"counts from, and no img/txt attention block selected to infer them")
+    return heads.get("img", heads.get("txt")), heads.get("txt", heads.get("img"))
+
+
+def load_imported_params(init, params) -> dict:
+    """Nested host params converted from `init.path` in `init.format` (see vlmjax.models.weight_import), in the
+    layout of `params` (the model being initialised: scanned blocks if it scans, its head counts if the file
+    does not say)."""
+    from vlmjax.models import weight_import as wi
+
+    path = os.path.expanduser(init.path)
+    wanted = _source_paths(params, init.include, [tuple(r) for r in init.rewrite])
+    try:
+        flat = wi.read_state_dict(path)
+        if init.format == "hf_siglip":
+            converted = wi.from_hf(flat, *_hf_heads(path, wanted))
+        else:
+            converted = wi.from_big_vision(flat)
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"config.init_from.path={init.path!r} (format {init.format!r}): {e}") from None
+    if any("/blocks/" in k for k in wanted):
+        converted = wi.stack_blocks(converted)
+    return wi.nest(converted)
 
 
 def merge_params(params, loaded, include: str, rewrite, where: str = "config.init_from"):

@@ -40,7 +40,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.sharding_rules = [list(r) for r in DEFAULT_RULES]
 
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
-    c.init_from = ml_collections.ConfigDict(dict(workdir="", include=".*", rewrite=[]))
+    c.init_from = ml_collections.ConfigDict(dict(workdir="", path="", format="", include=".*", rewrite=[]))
     c.debug = ml_collections.ConfigDict(dict(sleep_per_step=0.0))
     return c
 
@@ -59,6 +59,8 @@ def _type_ok(default, value) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if isinstance(default, (list, tuple)):
         return isinstance(value, (list, tuple))
+    if isinstance(default, (dict, ml_collections.ConfigDict)):  # `--config.evals={}` on the command line
+        return isinstance(value, (dict, ml_collections.ConfigDict))
     return isinstance(value, type(default))
 
 

@@ -2,8 +2,11 @@
 
 `jax.distributed.initialize` is called from flags or the environment:
 - explicit: `--coordinator_address host:port --num_processes N --process_id i` (or VLMJAX_COORDINATOR_ADDRESS,
-  VLMJAX_NUM_PROCESSES, VLMJAX_PROCESS_ID) — what `launch/local.py` and custom GPU clusters use;
-- TPU pods and SLURM: `--distributed=auto` lets jax detect the cluster (TPU metadata, SLURM_* variables).
+  VLMJAX_NUM_PROCESSES, VLMJAX_PROCESS_ID) — what `launch/local.py`, `launch/slurm.sbatch` and custom GPU
+  clusters use. Under SLURM, a coordinator address alone is enough: the count and index come from SLURM_NTASKS
+  and SLURM_PROCID (so `VLMJAX_COORDINATOR_ADDRESS=node:port srun python -m vlmjax.train ...` works);
+- TPU pods (`launch/tpu_pod.sh`) and SLURM: `--distributed=auto` lets jax detect the cluster (TPU metadata,
+  SLURM_* variables).
 On CPU the cross-process collectives go through gloo.
 """
 import os
@@ -14,13 +17,26 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 
+def explicit_settings(coordinator_address: str = "", num_processes: int = 0, process_id: int = -1,
+                      env=None) -> tuple:
+    """(coordinator_address, num_processes, process_id) from flags, else VLMJAX_*, else (count and index only,
+    once an address is known) SLURM_NTASKS / SLURM_PROCID. Unset: ('', 0, -1)."""
+    env = os.environ if env is None else env
+    coordinator_address = coordinator_address or env.get("VLMJAX_COORDINATOR_ADDRESS", "")
+    num_processes = num_processes or int(env.get("VLMJAX_NUM_PROCESSES", "0"))
+    if process_id < 0:
+        process_id = int(env.get("VLMJAX_PROCESS_ID", "-1"))
+    if coordinator_address and "SLURM_PROCID" in env:
+        num_processes = num_processes or int(env.get("SLURM_NTASKS", "0"))
+        process_id = process_id if process_id >= 0 else int(env["SLURM_PROCID"])
+    return coordinator_address, num_processes, process_id
+
+
 def initialize(coordinator_address: str = "", num_processes: int = 0, process_id: int = -1,
                mode: str = "") -> bool:
     """Initialise jax.distributed when asked to; returns True if it did."""
-    coordinator_address = coordinator_address or os.environ.get("VLMJAX_COORDINATOR_ADDRESS", "")
-    num_processes = num_processes or int(os.environ.get("VLMJAX_NUM_PROCESSES", "0"))
-    if process_id < 0:
-        process_id = int(os.environ.get("VLMJAX_PROCESS_ID", "-1"))
+    coordinator_address, num_processes, process_id = explicit_settings(coordinator_address, num_processes,
+                                                                       process_id)
     if mode == "auto":
         jax.distributed.initialize()
         return True

@@ -12,7 +12,6 @@ import sys
 from absl import app, flags
 
 
-
 def _define_flags():
     """Defined when the CLI runs, not on import: other CLIs import this module's functions."""
     flags.DEFINE_string("workdir", None, "A trained run's workdir.")
@@ -36,14 +35,41 @@ def load_run_config(workdir: str, spec: str = None):
         return ml_collections.ConfigDict(json.load(f))
 
 
+def eval_devices(mesh_cfg, devices):
+    """The devices a run's mesh asks for: all of them if an axis is -1, else the first prod(sizes).
+
+    A run trained with a fixed mesh (e.g. `mesh.data=1` on one device) is evaluated on the same number of devices
+    here, even when the process has more; checkpoints restore onto any mesh, so an override changes only speed.
+    """
+    import math
+
+    import jax
+
+    from vlmjax.train.config import defaults
+    from vlmjax.train.mesh import MESH_AXES
+
+    default = defaults().mesh  # an unresolved config may leave axes out
+    sizes = [int(mesh_cfg.get(a, default[a])) for a in MESH_AXES]
+    if -1 in sizes or jax.process_count() > 1:  # multi-host: every process's devices take part
+        return devices
+    n = math.prod(sizes)
+    if n > len(devices):
+        desc = ", ".join(f"{a}={s}" for a, s in zip(MESH_AXES, sizes))
+        raise ValueError(f"config.mesh ({desc}) needs {n} devices but there are {len(devices)}; evaluate on another "
+                         f"mesh, e.g. --config.mesh.data=-1 --config.mesh.fsdp=1 --config.mesh.tensor=1")
+    return devices[:n]
+
+
 def evaluate_workdir(workdir: str, config, step: int = None, devices=None) -> tuple:
     """(step, {metric: value}) for the checkpoint `step` (latest by default) of `workdir`, on `devices`
-    (default: all; the mesh in `config` must fit them — any mesh works, checkpoints restore onto it)."""
+    (default: those `config.mesh` asks for, see eval_devices; any mesh works, checkpoints restore onto it)."""
     import jax
 
     from vlmjax.train.checkpoint import Checkpointer
     from vlmjax.train.loop import Trainer
 
+    if devices is None:
+        devices = eval_devices(config.mesh, jax.devices())
     trainer = Trainer(config, workdir, devices)
     ckpt = Checkpointer(workdir, 1, None, async_save=False)
     step = ckpt.latest_step() if step is None else step

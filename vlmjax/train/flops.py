@@ -2,7 +2,12 @@
 
 MFU = model FLOPs per step / (step time x peak FLOP/s), per device. The FLOPs come from XLA's cost analysis of the
 compiled (per-device, SPMD-partitioned) train step; `tests/test_flops.py` checks them against an analytic count.
+XLA's cost analysis counts the body of a while loop once, whatever its trip count, so a step with scanned layers
+(`scan_layers`) or gradient accumulation would read ~depth (or ~accum) times too few FLOPs: `step_flops` adds the
+missing matmul FLOPs, counted on the step's jaxpr where every scan's length is known. Rematerialised forwards are
+counted (they are FLOPs the chip does), as XLA counts them.
 """
+import math
 import time
 
 import jax
@@ -79,3 +84,61 @@ def per_device_bytes(abstract_tree) -> int:
             n *= d
         total += n * jnp.dtype(x.dtype).itemsize
     return total
+
+
+def _dot_flops(eqn) -> float:
+    """2 x multiply-adds of a dot_general: every lhs element meets every free (non-contracted, non-batch) rhs one."""
+    lhs, rhs = (v.aval.shape for v in eqn.invars[:2])
+    (_, rc), (_, rb) = eqn.params["dimension_numbers"]
+    free = math.prod(d for i, d in enumerate(rhs) if i not in rc and i not in rb)
+    return 2.0 * math.prod(lhs) * free
+
+
+def _conv_flops(eqn) -> float:
+    """2 x multiply-adds of a convolution: each output element sums (kernel elements / output features) products."""
+    rhs = eqn.invars[1].aval.shape
+    out_features = rhs[eqn.params["dimension_numbers"].rhs_spec[0]]
+    return 2.0 * math.prod(eqn.outvars[0].aval.shape) * math.prod(rhs) / out_features
+
+
+def _sub_jaxprs(value):
+    if hasattr(value, "eqns"):
+        yield value
+    elif hasattr(value, "jaxpr") and hasattr(value.jaxpr, "eqns"):
+        yield value.jaxpr
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _sub_jaxprs(v)
+
+
+def matmul_flops(jaxpr, scan_lengths: bool = True) -> float:
+    """Matmul and convolution FLOPs of a (closed) jaxpr, recursing into every sub-jaxpr (jit, remat, custom
+    derivatives, shard_map, ...). Scan bodies count `length` times (once with scan_lengths=False, which is what XLA's
+    cost analysis does); a while loop's trip count is unknown, so its body counts once; a cond counts its most
+    expensive branch."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    total = 0.0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "dot_general":
+            total += _dot_flops(eqn)
+        elif name == "conv_general_dilated":
+            total += _conv_flops(eqn)
+        elif name == "cond":
+            total += max(matmul_flops(b, scan_lengths) for b in eqn.params["branches"])
+        else:
+            inner = sum(matmul_flops(j, scan_lengths) for v in eqn.params.values() for j in _sub_jaxprs(v))
+            total += inner * (eqn.params["length"] if name == "scan" and scan_lengths else 1)
+    return total
+
+
+def step_flops(compiled, jaxpr, num_devices: int) -> float:
+    """FLOPs per device of a compiled step: XLA's cost analysis plus the loop iterations it leaves out.
+
+    `jaxpr` is the step's (global, unpartitioned) jaxpr, e.g. `jitted.trace(*args).jaxpr`. When XLA's count already
+    reaches the full matmul count (no loops, or a backend that unrolled them), it is returned as is."""
+    xla = cost_of(compiled)["flops"]
+    full = matmul_flops(jaxpr) / num_devices
+    if xla >= full:
+        return xla
+    return xla + full - matmul_flops(jaxpr, scan_lengths=False) / num_devices

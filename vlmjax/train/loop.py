@@ -20,9 +20,10 @@ from vlmjax.data import ops as data_ops
 from vlmjax.data.pipeline import VALID_KEY, TrainIterator, eval_batches, make_source
 from vlmjax.tasks import get_task_class
 from vlmjax.train import config as config_lib
-from vlmjax.train.checkpoint import Checkpointer, load_params_numpy, merge_params
+from vlmjax.train.checkpoint import (Checkpointer, check_init_from, load_imported_params, load_params_numpy,
+                                     merge_params)
 from vlmjax.train.distributed import PreemptionWatcher
-from vlmjax.train.flops import cost_of, peak_flops
+from vlmjax.train.flops import peak_flops, step_flops
 from vlmjax.train.mesh import (batch_sharding, like_params_shardings, logical_shardings, make_mesh,
                                rules_from_config)
 from vlmjax.train.metrics import MetricWriter, Progress
@@ -48,6 +49,7 @@ class Trainer:
                 data_ops.validate_specs(specs)
             except ValueError as e:
                 raise ValueError(f"{where}: {e}") from None
+        check_init_from(cfg.init_from)
         self.task = task_cls(cfg)
         self.task.validate()
         devices = jax.devices() if devices is None else list(devices)
@@ -105,11 +107,11 @@ class Trainer:
         with jax.set_mesh(self.mesh):
             state = jax.jit(create, out_shardings=self.state_shardings)(jax.random.key(self.config.seed))
         init = self.config.init_from
-        if init.workdir:
-            loaded = load_params_numpy(init.workdir)
-            params, taken = merge_params(jax.device_get(state["params"]), loaded, init.include,
-                                         [tuple(r) for r in init.rewrite])
-            log(f"init_from {init.workdir}: loaded {len(taken)} parameters")
+        if init.workdir or init.path:
+            current = jax.device_get(state["params"])
+            loaded = load_params_numpy(init.workdir) if init.workdir else load_imported_params(init, current)
+            params, taken = merge_params(current, loaded, init.include, [tuple(r) for r in init.rewrite])
+            log(f"init_from {init.workdir or f'{init.path} ({init.format})'}: loaded {len(taken)} parameters")
             state["params"] = jax.device_put(params, self.state_shardings["params"])
             state["opt_state"] = jax.jit(self.tx.init, out_shardings=self.state_shardings["opt_state"])(
                 state["params"])
@@ -261,8 +263,9 @@ class Trainer:
                     self.task.check_batch(batch, f"train batch at step {step}")
                     gbatch = self._global_batch(batch)
                     if self._compiled is None:  # compile once, ahead of time, to read its FLOPs for MFU
-                        self._compiled = self._train_step.lower(state, gbatch).compile()
-                        self.step_flops = cost_of(self._compiled)["flops"]
+                        traced = self._train_step.trace(state, gbatch)
+                        self._compiled = traced.lower().compile()
+                        self.step_flops = step_flops(self._compiled, traced.jaxpr, self.mesh.size)
                         log(f"train step: {self.step_flops:.4g} FLOPs per device; peak {self.peak_flops:.4g} "
                             f"FLOP/s ({peak_src})")
                     state, metrics = self._compiled(state, gbatch)

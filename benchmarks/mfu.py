@@ -1,0 +1,174 @@
+"""MFU of the SigLIP and prefix-LM train steps on CPU: bf16 compute on/off x every remat policy.
+
+    .venv/bin/python benchmarks/mfu.py [--rounds 5] [--steps 3] [--models siglip,prefixlm]
+
+The configs are experiments/siglip_scenes.py and experiments/prefixlm_scenes.py (`pretrain`) with the model made
+smaller (keys overridden below) so that the 16 variants compile in about two minutes on 2 cores. Each variant is
+the Trainer's own jitted train step (optimizer included, state donated) on one CPU device, fed one fixed random
+batch. Per variant: steps/s (median over rounds; the rounds alternate between all variants so that machine load
+hits them alike), FLOPs per step (`vlmjax.train.flops.step_flops`: XLA's cost analysis, as the trainer logs it),
+MFU against the measured float32 matmul peak of this CPU, and XLA's temporaries (the activation memory remat
+trades for recompute). Ratios are against the float32 / no-remat step of the same model, measured in the same run.
+
+Writes benchmarks/results/mfu_cpu.json.
+"""
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import write_result  # noqa: E402
+
+from vlmjax.models.transformer import REMAT_POLICIES  # noqa: E402
+from vlmjax.train.config import load_experiment  # noqa: E402
+from vlmjax.train.flops import memory_of, peak_flops, step_flops  # noqa: E402
+from vlmjax.train.loop import Trainer  # noqa: E402
+
+DTYPES = ("float32", "bfloat16")
+TOKENIZER = os.path.join(ROOT, "data", "tfds", "scenes_spm.model")
+
+
+def siglip_config(batch: int):
+    """experiments/siglip_scenes.py, towers of width 64 x depth 2 (the experiment's class), 64 px, text 24."""
+    c = load_experiment(os.path.join(ROOT, "experiments", "siglip_scenes.py"))
+    c.model.image.update(width=64, depth=2, num_heads=2, mlp_dim=256)
+    c.model.text.update(width=64, depth=2, num_heads=2, mlp_dim=256)
+    c.batch_size = batch
+    return c, ("image", "text")
+
+
+def prefixlm_config(batch: int):
+    """experiments/prefixlm_scenes.py:pretrain, ViT 64 x 2 (patch 8, 64 tokens at 64 px) + LM 128 x 2, text 32."""
+    c = load_experiment(os.path.join(ROOT, "experiments", "prefixlm_scenes.py") + ":pretrain")
+    c.model.vit.update(width=64, depth=2, num_heads=2, mlp_dim=256)
+    c.model.lm.update(width=128, depth=2, num_heads=4, num_kv_heads=1, head_dim=32, mlp_dim=384)
+    c.batch_size = batch
+    return c, ("vit", "lm")
+
+
+MODELS = {"siglip": siglip_config, "prefixlm": prefixlm_config}
+
+
+def random_batch(task_name: str, dummy: dict, vocab: int, rng) -> dict:
+    """The task's dummy batch with random images and tokens and masks of a real example (the dummy's masks are
+    zeros, which would time a step that attends to nothing)."""
+    b = {k: np.array(v) for k, v in dummy.items()}
+    b["image"] = rng.uniform(-1, 1, b["image"].shape).astype(np.float32)
+    if task_name == "contrastive":
+        b["text"] = rng.integers(3, vocab, b["text"].shape).astype(np.int32)
+    else:  # prefix-LM: a 4-token prompt, then the caption the loss is on
+        n = b["tokens"].shape[1]
+        b["tokens"] = rng.integers(3, vocab, b["tokens"].shape).astype(np.int32)
+        b["input_mask"][:] = 1
+        b["mask_ar"][:] = (np.arange(n) >= 4).astype(np.int32)
+        b["mask_loss"][:] = b["mask_ar"]
+    return b
+
+
+def build_variant(base_config, towers, dtype: str, remat: str):
+    """(compiled step, fresh state, batch, FLOPs per step, memory analysis) for one variant on one CPU device."""
+    cfg = base_config.copy_and_resolve_references()
+    with cfg.unlocked():
+        cfg.tokenizer = TOKENIZER
+        cfg.evals = {}
+        cfg.mesh = dict(data=1, fsdp=1, tensor=1)
+        for t in towers:
+            cfg.model[t].update(dtype=dtype, remat_policy=remat)
+    trainer = Trainer(cfg, workdir="", devices=jax.devices()[:1], open_data=False)
+    task = trainer.task
+    vocab = task.tokenizer().vocab_size
+    batch = random_batch(cfg.task, task.dummy_batch(cfg.batch_size), vocab, np.random.default_rng(0))
+    state = trainer.init_state()
+    step = trainer.train_step_fn()
+    with jax.set_mesh(trainer.mesh):
+        gbatch = trainer._global_batch(batch)
+        traced = step.trace(state, gbatch)
+        compiled = traced.lower().compile()
+    return compiled, state, gbatch, step_flops(compiled, traced.jaxpr, 1), memory_of(compiled)
+
+
+def run_steps(v: dict, n: int) -> float:
+    """Seconds for n chained steps of variant v (its state is donated and replaced)."""
+    t = time.perf_counter()
+    for _ in range(n):
+        v["state"], metrics = v["compiled"](v["state"], v["batch"])
+    jax.block_until_ready(metrics["train/loss"])
+    return time.perf_counter() - t
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="siglip,prefixlm")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=3, help="steps per timed round")
+    ap.add_argument("--batch", type=int, default=32)
+    a = ap.parse_args()
+    if not os.path.isfile(TOKENIZER):
+        raise SystemExit(f"benchmarks/mfu.py: {TOKENIZER} is missing; run `make data`")
+    peak, peak_src = peak_flops(jax.devices()[0])
+    t0 = time.time()
+    variants = []
+    for model in a.models.split(","):
+        if model not in MODELS:
+            raise SystemExit(f"--models: unknown {model!r}; expected some of {', '.join(MODELS)}")
+        base, towers = MODELS[model](a.batch)
+        for dtype in DTYPES:
+            for remat in REMAT_POLICIES:
+                tc = time.time()
+                compiled, state, batch, flops, mem = build_variant(base, towers, dtype, remat)
+                v = dict(model=model, dtype=dtype, remat=remat, compiled=compiled, state=state, batch=batch,
+                         flops=flops, temp_bytes=mem.get("temp_size_in_bytes", 0),
+                         argument_bytes=mem.get("argument_size_in_bytes", 0), compile_s=time.time() - tc)
+                run_steps(v, 1)  # warm-up
+                variants.append(v)
+                print(f"compiled {model} {dtype} remat={remat} in {v['compile_s']:.1f}s", flush=True)
+    times = {id(v): [] for v in variants}
+    for _ in range(a.rounds):
+        for v in variants:
+            times[id(v)].append(run_steps(v, a.steps) / a.steps)
+    rows = []
+    for v in variants:
+        sec = float(np.median(times[id(v)]))
+        rows.append(dict(model=v["model"], dtype=v["dtype"], remat=v["remat"], steps_per_s=1 / sec,
+                         flops_per_step=v["flops"], tflops_per_s=v["flops"] / sec / 1e12,
+                         mfu=v["flops"] / sec / peak, temp_bytes=v["temp_bytes"],
+                         argument_bytes=v["argument_bytes"], compile_s=v["compile_s"]))
+    for r in rows:
+        ref = next(x for x in rows if x["model"] == r["model"] and x["dtype"] == "float32" and x["remat"] == "none")
+        r["speed_vs_f32_none"] = r["steps_per_s"] / ref["steps_per_s"]
+        r["flops_vs_f32_none"] = r["flops_per_step"] / ref["flops_per_step"]
+        r["temp_vs_f32_none"] = r["temp_bytes"] / max(ref["temp_bytes"], 1)
+
+    head = (f"{'model':9s} {'dtype':9s} {'remat':14s} {'steps/s':>8s} {'GFLOP/step':>10s} {'MFU':>6s} "
+            f"{'temp MiB':>8s} {'speed':>6s} {'FLOPs':>6s} {'temp':>6s}")
+    print(f"\nCPU peak {peak / 1e9:.1f} GFLOP/s ({peak_src}); ratios vs float32/none of the same model")
+    print(head)
+    for r in rows:
+        print(f"{r['model']:9s} {r['dtype']:9s} {r['remat']:14s} {r['steps_per_s']:8.2f} "
+              f"{r['flops_per_step'] / 1e9:10.3f} {100 * r['mfu']:5.1f}% {r['temp_bytes'] / 2 ** 20:8.1f} "
+              f"{r['speed_vs_f32_none']:6.2f} {r['flops_vs_f32_none']:6.2f} {r['temp_vs_f32_none']:6.2f}")
+    write_result("mfu_cpu", {
+        "benchmark": "train-step MFU on CPU: SigLIP and prefix-LM, bf16 on/off x remat policies",
+        "command": "python benchmarks/mfu.py " + " ".join(sys.argv[1:]),
+        "args": vars(a), "peak_flops_per_s": peak, "peak_source": peak_src, "rows": rows,
+        "wall_s": time.time() - t0,
+        "note": ("One CPU device (XLA uses all cores for it) on a machine whose 2 cores were shared with other "
+                 "jobs during the run: absolute steps/s and MFU are noisy; the rounds alternate between variants, "
+                 "so the ratios are the figures to read. The peak is a float32 matmul's; this CPU has no bf16 "
+                 "matrix unit, so bf16 compute is converted and measures XLA's CPU bf16 path, not what a TPU/GPU "
+                 "gains. temp_bytes is XLA's temporary allocation of the compiled step (activations kept for the "
+                 "backward pass and workspace): the memory remat trades for recompute. FLOPs per step include "
+                 "remat's recomputed forward (the work done), as XLA counts it."),
+    })
+
+
+if __name__ == "__main__":
+    main()
