@@ -17,20 +17,24 @@ features are exactly the classifier's pre-logits). `optimizer.freeze` keeps ever
 import importlib.util
 import os
 
-_spec = importlib.util.spec_from_file_location(
-    "siglip_scenes", os.path.join(os.path.dirname(os.path.abspath(__file__)), "siglip_scenes.py"))
-siglip_scenes = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(siglip_scenes)
+
+def _experiment(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                                      f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+siglip_scenes, vit_scenes = _experiment("siglip_scenes"), _experiment("vit_scenes")
 
 
 def get_config(arg=None):
     c = siglip_scenes.get_config(arg)
     runlocal = "runlocal" in (arg or "")
-    # Must equal the vit_scenes model (default, or its :runlocal variant) for the shapes to load.
-    if runlocal:
-        image = dict(patch_size=(8, 8), width=32, depth=2, num_heads=2, mlp_dim=64, pool_type="gap")
-    else:
-        image = dict(patch_size=(8, 8), width=96, depth=4, num_heads=3, mlp_dim=384, pool_type="gap")
+    # The vit_scenes model (default, or its :runlocal variant), so that its weights load.
+    image = vit_scenes.get_config("runlocal" if runlocal else None).model.to_dict()
+    image.pop("num_classes", None)
     c.model = {**c.model.to_dict(), "image": image, "out_dim": [0, image["width"]]}
     c.init_from = dict(workdir="/tmp/vit_scenes" if runlocal else "workdirs/vit_scenes",
                        include=r"img/.*", rewrite=[(r"^img/", "")])

@@ -1,0 +1,25 @@
+"""The demo experiment (`experiments/vit_scenes.py`) learns `scenes`: a reduced run on scenes/tiny (32 px)."""
+import os
+
+import jax
+
+from vlmjax.train.config import load_experiment
+from vlmjax.train.loop import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 300
+
+
+def test_vit_scenes_learns_the_main_object(scenes_tiny_dir, tmp_path):
+    c = load_experiment(os.path.join(ROOT, "experiments", "vit_scenes.py:runlocal"))
+    with c.unlocked():
+        c.data.data_dir = c.evals.test.data.data_dir = scenes_tiny_dir
+        c.total_steps, c.batch_size, c.log_every_steps = STEPS, 32, 50
+        c.eval.every_steps = STEPS
+        c.evals.test.data.max_examples = 512
+        c.schedule.warmup_steps = 20
+        c.checkpoint.async_save = False
+    final = train(c, str(tmp_path), devices=jax.devices()[:1])
+    acc = final["eval/test/accuracy"]
+    print(f"vit_scenes:runlocal, {STEPS} steps on scenes/tiny: test accuracy {acc:.3f}")
+    assert acc >= 0.5, final
