@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/mfu.py [--rounds 3] [--steps 2] [--models siglip,prefixlm] [--batch 32]
 
 The configs are experiments/siglip_scenes.py and experiments/prefixlm_scenes.py (`pretrain`) with the model made
-smaller (keys overridden below): 16 compiles of ~10 CPU-seconds each, so about 3 minutes on 2 idle cores (the
-persistent compilation cache in .jax_cache, as the tests use, makes re-runs faster). Each variant is
+smaller (keys overridden below). The 16 compiles dominate: ~8 CPU-minutes in all (19 minutes of wall time on the
+loaded 2-core machine of the committed run); the persistent compilation cache in .jax_cache, which the tests use
+too, makes re-runs much faster. Each variant is
 the Trainer's own jitted train step (optimizer included, state donated) on one CPU device, fed one fixed random
 batch. Per variant: steps/s (median over rounds; the rounds alternate between all variants so that machine load
 hits them alike), FLOPs per step (`vlmjax.train.flops.step_flops`: XLA's cost analysis, as the trainer logs it),
@@ -49,7 +50,7 @@ def siglip_config(batch: int):
 
 
 def prefixlm_config(batch: int):
-    """experiments/prefixlm_scenes.py:pretrain, ViT 64 x 2 (patch 8, 64 tokens at 64 px) + LM 128 x 2, text 32."""
+    """experiments/prefixlm_scenes.py:pretrain (its ViT patching, projector, text 32) with ViT 64 x 2, LM 128 x 2."""
     c = load_experiment(os.path.join(ROOT, "experiments", "prefixlm_scenes.py") + ":pretrain")
     c.model.vit.update(width=64, depth=2, num_heads=2, mlp_dim=256)
     c.model.lm.update(width=128, depth=2, num_heads=4, num_kv_heads=1, head_dim=32, mlp_dim=384)
@@ -58,6 +59,16 @@ def prefixlm_config(batch: int):
 
 
 MODELS = {"siglip": siglip_config, "prefixlm": prefixlm_config}
+
+
+def model_summaries(names, batch: int) -> dict:
+    """What was measured: each model's config.model and input sizes (the experiment files may change later)."""
+    out = {}
+    for name in names:
+        c, _ = MODELS[name](batch)
+        out[name] = {"model": c.model.to_dict(), "batch_size": c.batch_size, "image_size": c.image_size,
+                     "text_len": c.text_len}
+    return out
 
 
 def random_batch(task_name: str, dummy: dict, vocab: int, rng) -> dict:
@@ -175,6 +186,7 @@ def main():
               f"{r['speed_vs_f32_none']:6.2f} {r['flops_vs_f32_none']:6.2f} {r['temp_vs_f32_none']:6.2f}")
     write_result("mfu_cpu", {
         "benchmark": "train-step MFU on CPU: SigLIP and prefix-LM, bf16 on/off x remat policies",
+        "models": model_summaries(a.models.split(","), a.batch),
         "command": "python benchmarks/mfu.py " + " ".join(sys.argv[1:]),
         "args": vars(a), "peak_flops_per_s": peak, "peak_source": peak_src, "rows": rows,
         "wall_s": time.time() - t0,
@@ -184,7 +196,9 @@ def main():
                  "matrix unit, so bf16 compute is converted and measures XLA's CPU bf16 path, not what a TPU/GPU "
                  "gains. temp_bytes is XLA's temporary allocation of the compiled step (activations kept for the "
                  "backward pass and workspace): the memory remat trades for recompute. FLOPs per step include "
-                 "remat's recomputed forward (the work done), as XLA counts it."),
+                 "remat's recomputed forward (the work done), as XLA counts it. At these widths remat adds its "
+                 "recompute but barely moves temp_bytes (the blocks' saved activations are a small part of the "
+                 "step's temporaries), so the memory side of remat is not measured here."),
     })
 
 

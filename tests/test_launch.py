@@ -5,10 +5,12 @@ The fakes execute what the real tools would run on each worker (a shell command 
 `srun`) in a per-worker home directory whose python is a stub recording its argv, so the tests check the exact
 command every worker's python receives, after all quoting.
 """
+import json
 import os
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -99,8 +101,6 @@ def fake_tpu_tools(tmp_path, workers=2):
 
 
 def test_tpu_pod_sets_up_and_runs_the_same_command_on_every_worker(tmp_path):
-    import json
-
     env, homes = fake_tpu_tools(tmp_path)
     r = subprocess.run(["bash", TPU_POD, "my-tpu", "us-east5-a", "my-proj", "--", *TRAIN_ARGS], cwd=tmp_path,
                        env=env, capture_output=True, text=True, timeout=120)
@@ -124,8 +124,6 @@ def test_tpu_pod_sets_up_and_runs_the_same_command_on_every_worker(tmp_path):
 
 
 def test_tpu_pod_skip_setup_and_no_project(tmp_path):
-    import json
-
     env, homes = fake_tpu_tools(tmp_path, workers=1)
     (homes[0] / "vlmjax" / ".venv" / "bin").mkdir(parents=True)
     write_exe(homes[0] / "vlmjax" / ".venv" / "bin" / "python", PYTHON_STUB)
@@ -139,8 +137,6 @@ def test_tpu_pod_skip_setup_and_no_project(tmp_path):
 
 
 def test_tpu_pod_detach_starts_in_background_and_returns(tmp_path):
-    import time
-
     env, homes = fake_tpu_tools(tmp_path, workers=2)
     env.update(VLMJAX_SKIP_SETUP="1", VLMJAX_DETACH="1")
     for home in homes:

@@ -7,7 +7,7 @@ from vlmjax.train.config import load_experiment
 from vlmjax.train.loop import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = 300
+STEPS = 600
 
 
 def test_vit_scenes_learns_the_main_object(scenes_tiny_dir, tmp_path):

@@ -21,6 +21,16 @@ def posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.0) 
     return np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)[None].astype(np.float32)
 
 
+def position_embedding(module: nn.Module, kind: str, h: int, w: int, d: int, param_dtype):
+    """float[1, h*w, d]: `module`'s learned `pos_embedding` parameter ('learn') or the fixed 'sincos2d' one."""
+    if kind == "learn":
+        return module.param("pos_embedding", nn.with_logical_partitioning(
+            nn.initializers.normal(stddev=1 / np.sqrt(d)), (None, None, "embed")), (1, h * w, d), param_dtype)
+    if kind == "sincos2d":
+        return jnp.asarray(posemb_sincos_2d(h, w, d))
+    raise ValueError(f"posemb {kind!r}: expected 'learn' or 'sincos2d'")
+
+
 class ConvStem(nn.Module):
     """Hybrid-ViT stem: a patchify conv (kernel = stride = `patch`) then `blocks` residual LayerNorm-GELU-3x3-conv
     blocks. float[B, H, W, 3] -> float[B, H/patch, W/patch, channels]; the ViT then patchifies its output.
@@ -92,14 +102,7 @@ class ViT(nn.Module):
                         images.astype(self.dtype))
         b, h, w, d = x.shape
         x = x.reshape(b, h * w, d)
-        if self.posemb == "learn":
-            pe = self.param("pos_embedding", nn.with_logical_partitioning(
-                nn.initializers.normal(stddev=1 / np.sqrt(d)), (None, None, "embed")), (1, h * w, d), self.param_dtype)
-        elif self.posemb == "sincos2d":
-            pe = posemb_sincos_2d(h, w, d)
-        else:
-            raise ValueError(f"posemb {self.posemb!r}: expected 'learn' or 'sincos2d'")
-        x = x + jnp.asarray(pe, self.dtype)
+        x = x + position_embedding(self, self.posemb, h, w, d, self.param_dtype).astype(self.dtype)
         if self.pool_type == "tok":
             cls = self.param("cls", nn.with_logical_partitioning(nn.initializers.zeros, (None, None, "embed")),
                              (1, 1, d), self.param_dtype)

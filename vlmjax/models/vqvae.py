@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from vlmjax.models.quantizer import VectorQuantizer
 from vlmjax.models.transformer import Encoder as TransformerEncoder
-from vlmjax.models.vit import ViT, posemb_sincos_2d
+from vlmjax.models.vit import ViT, position_embedding
 
 Dtype = Any
 ACT = ("batch", None, None, "act_embed")  # float[B, H, W, C] at block boundaries
@@ -148,14 +148,8 @@ class ViTDecoder(nn.Module):
     def __call__(self, z, train: bool = False):
         b, h, w, d = z.shape
         x = z.astype(self.dtype).reshape(b, h * w, d)
-        if self.posemb == "learn":
-            pe = self.param("pos_embedding", nn.with_logical_partitioning(
-                nn.initializers.normal(stddev=d ** -0.5), (None, None, "embed")), (1, h * w, d), self.param_dtype)
-        elif self.posemb == "sincos2d":
-            pe = posemb_sincos_2d(h, w, d)
-        else:
-            raise ValueError(f"posemb {self.posemb!r}: expected 'learn' or 'sincos2d'")
-        x = nn.Dropout(self.dropout)(x + jnp.asarray(pe, self.dtype), not train)
+        pe = position_embedding(self, self.posemb, h, w, d, self.param_dtype)
+        x = nn.Dropout(self.dropout)(x + pe.astype(self.dtype), not train)
         x, _ = TransformerEncoder(self.depth, self.num_heads, self.mlp_dim or 4 * d, self.dropout, self.remat_policy,
                                   self.scan_layers, self.dtype, self.param_dtype, name="decoder")(x, None, not train)
         x = nn.Dense(self.patch * self.patch * self.out_channels, dtype=self.dtype, param_dtype=self.param_dtype,
