@@ -10,17 +10,16 @@ import subprocess
 import sys
 import time
 
+from vlmjax.train.dry_run import local_overrides
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The pod tokenizers live in buckets; the dry run only needs a SentencePiece file to open, so it takes the local
-# scenes model (`make data`) and pins the vocabulary to the pod size: SigLIP's c4_en has 32k pieces, and
-# paligemma_like.py already sets its LM vocabulary (256k) explicitly.
-# The evaluators go too: they open their own files (ImageNet class names, ...) when the task is validated, and
-# the dry run compiles only the train step.
-TOKENIZER = "--config.tokenizer=data/tfds/scenes_spm.model"
-LOCAL = [TOKENIZER, "--config.evals={}"]
-DEFAULT = [("experiments/siglip_b16.py", "tpu_v5p", LOCAL + ["--config.model.text.vocab_size=32000",
-                                                             "--config.mesh.fsdp=8"]),
-           ("experiments/paligemma_like.py", "tpu_v5p", LOCAL + ["--config.mesh.fsdp=16"])]
+# The pod tokenizers and evaluation files live in buckets: local_overrides points the tokenizer at the local scenes
+# model (`make data`) with the pod vocabulary size pinned, and drops the evaluators (see dry_run.POD_CONFIGS).
+TOKENIZER = "data/tfds/scenes_spm.model"
+DEFAULT = [("experiments/siglip_b16.py", "tpu_v5p", local_overrides("experiments/siglip_b16.py", TOKENIZER)
+            + ["--config.mesh.fsdp=8"]),
+           ("experiments/paligemma_like.py", "tpu_v5p", local_overrides("experiments/paligemma_like.py", TOKENIZER)
+            + ["--config.mesh.fsdp=16"])]
 
 
 def main():
@@ -29,8 +28,8 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "scale.md"))
     ap.add_argument("--only", default="", help="substring: dry-run only the matching configs (to split the work)")
     a = ap.parse_args()
-    if not os.path.isfile(os.path.join(ROOT, TOKENIZER.split("=", 1)[1])):
-        raise SystemExit(f"benchmarks/scale_report.py: {TOKENIZER.split('=', 1)[1]} is missing; run `make data`")
+    if not os.path.isfile(os.path.join(ROOT, TOKENIZER)):
+        raise SystemExit(f"benchmarks/scale_report.py: {TOKENIZER} is missing; run `make data`")
     sections = []
     for config, target, extra in [d for d in DEFAULT if a.only in d[0]]:
         cmd = [sys.executable, "-m", "vlmjax.train", "--config", config, "--workdir", "/tmp/vlmjax_dry_run",

@@ -103,9 +103,16 @@ def test_dry_run_reports_and_catches_unsharded_params(capsys):
     assert "parameter shardings:" in out and "encoder/block00/attn/query_kernel" in out
     assert "fits on tpu_v5e" in out
     assert report["unsharded_param_fraction"] < 0.5
-    cfg = tiny_config(**{"sharding_rules": [["batch", ["data", "fsdp"]]]})  # nothing maps params to mesh axes
+    # Nothing maps parameters to mesh axes: on a mesh with an fsdp axis that is an error.
+    cfg = tiny_config(**{"mesh.data": 2, "mesh.fsdp": 4, "sharding_rules": [["batch", ["data", "fsdp"]]]})
     with pytest.raises(ValueError, match="of parameter bytes are unsharded"):
         dry_run(cfg, max_unsharded_fraction=0.5)
+    # A purely data-parallel mesh (8,1,1) replicates every parameter by design: the specs still name 'fsdp' and
+    # 'tensor', but axes of size 1 split nothing, so the fraction is 100%, reported without an error.
+    capsys.readouterr()
+    report = dry_run(tiny_config(), max_unsharded_fraction=0.5, show_params=0)
+    assert report["unsharded_param_fraction"] == 1.0
+    assert "unsharded parameter bytes: 100.0% (data-parallel mesh" in capsys.readouterr().out
 
 
 def test_measured_cpu_peak_is_plausible():

@@ -168,6 +168,15 @@ def load_experiment(spec: str):
     return module.get_config(arg or None)
 
 
+def load_with_overrides(spec: str, overrides):
+    """What `vlmjax-train --config SPEC --config.<key>=<value> ...` runs: the experiment merged with the defaults
+    of its task and of the core, then the overrides (`[(key, value_text), ...]`, as split_overrides returns)."""
+    from vlmjax.tasks import get_task_class
+
+    config = load_experiment(spec)
+    return apply_overrides(config, overrides, get_task_class(config.get("task", "")).config_defaults())
+
+
 def _parse_value(text: str, like):
     import ast
 

@@ -3,8 +3,10 @@
     vlmjax-train --config experiments/siglip_b16.py --workdir /tmp/dry --dry_run --num_devices 64 [--target tpu_v5p]
 
 Prints per-device memory (parameters, optimizer state, compiler temporaries), FLOPs per step, the sharding of every
-parameter and the fraction of parameter bytes left unsharded; fails with one message when that fraction is above
-`--max_unsharded_fraction` or when the per-device total exceeds the target chip's memory. No data is read.
+parameter and the fraction of parameter bytes left unsharded (held whole by every device); fails with one message
+when that fraction is above `--max_unsharded_fraction` on a mesh with an fsdp or tensor axis (a purely
+data-parallel mesh replicates every parameter by design: reported, not an error), or when the per-device total
+exceeds the target chip's memory. No data is read.
 """
 import math
 
@@ -14,6 +16,27 @@ import numpy as np
 from vlmjax.train.flops import cost_of, memory_of, per_device_bytes, step_flops
 from vlmjax.train.mesh import batch_sharding, unsharded_fraction
 from vlmjax.train.optim import param_path
+
+# The experiments sized for a pod, and what their dry run needs on a machine without the pod's files. The
+# tokenizers and evaluation files live in buckets: the tasks open the tokenizer when they are built and the
+# evaluators open their files (ImageNet class names, ...) when the config is validated, although the dry run reads
+# no data and compiles only the train step. So the tokenizer points at a local SentencePiece model with the text
+# vocabulary pinned to the pod's size (the embedding and logits keep their pod shapes whatever the local model's
+# size), and the evaluators go. Used by benchmarks/scale_report.py and tests/test_dry_run_pods.py.
+POD_CONFIGS = {
+    # big_vision's c4_en SentencePiece model has 32k pieces; clip_b32.py inherits siglip_b16.py's tokenizer.
+    "experiments/siglip_b16.py": ("--config.tokenizer={tokenizer}", "--config.model.text.vocab_size=32000"),
+    "experiments/clip_b32.py": ("--config.tokenizer={tokenizer}", "--config.model.text.vocab_size=32000"),
+    "experiments/vqvae_imagenet.py": (),  # no tokenizer
+    "experiments/paligemma_like.py": ("--config.tokenizer={tokenizer}",),  # sets its LM vocabulary (256k) itself
+}
+
+
+def local_overrides(config_path: str, tokenizer: str) -> list:
+    """`--config.<key>=<value>` flags that let `config_path` (a key of POD_CONFIGS) dry-run here; `tokenizer` is a
+    local SentencePiece model (e.g. data/tfds/scenes_spm.model from `make data`)."""
+    return [o.format(tokenizer=tokenizer) for o in POD_CONFIGS[config_path]] + ["--config.evals={}"]
+
 
 # Memory per chip (GiB) for the `--target` check.
 HBM_GIB = {"tpu_v4": 32, "tpu_v5e": 16, "tpu_v5p": 95, "tpu_v6e": 32, "a100": 80, "h100": 80, "h200": 141}
@@ -43,23 +66,27 @@ def dry_run(config, target: str = "", max_unsharded_fraction: float = 0.5, show_
     total = mem.get("argument_size_in_bytes", params_b + opt_b) + mem.get("temp_size_in_bytes", 0)
     frac = unsharded_fraction(st["params"], jax.tree.map(lambda x: x.sharding, st["params"]))
     n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(st["params"]))
+    flat = jax.tree_util.tree_flatten_with_path(st["params"])[0]
     report = {"num_devices": trainer.mesh.size, "mesh": dict(trainer.mesh.shape), "num_params": n_params,
               "per_device_bytes": {"params": params_b, "optimizer": opt_b, "model_state": ms_b, **mem,
                                    "total": total},
               "flops_per_step_per_device": step_flops(compiled, traced.jaxpr, trainer.mesh.size),
-              "xla_cost_analysis_flops": cost_of(compiled)["flops"], "unsharded_param_fraction": frac}
+              "xla_cost_analysis_flops": cost_of(compiled)["flops"], "unsharded_param_fraction": frac,
+              "param_shardings": {param_path(path): str(x.sharding.spec) for path, x in flat}}
+    model_parallel = trainer.mesh.shape["fsdp"] * trainer.mesh.shape["tensor"] > 1
     lines = [f"dry run: {trainer.mesh.size} devices, mesh {dict(trainer.mesh.shape)}, {n_params / 1e6:.2f}M params, "
              f"global batch {cfg.batch_size}",
              f"per device: params {_gib(params_b)}, optimizer {_gib(opt_b)}, model state {_gib(ms_b)}, "
              f"temporaries {_gib(mem.get('temp_size_in_bytes', 0))}, total {_gib(total)}",
              f"FLOPs per step per device: {report['flops_per_step_per_device']:.4g} (XLA's cost analysis: "
              f"{report['xla_cost_analysis_flops']:.4g}; it counts each scanned loop body once)",
-             f"unsharded parameter bytes: {100 * frac:.1f}%", "parameter shardings:"]
-    flat = jax.tree_util.tree_flatten_with_path(st["params"])[0]
+             f"unsharded parameter bytes: {100 * frac:.1f}%" + (
+                 "" if model_parallel else " (data-parallel mesh: every parameter replicated by design)"),
+             "parameter shardings:"]
     for path, x in flat[:show_params]:
         lines.append(f"  {param_path(path):60s} {str(tuple(x.shape)):20s} {x.sharding.spec}")
     print("\n".join(lines), flush=True)
-    if frac > max_unsharded_fraction:
+    if frac > max_unsharded_fraction and model_parallel:
         raise ValueError(f"dry run: {100 * frac:.1f}% of parameter bytes are unsharded (> "
                          f"{100 * max_unsharded_fraction:.0f}%): check config.sharding_rules / config.mesh")
     if target:

@@ -19,23 +19,20 @@ _PID = flags.DEFINE_integer("process_id", -1, "This process's index (with --coor
 _DRY = flags.DEFINE_bool("dry_run", False, "Compile the train step and report memory/FLOPs/shardings; no training.")
 _NDEV = flags.DEFINE_integer("num_devices", 0, "With --dry_run: simulate this many CPU devices.")
 _TARGET = flags.DEFINE_string("target", "", "With --dry_run: chip to check memory against (tpu_v5p, h100, ...).")
-_MAXUNSH = flags.DEFINE_float("max_unsharded_fraction", 0.5, "With --dry_run: fail above this unsharded fraction.")
+_MAXUNSH = flags.DEFINE_float("max_unsharded_fraction", 0.5, "With --dry_run: fail above this fraction of parameter "
+                               "bytes held whole by every device (meshes with an fsdp or tensor axis).")
 _DIST = flags.DEFINE_enum("distributed", "", ["", "auto"], "'auto': let jax detect a TPU pod or SLURM cluster.")
 
 
 def _main(argv):
     del argv
+    from vlmjax.train import config as config_lib
     from vlmjax.train import distributed
     from vlmjax.train.loop import train
 
-    from vlmjax.tasks import get_task_class
-    from vlmjax.train import config as config_lib
-
     distributed.initialize(_COORD.value, _NPROC.value, _PID.value, _DIST.value)
     try:
-        config = config_lib.load_experiment(_CONFIG.value)
-        task_defaults = get_task_class(config.get("task", "")).config_defaults()
-        config = config_lib.apply_overrides(config, _OVERRIDES, task_defaults)
+        config = config_lib.load_with_overrides(_CONFIG.value, _OVERRIDES)
         if _DRY.value:
             from vlmjax.train.dry_run import dry_run
 

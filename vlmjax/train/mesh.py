@@ -124,11 +124,12 @@ def like_params_shardings(tree, params_abstract, params_shardings, mesh: Mesh):
 
 
 def unsharded_fraction(abstract, shardings) -> float:
-    """Fraction of parameter bytes that are fully replicated (reported by the dry run)."""
+    """Fraction of parameter bytes that every device holds whole (reported by the dry run). A spec naming only
+    mesh axes of size 1 (P('fsdp') on a mesh with fsdp=1) replicates the parameter just as P() does."""
     total = rep = 0
     for x, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings)):
         n = x.size * x.dtype.itemsize
         total += n
-        if all(a is None for a in s.spec):
+        if s.is_fully_replicated:
             rep += n
     return rep / max(total, 1)
