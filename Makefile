@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DATA_DIR ?= data/tfds
 DEMO_WORKDIR ?= workdirs/vit_scenes_demo
-PYTEST_ARGS ?= -n 2
+PYTEST_ARGS ?= -n 2 --durations=25
 export TF_CPP_MIN_LOG_LEVEL := 3
 
 .PHONY: venv data demo test bench clean-demo

@@ -248,7 +248,7 @@ def _losses(workdir):
     return np.array([r["train/loss"] for r in read_metrics(workdir) if "train/loss" in r])
 
 
-PRE_STEPS, CHAT_STEPS = 150, 300
+PRE_STEPS, CHAT_STEPS = 300, 300
 
 
 @pytest.fixture(scope="module")
@@ -273,7 +273,7 @@ def test_sharded_training_equals_one_device(two_stage, scenes_tiny_dir, tok_path
 
 def blind_baseline(data_dir, n_test):
     """VQA accuracy of answering from the question alone: the most common train answer of that question (of its
-    type for an unseen question) — what a model ignoring the image can reach."""
+    type for an unseen question) — what a model ignoring the image can reach. -> (overall, {type: accuracy}, n)."""
     import tensorflow_datasets as tfds
 
     src = lambda split: tfds.data_source("scenes/tiny", split=split, data_dir=data_dir,  # noqa: E731
@@ -285,21 +285,27 @@ def blind_baseline(data_dir, n_test):
         for q, a, t in zip(ex["questions"], ex["answers"], ex["question_types"]):
             by_q[q][a] += 1
             by_t[t][a] += 1
-    test_src, hits = src("test"), []
+    test_src, hits = src("test"), collections.defaultdict(list)
     for i in range(n_test):
         ex = test_src[i]
         for q, a, t in zip(ex["questions"], ex["answers"], ex["question_types"]):
-            hits.append((by_q.get(q) or by_t[t]).most_common(1)[0][0] == a)
-    return float(np.mean(hits)), len(hits)
+            hits[t.decode() if isinstance(t, bytes) else t].append((by_q.get(q) or by_t[t]).most_common(1)[0][0] == a)
+    every = np.concatenate([np.asarray(h, np.float64) for h in hits.values()])
+    return float(every.mean()), {t: float(np.mean(h)) for t, h in hits.items()}, len(every)
 
 
 def test_two_stage_answers_questions_from_the_image(two_stage, scenes_tiny_dir):
     _, chat, final = two_stage
-    blind, n = blind_baseline(scenes_tiny_dir, 128)
+    blind, blind_by_type, n = blind_baseline(scenes_tiny_dir, 128)
     assert final["eval/vqa/questions"] == n
-    print(f"VQA accuracy {final['eval/vqa/accuracy']:.3f} vs blind {blind:.3f} on {n} questions")
-    # Threshold: the blind prior (0.34 here) plus 10 points, over 4x the binomial standard error at n ~ 900.
-    assert final["eval/vqa/accuracy"] >= blind + 0.10, (final, blind)
+    print(f"VQA accuracy {final['eval/vqa/accuracy']:.3f} vs blind {blind:.3f} on {n} questions;",
+          {t: (round(final[f"eval/vqa/accuracy_{t}"], 3), round(b, 3)) for t, b in blind_by_type.items()})
+    # 32 px images and 600 CPU steps: this reduced run reads colours off the image (measured 0.57 vs a blind 0.21
+    # on 222 colour questions) but not yet shapes or counts (the full 64 px run is in docs/prefixlm.md).
+    # Thresholds: 5 binomial standard errors above the blind prior, overall (SE ~0.016 at n ~900; measured 0.46
+    # vs 0.34) and on colour questions, where the answer is in the image only (SE ~0.03 at n ~220).
+    assert final["eval/vqa/accuracy"] >= blind + 0.08, (final, blind)
+    assert final["eval/vqa/accuracy_color"] >= blind_by_type["color"] + 0.15, (final, blind_by_type)
 
 
 def test_predict_cli_answers_about_a_png(two_stage, tmp_path, capsys):
