@@ -33,3 +33,14 @@ def write_result(name: str, result: dict) -> str:
     print(json.dumps(result, indent=2, sort_keys=True))
     print(f"wrote {path}")
     return path
+
+
+def update_doc(path: str, title: str, begin: str, end: str, text: str) -> None:
+    """Replaces the `begin`..`end` block of the markdown page `path` by `text` (which carries both markers); the rest
+    of the page, written by hand, is kept. A page without the block gets it appended."""
+    doc = open(path).read() if os.path.exists(path) else f"# {title}\n\n{begin}\n{end}\n"
+    if begin not in doc or end not in doc:
+        doc += f"\n{begin}\n{end}\n"
+    head, rest = doc.split(begin, 1)
+    with open(path, "w") as f:
+        f.write(head + text + rest.split(end, 1)[1])

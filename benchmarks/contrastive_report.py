@@ -19,14 +19,13 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 from PIL import Image, ImageDraw
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
-from common import write_result  # noqa: E402
+from common import update_doc, write_result  # noqa: E402
 
 DOC = os.path.join(ROOT, "docs", "contrastive.md")
 PLOT = os.path.join(ROOT, "docs", "contrastive_batch_size.png")
@@ -158,15 +157,6 @@ def markdown(rows, args) -> str:
     return "\n".join(lines)
 
 
-def update_doc(text: str, path: str = DOC) -> None:
-    doc = open(path).read() if os.path.exists(path) else f"# Contrastive\n\n{BEGIN}\n{END}\n"
-    if BEGIN not in doc or END not in doc:
-        doc += f"\n{BEGIN}\n{END}\n"
-    head, rest = doc.split(BEGIN, 1)
-    with open(path, "w") as f:
-        f.write(head + text + rest.split(END, 1)[1])
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data_dir", default=os.path.join(ROOT, "data", "tfds"))
@@ -187,7 +177,7 @@ def main(argv=None):
         return
     write_result("contrastive_report", result)
     plot(rows, PLOT)
-    update_doc(markdown(rows, args))
+    update_doc(DOC, "Contrastive", BEGIN, END, markdown(rows, args))
     print(f"wrote {PLOT} and the results of {DOC}")
 
 

@@ -1,11 +1,11 @@
 """Prefix-LM reproduction report: (1) continuous ViT features vs VQ-VAE tokens as the image input, (2) bidirectional
-prefix vs fully causal attention. Regenerates docs/prefixlm_report.png and the results table in docs/prefixlm.md.
+prefix vs fully causal attention. Regenerates docs/prefixlm_report.png and the results block of docs/prefixlm.md.
 
     python benchmarks/prefixlm_report.py [--data_dir data/tfds] [--scale 1.0]   # ~12 min on 2 idle CPU cores
 
 Every arm runs the same two-stage recipe as experiments/prefixlm_scenes.py (caption pretraining, then multi-turn QA
 chat chained by init_from), shrunk to scenes/default at 32 px with a small model, and the same data order:
-  continuous  ViT (patch 4 -> 64 tokens) + linear projector, bidirectional image + prompt prefix
+  continuous  hybrid ViT (conv stem 4x4 + 1x1 patches -> 64 tokens) + linear projector, bidirectional prefix
   causal      the same, every token causal (mask_ar all 1)
   vq          a VQ-VAE trained here first (f4: 8x8 = 64 codes of 256), frozen; `<|boi|> codes <|eoi|>` prefix
 Metrics: caption CIDEr-D and exact match after stage 1 (stage 2 trains on QA only), VQA exact-match accuracy
@@ -24,7 +24,7 @@ import ml_collections
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import write_result  # noqa: E402
+from common import update_doc, write_result  # noqa: E402
 
 
 def _load(name):
@@ -62,9 +62,9 @@ def arm_config(stage, arm, args, steps, workdirs):
             "schedule.warmup_steps": 50, "optimizer.lr": 2e-3, "image_size": SIZE, "mesh.data": 1,
             "checkpoint.async_save": False, "eval.batch_size": 64}
     lm = EXP.model(64, 3, 96, 3)["lm"]
-    over["model"] = dict(lm=lm) if vq else EXP.model(64, 3, 96, 3, token_merge=1)
-    if not vq:  # patch 4: 64 image tokens, as many as the VQ arm's 8x8 codes
-        over["model"]["vit"]["patch_size"] = (4, 4)
+    over["model"] = dict(lm=lm) if vq else EXP.model(64, 3, 96, 3, token_merge=1, stem=32)
+    if not vq:  # stem /4 then 1x1 patches: 64 image tokens, as many as the VQ arm's 8x8 codes
+        over["model"]["vit"]["patch_size"] = (1, 1)
     if vq:
         over["vq_workdir"] = workdirs["vqvae"]
     if arm == "causal":
@@ -142,6 +142,41 @@ def bar_chart(results, path):
     img.save(path)
 
 
+DOC = os.path.join(ROOT, "docs", "prefixlm.md")
+BEGIN, END = "<!-- results:begin (written by benchmarks/prefixlm_report.py) -->", "<!-- results:end -->"
+ARMS = {"continuous": "continuous ViT features, bidirectional prefix", "causal": "continuous, fully causal",
+        "vq": "VQ-VAE tokens, bidirectional prefix"}
+
+
+def markdown(results, blind) -> str:
+    """The results block: one row per arm, then sentences computed from the same numbers."""
+    s = results["settings"]
+    head = "| arm | VQA | " + " | ".join(TYPES) + " | caption CIDEr-D | caption exact | wall s (both stages) |"
+    lines = [BEGIN, "",
+             f"`scenes/default` at {SIZE} px, caption pretraining {int(s['pretrain_steps'] * s['scale'])} steps then "
+             f"QA chat {int(s['chat_steps'] * s['scale'])} steps, batch 32, one seed; VQA exact match on the "
+             f"questions of the first {s['eval_images']} test images, captions (after stage 1) on the same images. "
+             "Blind prior (most common train answer of the question, from the question alone): "
+             f"{blind['all']:.3f} (" + ", ".join(f"{t} {blind[t]:.3f}" for t in TYPES) + "). Wall seconds on 2 CPU "
+             "cores. Regenerate with `.venv/bin/python benchmarks/prefixlm_report.py`.", "",
+             head, "|" + "---|" * (len(TYPES) + 5)]
+    for arm, what in ARMS.items():
+        r = results.get(arm)
+        if r:
+            lines.append(f"| {what} | {r['vqa/accuracy']:.3f} | " +
+                         " | ".join(f"{r[f'vqa/accuracy_{t}']:.3f}" for t in TYPES) +
+                         f" | {r['caption/cider']:.3f} | {r['caption/exact']:.3f} | "
+                         f"{r['pretrain_seconds'] + r['chat_seconds']:.0f} |")
+    lines += ["", "![VQA accuracy per question type and caption CIDEr-D per arm](prefixlm_report.png)", ""]
+    c, k, v = (results.get(a) for a in ("continuous", "causal", "vq"))
+    for name, other in (("VQ tokens", v), ("fully causal attention", k)):
+        if c and other:
+            lines.append(f"- {name} vs continuous bidirectional: VQA "
+                         f"{100 * (other['vqa/accuracy'] - c['vqa/accuracy']):+.1f} points, CIDEr-D "
+                         f"{other['caption/cider'] - c['caption/cider']:+.3f}.")
+    return "\n".join(lines + ["", END])
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data_dir", default=os.path.join(ROOT, "data", "tfds"))
@@ -153,6 +188,7 @@ def main(argv=None):
     p.add_argument("--eval_images", type=int, default=256)
     p.add_argument("--arms", default="continuous,causal,vq")
     args = p.parse_args(argv)
+    from vlmjax.data import scenes
     from vlmjax.train.loop import train
 
     t0 = time.time()
@@ -164,8 +200,11 @@ def main(argv=None):
         results[arm] = run_arm(arm, args, workdirs, train)
     results["total_seconds"] = round(time.time() - t0, 1)
     results["settings"] = {k: v for k, v in vars(args).items() if k != "workdir"}
+    results["blind"] = scenes.blind_vqa_prior(args.data_dir, "default", args.eval_images)[0]
     write_result("prefixlm_report", results)
     bar_chart(results, os.path.join(ROOT, "docs", "prefixlm_report.png"))
+    update_doc(DOC, "Prefix-LM VLM", BEGIN, END, markdown(results, results["blind"]))
+    print(f"wrote docs/prefixlm_report.png and the results of {DOC}")
 
 
 if __name__ == "__main__":

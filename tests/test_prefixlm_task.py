@@ -1,12 +1,8 @@
 """Prefix-LM VLM task: chat-template masks, loss on mask_loss positions only, the zero-supervised-token error,
 sharded == 1-device training, a reduced two-stage scenes/tiny run answering questions, CIDEr-D, the predict CLI."""
-import collections
 import importlib.util
-import io
 import math
 import os
-import re
-from contextlib import redirect_stdout
 
 import jax
 import ml_collections
@@ -15,7 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlmjax.data import chat_ops
 from vlmjax.data.ops import get_preprocess_fn
 from vlmjax.models.masks import make_attn_mask
 from vlmjax.tasks import cider
@@ -271,32 +266,12 @@ def test_sharded_training_equals_one_device(two_stage, scenes_tiny_dir, tok_path
     np.testing.assert_allclose(_losses(str(tmp_path)), _losses(two_stage[0])[:3], rtol=2e-5)
 
 
-def blind_baseline(data_dir, n_test):
-    """VQA accuracy of answering from the question alone: the most common train answer of that question (of its
-    type for an unseen question) — what a model ignoring the image can reach. -> (overall, {type: accuracy}, n)."""
-    import tensorflow_datasets as tfds
-
-    src = lambda split: tfds.data_source("scenes/tiny", split=split, data_dir=data_dir,  # noqa: E731
-                                         decoders={"image": tfds.decode.SkipDecoding()})
-    by_q, by_t = collections.defaultdict(collections.Counter), collections.defaultdict(collections.Counter)
-    train_src = src("train")
-    for i in range(len(train_src)):
-        ex = train_src[i]
-        for q, a, t in zip(ex["questions"], ex["answers"], ex["question_types"]):
-            by_q[q][a] += 1
-            by_t[t][a] += 1
-    test_src, hits = src("test"), collections.defaultdict(list)
-    for i in range(n_test):
-        ex = test_src[i]
-        for q, a, t in zip(ex["questions"], ex["answers"], ex["question_types"]):
-            hits[t.decode() if isinstance(t, bytes) else t].append((by_q.get(q) or by_t[t]).most_common(1)[0][0] == a)
-    every = np.concatenate([np.asarray(h, np.float64) for h in hits.values()])
-    return float(every.mean()), {t: float(np.mean(h)) for t, h in hits.items()}, len(every)
-
-
 def test_two_stage_answers_questions_from_the_image(two_stage, scenes_tiny_dir):
     _, chat, final = two_stage
-    blind, blind_by_type, n = blind_baseline(scenes_tiny_dir, 128)
+    from vlmjax.data.scenes import blind_vqa_prior
+
+    blind_by_type, n = blind_vqa_prior(scenes_tiny_dir, "tiny", 128)
+    blind = blind_by_type.pop("all")
     assert final["eval/vqa/questions"] == n
     print(f"VQA accuracy {final['eval/vqa/accuracy']:.3f} vs blind {blind:.3f} on {n} questions;",
           {t: (round(final[f"eval/vqa/accuracy_{t}"], 3), round(b, 3)) for t, b in blind_by_type.items()})

@@ -226,6 +226,30 @@ class ScenesConfig(tfds.core.BuilderConfig):
     num_test: int = 2_000
 
 
+def blind_vqa_prior(data_dir: str, config: str = "default", n_test: int = None) -> Tuple[Dict[str, float], int]:
+    """VQA accuracy of answering from the question alone: the most common train answer of that question (of its
+    type for a question never seen in train) -- what a model that ignores the image can reach. Over the questions
+    of the first `n_test` test images -> ({'all': acc, '<type>': acc, ...}, number of questions)."""
+    import collections
+
+    src = lambda split: tfds.data_source(f"scenes/{config}", split=split, data_dir=data_dir,  # noqa: E731
+                                         decoders={"image": tfds.decode.SkipDecoding()})
+    by_q, by_t = collections.defaultdict(collections.Counter), collections.defaultdict(collections.Counter)
+    train_src = src("train")
+    for i in range(len(train_src)):
+        ex = train_src[i]
+        for q, a, t in zip(ex["questions"], ex["answers"], ex["question_types"]):
+            by_q[q][a] += 1
+            by_t[t][a] += 1
+    test_src, hits = src("test"), collections.defaultdict(list)
+    for i in range(len(test_src) if n_test is None else n_test):
+        ex = test_src[i]
+        for q, a, t in zip(ex["questions"], ex["answers"], ex["question_types"]):
+            hits[t.decode() if isinstance(t, bytes) else t].append((by_q.get(q) or by_t[t]).most_common(1)[0][0] == a)
+    every = [h for hs in hits.values() for h in hs]
+    return {"all": float(np.mean(every)), **{t: float(np.mean(h)) for t, h in hits.items()}}, len(every)
+
+
 # `python -m` runs this file as __main__; only the importable module registers the name `scenes`.
 class Scenes(tfds.core.GeneratorBasedBuilder, skip_registration=__name__ == "__main__"):
     """Synthetic shapes scenes with class labels, captions and question/answer pairs; generated, never downloaded."""
