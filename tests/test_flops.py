@@ -1,13 +1,14 @@
 """FLOPs from XLA's cost analysis against an analytic count; the dry run report; the CPU peak used for MFU."""
 import jax
 import jax.numpy as jnp
+import ml_collections
 import pytest
 
 from test_core import tiny_config
 from vlmjax.models.lm import DecoderLM
 from vlmjax.models.vit import ViT
 from vlmjax.train.dry_run import dry_run
-from vlmjax.train.flops import cost_of, matmul_flops, measured_cpu_peak, step_flops
+from vlmjax.train.flops import cost_of, matmul_flops, measured_cpu_peak
 
 
 def vit_forward_flops(image, patch, width, depth, mlp, classes, batch):
@@ -130,3 +131,18 @@ def test_evaluators_can_be_dropped_from_the_command_line():
     assert len(apply_overrides(tiny_config(), [("evals", "{}")], defaults).evals) == 0
     with pytest.raises(ValueError, match=r"--config.evals=\[\]: wrong type list"):
         apply_overrides(tiny_config(), [("evals", "[]")], defaults)
+
+
+def test_eval_every_steps_from_the_command_line_reaches_the_evaluators():
+    from vlmjax.tasks import get_task_class
+    from vlmjax.train.config import apply_overrides
+
+    defaults = get_task_class("classification").config_defaults()
+    cfg = tiny_config()
+    with cfg.unlocked():
+        cfg.evals.other = ml_collections.ConfigDict(dict(type="classification", every_steps=7, data=dict(split="test")))
+    merged = apply_overrides(cfg, [("eval.every_steps", "3")], defaults)
+    assert merged.evals.test.every_steps == 3  # inherited, so it follows the override
+    assert merged.evals.other.every_steps == 7  # its own value wins
+    merged = apply_overrides(cfg, [("eval.every_steps", "3"), ("evals.test.every_steps", "5")], defaults)
+    assert merged.evals.test.every_steps == 5

@@ -202,6 +202,9 @@ def _parse_value(text: str, like):
 def apply_overrides(config, overrides, task_defaults: dict = None):
     """Apply `[('optimizer.lr', '1e-3'), ...]` to the config merged with the defaults (so any core key can be
     overridden); values are parsed to the type of the key they replace. Returns the merged config."""
+    # Evaluators without their own every_steps follow config.eval.every_steps, also when it comes from the command
+    # line (resolve() has already copied the experiment's value into them).
+    inherits = [name for name, ev in config.get("evals", {}).items() if "every_steps" not in ev]
     merged = resolve(config, task_defaults)
     for key, text in overrides:
         node, parts = merged, key.split(".")
@@ -225,6 +228,11 @@ def apply_overrides(config, overrides, task_defaults: dict = None):
             if last in node:
                 del node[last]
             node[last] = value
+    keys = {key for key, _ in overrides}
+    if "eval.every_steps" in keys:
+        for name in inherits:
+            if name in merged.evals and f"evals.{name}.every_steps" not in keys:
+                merged.evals[name].every_steps = merged.eval.every_steps
     return merged
 
 
