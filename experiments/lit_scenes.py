@@ -8,6 +8,11 @@ learn to match it with the sigmoid loss.
     vlmjax-train --config experiments/vit_scenes.py:runlocal --workdir /tmp/vit_scenes
     vlmjax-train --config experiments/lit_scenes.py:runlocal --workdir /tmp/lit_scenes
 
+Measured (2 idle CPU cores): with the image tower of a 600-step `vit_scenes` run (97.1% supervised), 600 LiT steps
+at batch 128 (13 min) give **95.9% zero-shot accuracy** (top-5 99.8%) on the main-object label of the test split;
+retrieval is weaker (img->txt R@1 0.15, txt->img 0.27) since the locked features were trained to name the main
+object only. `siglip_scenes` from scratch stays near 25% zero-shot: see docs/contrastive.md.
+
 How the tower is taken: `init_from.include` selects our `img/...` parameters and `rewrite` maps each to the
 classifier's top-level name (`img/encoder/block00/...` -> `encoder/block00/...`); the classifier's `head` is left
 behind (our image tower has no projection: out_dim [0, D] puts the only head on the text side, so the locked
@@ -39,4 +44,6 @@ def get_config(arg=None):
     c.init_from = dict(workdir="/tmp/vit_scenes" if runlocal else "workdirs/vit_scenes",
                        include=r"img/.*", rewrite=[(r"^img/", "")])
     c.optimizer.freeze = r"img/.*"
+    if not runlocal:
+        c.total_steps, c.eval.every_steps, c.checkpoint.every_steps = 600, 300, 600
     return c
