@@ -20,11 +20,11 @@ import sys
 import time
 
 import jax
-import ml_collections
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import update_doc, write_result  # noqa: E402
+from vlmjax.train.config import set_dotted  # noqa: E402
 
 
 def _load(name):
@@ -37,21 +37,6 @@ def _load(name):
 EXP, VQ_EXP = _load("prefixlm_scenes"), _load("prefixlm_vq_scenes")
 SIZE, PRE_LEN, CHAT_LEN, TURNS = 32, 32, 60, 4
 TYPES = EXP.TYPES
-
-
-def _set(cfg, over):
-    with cfg.unlocked():
-        for k, v in over.items():
-            node = cfg
-            *path, last = k.split(".")
-            for p in path:
-                if p not in node:
-                    node[p] = ml_collections.ConfigDict()
-                node = node[p]
-            if last in node:
-                del node[last]
-            node[last] = v
-    return cfg
 
 
 def arm_config(stage, arm, args, steps, workdirs):
@@ -83,7 +68,7 @@ def arm_config(stage, arm, args, steps, workdirs):
         evals = {"vqa": dict(type="vqa", max_new_tokens=4, question_types=TYPES, data=dict(
             split="test", preprocess=EXP.vqa_pp(SIZE), max_examples=n))}
     over["evals"] = evals
-    return _set(c, over)
+    return set_dotted(c, over)
 
 
 def run_arm(arm, args, workdirs, train):
@@ -102,7 +87,7 @@ def run_arm(arm, args, workdirs, train):
 def train_vqvae(args, workdirs, train):
     wd = workdirs["vqvae"] = os.path.join(args.workdir, "vqvae")
     c = VQ_EXP.vqvae_config(steps=int(args.vqvae_steps * args.scale), batch=32)
-    _set(c, {"data.data_dir": args.data_dir, "mesh.data": 1, "checkpoint.async_save": False,
+    set_dotted(c, {"data.data_dir": args.data_dir, "mesh.data": 1, "checkpoint.async_save": False,
              "model.ch": 16, "schedule.warmup_steps": 50})
     for ev in c.evals.values():
         ev.data.max_examples = 256

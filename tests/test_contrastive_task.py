@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from test_core import losses, set_keys
+from test_core import losses
+from vlmjax.train.config import set_dotted
 from vlmjax.data import scenes
 from vlmjax.losses.contrastive import sigmoid_loss
 from vlmjax.tasks.contrastive import build_two_towers
@@ -37,7 +38,7 @@ def tokenizer_path(scenes_tiny_dir, tmp_path_factory):
 
 def tiny_config(data_dir, tok, experiment="siglip_scenes.py:runlocal", **over):
     c = load_experiment(os.path.join(ROOT, "experiments", experiment))
-    set_keys(c, {"data.data_dir": data_dir, "tokenizer": tok, "checkpoint.async_save": False, **over})
+    set_dotted(c, {"data.data_dir": data_dir, "tokenizer": tok, "checkpoint.async_save": False, **over})
     return c
 
 
@@ -162,7 +163,7 @@ def test_evaluators_end_to_end(siglip_run, tmp_path):
     cls = unit(unit(embed([t.format(c) for c in names for t in TEMPLATES])).reshape(24, len(TEMPLATES), -1).mean(1))
     want_zs = np.mean(np.argmax(zimg @ cls.T, axis=1) == np.array([e["label"] for e in exs]))
 
-    set_keys(cfg, {f"evals.{e}.data.{k}": val for e in ("zeroshot", "retrieval")
+    set_dotted(cfg, {f"evals.{e}.data.{k}": val for e in ("zeroshot", "retrieval")
                    for k, val in (("max_examples", n), ("batch_size", 32))})
     _, got = evaluate_workdir(wd, cfg)  # the run's mesh (data=1) on the first device of the 8
     assert got["eval/zeroshot/accuracy"] == pytest.approx(want_zs, abs=1e-6)
@@ -171,7 +172,7 @@ def test_evaluators_end_to_end(siglip_run, tmp_path):
 
     # Class names given in the config replace the dataset's: names rotated by one colour (4 shapes) give every
     # label another colour, which this short run has learnt best, so the accuracy must fall well below.
-    set_keys(cfg, {"evals.zeroshot.class_names": names[4:] + names[:4]})
+    set_dotted(cfg, {"evals.zeroshot.class_names": names[4:] + names[:4]})
     del cfg.evals["retrieval"]
     _, bad = evaluate_workdir(wd, cfg)
     assert bad["eval/zeroshot/accuracy"] < 0.5 * got["eval/zeroshot/accuracy"]
@@ -181,7 +182,7 @@ def test_sharded_ring_matches_one_device(siglip_run, tmp_path):
     """Mesh (2,2,2) with the ring loss (the default when the batch is sharded) vs the 1-device dense run: the
     first steps' losses agree (warmup covers them, so the shorter run has the same learning rates)."""
     wd, cfg = siglip_run[0], run_config(siglip_run)
-    set_keys(cfg, {"total_steps": 3, "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2, "evals": {}})
+    set_dotted(cfg, {"total_steps": 3, "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2, "evals": {}})
     t = Trainer(cfg, str(tmp_path))
     t.run()
     np.testing.assert_allclose(losses(str(tmp_path)), losses(wd)[:3], rtol=2e-5)
@@ -194,7 +195,7 @@ def test_sharded_ring_matches_one_device(siglip_run, tmp_path):
 def test_lit_locks_the_image_tower(scenes_tiny_dir, tokenizer_path, tmp_path):
     vit_wd = str(tmp_path / "vit")
     vit = load_experiment(os.path.join(ROOT, "experiments", "vit_scenes.py:runlocal"))
-    set_keys(vit, {"data.data_dir": scenes_tiny_dir, "total_steps": 2, "evals": {}, "checkpoint.async_save": False})
+    set_dotted(vit, {"data.data_dir": scenes_tiny_dir, "total_steps": 2, "evals": {}, "checkpoint.async_save": False})
     train(vit, vit_wd)
     cfg = tiny_config(scenes_tiny_dir, tokenizer_path, "lit_scenes.py:runlocal",
                       **{"total_steps": 3, "evals": {}, "init_from.workdir": vit_wd})
@@ -258,7 +259,7 @@ def test_init_from_hf_siglip_weights(scenes_tiny_dir, tokenizer_path, tmp_path):
                                                    r"'big_vision'\): big_vision checkpoint: no rule for"),
             ({"workdir": str(tmp_path)}, ValueError, r"config.init_from: set workdir=.* or path=.*, not both")]:
         bad = copy.deepcopy(cfg)
-        set_keys(bad, {f"init_from.{k}": v for k, v in over.items()})
+        set_dotted(bad, {f"init_from.{k}": v for k, v in over.items()})
         with pytest.raises(err, match=match):
             Trainer(bad, str(tmp_path / "bad"), jax.devices()[:1]).init_state()
 
@@ -310,7 +311,7 @@ def test_tfds_datasets_named_in_the_config(siglip_run, tmp_path):
 
     wd, cfg = siglip_run[0], run_config(siglip_run)
     n = 16
-    set_keys(cfg, {"evals.retrieval.data.max_examples": n})
+    set_dotted(cfg, {"evals.retrieval.data.max_examples": n})
     del cfg.evals["zeroshot"]
     _, want = evaluate_workdir(wd, cfg)
 
@@ -335,7 +336,7 @@ def test_tfds_datasets_named_in_the_config(siglip_run, tmp_path):
 
     img = [dict(op="decode", key="image"), dict(op="resize", size=32, key="image"),
            dict(op="value_range", key="image", vmin=-1, vmax=1)]
-    set_keys(cfg, {"evals": {
+    set_dotted(cfg, {"evals": {
         "cifar100": dict(type="zeroshot", templates=["a photo of a {}."],
                          data=dict(name="cifar100", split="test",
                                    preprocess=img + [dict(op="keep", keys=["image", "label"])])),

@@ -6,6 +6,7 @@ import pytest
 
 import fake_data
 from vlmjax.data.pipeline import TrainIterator
+from vlmjax.train.config import set_dotted
 from vlmjax.train.loop import Trainer, train
 from vlmjax.train.metrics import read_metrics
 
@@ -28,23 +29,8 @@ def tiny_config(**over):
     c.optimizer = dict(lr=3e-3)
     c.schedule = dict(warmup_steps=3)
     c.checkpoint = dict(every_steps=1000, async_save=False)
-    set_keys(c, over)
+    set_dotted(c, over)
     return c
-
-
-def set_keys(cfg, over):
-    """Set dotted keys, creating missing sections (tests set keys the experiment file left at their defaults)."""
-    with cfg.unlocked():
-        for k, v in over.items():
-            node = cfg
-            *path, last = k.split(".")
-            for p in path:
-                if p not in node:
-                    node[p] = ml_collections.ConfigDict()
-                node = node[p]
-            if last in node and not isinstance(v, type(node[last])):
-                del node[last]  # a config file may hold any type: that is what validation is for
-            node[last] = v
 
 
 def losses(workdir):

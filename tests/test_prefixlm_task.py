@@ -5,7 +5,6 @@ import math
 import os
 
 import jax
-import ml_collections
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ from PIL import Image
 from vlmjax.data.ops import get_preprocess_fn
 from vlmjax.models.masks import make_attn_mask
 from vlmjax.tasks import cider
+from vlmjax.train.config import set_dotted
 from vlmjax.train.loop import Trainer, train
 from vlmjax.train.metrics import read_metrics
 
@@ -129,21 +129,6 @@ def test_cider_d_matches_independent_implementation():
 
 
 # ---- training ---------------------------------------------------------------------------------------------------
-def set_keys(cfg, over):
-    with cfg.unlocked():
-        for k, v in over.items():
-            node = cfg
-            *path, last = k.split(".")
-            for p in path:
-                if p not in node:
-                    node[p] = ml_collections.ConfigDict()
-                node = node[p]
-            if last in node:
-                del node[last]
-            node[last] = v
-    return cfg
-
-
 @pytest.fixture(scope="module")
 def tok_path(scenes_tiny_dir, tmp_path_factory):
     from vlmjax.data.tokenizer import dataset_texts, train_from_texts
@@ -159,18 +144,18 @@ PRE_LEN, CHAT_LEN, TURNS = 32, 60, 4
 def tiny_config(stage, data_dir, tok, **over):
     """The experiment's stage on scenes/tiny (32 px: 16 image tokens) with a tiny model, evals only in stage 2."""
     c = exp.get_config(stage)
-    set_keys(c, {"tokenizer": tok, "image_size": 32, "data.name": "scenes/tiny", "data.data_dir": data_dir,
+    set_dotted(c, {"tokenizer": tok, "image_size": 32, "data.name": "scenes/tiny", "data.data_dir": data_dir,
                  "model": exp.model(32, 2, 48, 2, token_merge=1, stem=32), "batch_size": 32, "log_every_steps": 1,
                  "checkpoint.async_save": False, "schedule.warmup_steps": 10, "optimizer.lr": 3e-3,
                  "init_from.workdir": "", "optimizer.freeze": ""})
     if stage == "pretrain":
-        set_keys(c, {"text_len": PRE_LEN, "data.preprocess": exp.pretrain_pp(PRE_LEN), "evals": {}})
+        set_dotted(c, {"text_len": PRE_LEN, "data.preprocess": exp.pretrain_pp(PRE_LEN), "evals": {}})
     else:
-        set_keys(c, {"text_len": CHAT_LEN, "data.preprocess": exp.chat_pp(CHAT_LEN, TURNS)})
+        set_dotted(c, {"text_len": CHAT_LEN, "data.preprocess": exp.chat_pp(CHAT_LEN, TURNS)})
         with c.unlocked():
             c.evals = {"vqa": c.evals.vqa}
-        set_keys(c, {"evals.vqa.data.max_examples": 128, "eval.batch_size": 64})
-    return set_keys(c, over)
+        set_dotted(c, {"evals.vqa.data.max_examples": 128, "eval.batch_size": 64})
+    return set_dotted(c, over)
 
 
 def _examples(data_dir, n, pp, tok_path):

@@ -154,6 +154,24 @@ def check_runtime(config, num_devices: int, process_count: int = 1) -> tuple:
     return shape
 
 
+def set_dotted(config, over: dict):
+    """Sets {'optimizer.lr': 1e-3, ...} on `config` in place, creating missing sections; a value replaces the old
+    one whatever its type (validation, not this, judges types). For code that builds configs: tests, benchmarks.
+    Returns `config`."""
+    with config.unlocked():
+        for key, value in over.items():
+            node = config
+            *path, last = key.split(".")
+            for part in path:
+                if part not in node:
+                    node[part] = ml_collections.ConfigDict()
+                node = node[part]
+            if last in node:
+                del node[last]
+            node[last] = value
+    return config
+
+
 def load_experiment(spec: str):
     """`experiments/x.py[:arg]` -> the ConfigDict its `get_config(arg)` returns."""
     import importlib.util
