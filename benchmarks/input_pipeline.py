@@ -42,7 +42,8 @@ def main():
         cfg.evals = {}
     trainer = Trainer(cfg, tempfile.mkdtemp())
     it = TrainIterator(trainer.train_source, trainer.task.preprocess_fn(trainer.config.data, train=True),
-                       batch_size=cfg.batch_size, seed=0, worker_count=trainer.config.data.worker_count)
+                       batch_size=cfg.batch_size, seed=0, worker_count=trainer.config.data.worker_count,
+                       read_threads=trainer.config.data.read_threads, prefetch_buffer=trainer.config.data.prefetch_buffer)
     next(it)
     t = time.perf_counter()
     batches = [next(it) for _ in range(args.steps)]
@@ -61,6 +62,7 @@ def main():
         step_s = time.perf_counter() - t
     n = args.steps * cfg.batch_size
     res = {"config": args.config, "batch_size": cfg.batch_size, "steps": args.steps,
+           "read_threads": trainer.config.data.read_threads, "prefetch_buffer": trainer.config.data.prefetch_buffer,
            "pipeline_examples_per_s": n / pipe_s, "train_step_examples_per_s": n / step_s}
     res["ratio_pipeline_over_step"] = res["pipeline_examples_per_s"] / res["train_step_examples_per_s"]
     res["target_ratio"] = 5.0

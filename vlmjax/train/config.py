@@ -26,7 +26,8 @@ def defaults() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
 
     c.data = ml_collections.ConfigDict(dict(
-        name="scenes/default", split="train", data_dir="data/tfds", preprocess=[], worker_count=0, shuffle=True))
+        name="scenes/default", split="train", data_dir="data/tfds", preprocess=[], worker_count=0, shuffle=True,
+        read_threads=1, prefetch_buffer=16))
 
     c.eval = ml_collections.ConfigDict(dict(every_steps=500, batch_size=256))
     c.evals = ml_collections.ConfigDict()

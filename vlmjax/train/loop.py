@@ -238,7 +238,8 @@ class Trainer:
         train_iter = TrainIterator(self.train_source, self.task.preprocess_fn(cfg.data, train=True),
                                    batch_size=cfg.batch_size // jax.process_count(), seed=cfg.seed,
                                    process_index=jax.process_index(), process_count=jax.process_count(),
-                                   worker_count=cfg.data.worker_count, shuffle=cfg.data.shuffle)
+                                   worker_count=cfg.data.worker_count, shuffle=cfg.data.shuffle,
+                                   read_threads=cfg.data.read_threads, prefetch_buffer=cfg.data.prefetch_buffer)
         ckpt = Checkpointer(self.workdir, cfg.checkpoint.every_steps, cfg.checkpoint.keep, cfg.checkpoint.async_save)
         restored = ckpt.restore_latest(self.abstract_state, warn=log)
         if restored is not None:
