@@ -5,7 +5,9 @@ r"""SigLIP (sigmoid loss) on the built-in `scenes` captions, on CPU; zero-shot o
     vlmjax-train --config experiments/siglip_scenes.py:runlocal --workdir /tmp/siglip_scenes   # seconds, smoke test
     vlmjax-zeroshot --workdir workdirs/siglip_scenes --image a.png --labels "red circle,blue square"
 
-Default: a few minutes on 2 CPU cores, >= 90% zero-shot accuracy (see docs/contrastive.md for measured numbers).
+Default: 1200 steps at batch 128. Measured 24.4% zero-shot accuracy and img->txt R@1 0.66 (without the conv stem,
+8x8 patches: 23.5% and 0.27): the issue's 90% zero-shot target is NOT met from scratch -- neither tower learns shape from these captions in
+this budget (docs/contrastive.md). LiT (experiments/lit_scenes.py, a locked vit_scenes tower) reaches 95.9%.
 `get_config('softmax')` is the same with CLIP's loss and inits (experiments/clip_scenes.py).
 """
 import ml_collections
@@ -45,7 +47,8 @@ def get_config(arg=None):
     c.eval = dict(every_steps=600, batch_size=250)
 
     c.model = dict(
-        image=dict(patch_size=(8, 8), width=64, depth=3, num_heads=2, mlp_dim=256, pool_type="map"),
+        image=dict(patch_size=(2, 2), width=64, depth=3, num_heads=2, mlp_dim=256, pool_type="map",
+                   stem_channels=32, stem_patch=4),
         text=dict(width=64, depth=2, num_heads=2, mlp_dim=256, pool_type="eos"),
         out_dim=64, temperature_init=10.0, bias_init=-10.0)
     c.optimizer = dict(name="adamw", lr=2e-3, weight_decay=1e-4, clip_norm=1.0)
@@ -62,7 +65,7 @@ def get_config(arg=None):
         c.eval.every_steps, c.eval.batch_size = 20, 64
         for ev in c.evals.values():
             ev.data.name, ev.data.max_examples = "scenes/tiny", 128
-        c.model.image.update(width=32, depth=1, mlp_dim=64)
+        c.model.image.update(width=32, depth=1, mlp_dim=64, patch_size=(8, 8), stem_channels=0)
         c.model.text.update(width=32, depth=1, mlp_dim=64)
         c.model.out_dim = 32
         c.schedule.warmup_steps = 5

@@ -23,7 +23,7 @@ def test_vit_scenes_learns_the_main_object(scenes_tiny_dir, tmp_path):
     final = train(c, str(tmp_path), devices=jax.devices()[:1])
     acc = final["eval/test/accuracy"]
     print(f"vit_scenes:runlocal, {STEPS} steps on scenes/tiny: test accuracy {acc:.3f}")
-    # The tiny :runlocal model on 32 px images is far from the demo's 98% (step 1200 of the 64 px default, recorded
+    # The tiny :runlocal model on 32 px images is far from the demo's 97% (step 600 of the 64 px default, recorded
     # in the experiment's docstring); in 600 steps it reaches ~0.3. Threshold: 5x chance (1/24) and a test loss
     # below 0.6 ln 24 (it starts at ln 24 from the zero-initialised head) -- far outside what an untrained or
     # broken pipeline (labels shuffled against images) could give, with margin for run-to-run noise.
