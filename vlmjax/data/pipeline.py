@@ -99,8 +99,9 @@ class TrainIterator:
             ds = ds.shuffle()
         ds = ds.repeat()[process_index::process_count]
         ds = ds.random_map(_safe(preprocess))
-        # grain's default (16 threads, a 500-element buffer) polls every buffered future on each element while holding
-        # the GIL: 2.5x fewer examples/s than one reader thread with a short buffer on 2 cores (benchmarks/input_pipeline.py).
+        # grain's default (16 threads, a 500-element buffer) polls every buffered future on each element while
+        # holding the GIL: 2.5x fewer examples/s than one reader thread with a short buffer on 2 cores
+        # (benchmarks/input_pipeline.py).
         it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_buffer))
         if worker_count > 0:
             it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
