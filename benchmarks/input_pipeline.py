@@ -43,7 +43,8 @@ def main():
     trainer = Trainer(cfg, tempfile.mkdtemp())
     it = TrainIterator(trainer.train_source, trainer.task.preprocess_fn(trainer.config.data, train=True),
                        batch_size=cfg.batch_size, seed=0, worker_count=trainer.config.data.worker_count,
-                       read_threads=trainer.config.data.read_threads, prefetch_buffer=trainer.config.data.prefetch_buffer)
+                       read_threads=trainer.config.data.read_threads,
+                       prefetch_buffer=trainer.config.data.prefetch_buffer)
     next(it)
     t = time.perf_counter()
     batches = [next(it) for _ in range(args.steps)]
