@@ -4,7 +4,7 @@ captions that differ only in one word (colour, shape, size).
 
     .venv/bin/python benchmarks/zeroshot_diagnosis.py --workdir workdirs/siglip_scenes [--data_dir data/tfds]
 
-Writes benchmarks/results/zeroshot_diagnosis.json (the run's workdir and step are recorded in it).
+Writes benchmarks/results/zeroshot_diagnosis.json (the run's workdir is recorded in it).
 """
 import argparse
 import os
@@ -56,7 +56,7 @@ def main(argv=None):
         images = np.asarray(jax.image.resize(images, (len(images), size, size, 3), "linear"))
     images = images / 127.5 - 1
     labels = np.array([e["label"] for e in exs])
-    n_obj = np.array([len(scenes.render_scene(scenes.example_seed("test", i))[1]) for i in range(args.examples)])
+    n_obj = np.array([e["num_objects"] for e in exs])
     apply = jax.jit(lambda x, i, m: task.model.apply({"params": params}, x, i, m))
     tok = task._tokenize_fn()
 
