@@ -12,14 +12,27 @@ this budget (docs/contrastive.md). LiT (experiments/lit_scenes.py, a locked vit_
 """
 import ml_collections
 
+from vlmjax.data.scenes import COLORS, SHAPES, SIZES
+
 # Zero-shot prompts in the style of the captions. The label is the MAIN (largest, then leftmost) object; captions
 # of multi-object scenes say "<main object> with <others> to its left/right", so "a large red circle with" names
 # the main object the way the training text does. Generic photo templates work too, but score lower (the report).
 TEMPLATES = ("a large {} with", "a small {} with", "one large {}", "one small {}")
 
 
-def text_pp(text_len):
-    return [dict(op="choice", key="captions", out="text"), dict(op="tokenize", max_len=text_len, key="text")]
+# Hard-negative captions: one colour, shape or size word of the caption replaced, or two of them swapped. Objects
+# of a scene have distinct (colour, shape) pairs, so every such edit makes the caption false for its image.
+NEGATIVE_GROUPS = [list(SHAPES), list(COLORS), list(SIZES)]
+TRAIN_KEYS = ["image", "text", "text_mask"]
+
+
+def text_pp(text_len, hard_negatives=False):
+    pp = [dict(op="choice", key="captions", out="text")]
+    if hard_negatives:
+        pp += [dict(op="hard_negative_caption", groups=NEGATIVE_GROUPS, key="text", out="text_neg"),
+               dict(op="tokenize", max_len=text_len, key="text_neg")]
+    keys = TRAIN_KEYS + (["text_neg", "text_neg_mask", "text_neg_valid"] if hard_negatives else [])
+    return pp + [dict(op="tokenize", max_len=text_len, key="text"), dict(op="keep", keys=keys)]
 
 
 def get_config(arg=None):
@@ -33,12 +46,13 @@ def get_config(arg=None):
     c.seed = 0
     c.total_steps = 1200
     c.batch_size = 128
+    c.hard_negative_weight = 0.0 if "nohardneg" in arg else 1.0
     c.log_every_steps = 100
 
     img_pp = [dict(op="decode", key="image"), dict(op="value_range", key="image", vmin=-1, vmax=1)]
     # No flips or crops: captions state left/right relations and sizes.
     c.data = dict(name="scenes/default", split="train",
-                  preprocess=img_pp + text_pp(c.text_len) + [dict(op="keep", keys=["image", "text", "text_mask"])])
+                  preprocess=img_pp + text_pp(c.text_len, hard_negatives=c.hard_negative_weight > 0))
     c.evals = dict(
         zeroshot=dict(type="zeroshot", templates=list(TEMPLATES),
                       data=dict(split="test", preprocess=img_pp + [dict(op="keep", keys=["image", "label"])])),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from vlmjax.losses.contrastive import make_loss_fn, sigmoid_loss, softmax_loss
+from vlmjax.losses.contrastive import hard_negative_loss, make_loss_fn, sigmoid_loss, softmax_loss
 
 B, D = 32, 8
 LOG_T, BIAS = math.log(10.0), -3.0
@@ -193,3 +193,40 @@ def test_rejects_bad_arguments():
         make_loss_fn("sigmoid", "ring", mesh)(jnp.zeros((12, 4)), jnp.zeros((12, 4)), 0.0, 0.0)
     with pytest.raises(ValueError, match="batch_axes"):
         make_loss_fn("sigmoid", "ring", mesh, batch_axes=("batch",))
+
+
+@pytest.mark.parametrize("kind", ["sigmoid", "softmax"])
+def test_hard_negative_loss_matches_loop_formula(kind):
+    _, zneg = _embeddings(seed=1)
+    zneg = zneg + ZIMG  # as close to the images as the captions are, so some negatives win
+    zneg = zneg / np.linalg.norm(zneg, axis=1, keepdims=True)
+    valid = (np.arange(B) % 3 != 0).astype(np.int32)  # every third example has no negative
+    bias = BIAS if kind == "sigmoid" else None
+    loss, metrics = jax.jit(hard_negative_loss, static_argnums=0)(kind, ZIMG, ZTXT, zneg, jnp.float32(LOG_T),
+                                                                  None if bias is None else jnp.float32(bias), valid)
+    t, b = math.exp(LOG_T), bias or 0.0
+    pos = [t * float(np.dot(ZIMG[i].astype(np.float64), ZTXT[i])) + b for i in range(B)]
+    neg = [t * float(np.dot(ZIMG[i].astype(np.float64), zneg[i])) + b for i in range(B)]
+    rows = [i for i in range(B) if valid[i]]
+    if kind == "sigmoid":
+        ref = -sum(_log_sigmoid(-neg[i]) for i in rows) / B
+    else:
+        ref = sum(_logsumexp([pos[i], neg[i]]) - pos[i] for i in rows) / B
+    assert float(loss) == pytest.approx(ref, rel=1e-5)
+    assert float(metrics["hard_neg_logit"]) == pytest.approx(sum(neg[i] for i in rows) / len(rows), rel=1e-5)
+    acc = sum(pos[i] > neg[i] for i in rows) / len(rows)
+    assert float(metrics["hard_neg_accuracy"]) == pytest.approx(acc)
+    assert 0 < acc < 1
+
+
+def test_sigmoid_hard_negative_is_one_more_negative_column():
+    # SigLIP + the hard-negative term == the sigmoid loss over [B, B + B] logits whose extra block holds each
+    # image's own negative on the diagonal (label -1) and nothing elsewhere.
+    zneg, _ = _embeddings(seed=2)
+    valid = np.ones(B, np.int32)
+    lt, b = jnp.float32(LOG_T), jnp.float32(BIAS)
+    total = sigmoid_loss(ZIMG, ZTXT, lt, b)[0] + hard_negative_loss("sigmoid", ZIMG, ZTXT, zneg, lt, b, valid)[0]
+    logits = math.exp(LOG_T) * ZIMG.astype(np.float64) @ np.concatenate([ZTXT, zneg]).astype(np.float64).T + BIAS
+    labels = np.concatenate([2 * np.eye(B) - 1, -np.eye(B)], axis=1)  # zero weight off the extra diagonal
+    ls = -np.logaddexp(0, -labels * logits) * (labels != 0)
+    assert float(total) == pytest.approx(-ls.sum() / B, rel=1e-5)

@@ -270,6 +270,14 @@ def test_missing_tokenizer_is_named(scenes_tiny_dir, tmp_path):
         Trainer(cfg, str(tmp_path))
 
 
+def test_hard_negatives_without_their_op_are_named(scenes_tiny_dir, tokenizer_path, tmp_path):
+    cfg = tiny_config(scenes_tiny_dir, tokenizer_path, "siglip_scenes.py:runlocal,nohardneg",
+                      **{"hard_negative_weight": 1.0, "total_steps": 1, "evals": {}})
+    with pytest.raises(ValueError, match=r"no \['text_neg', 'text_neg_mask', 'text_neg_valid'\].*hard_negative_caption"):
+        train(cfg, str(tmp_path), devices=jax.devices()[:1])
+    assert not os.path.exists(os.path.join(str(tmp_path), "checkpoints", "1"))
+
+
 def test_zeroshot_cli_on_png(siglip_run, tmp_path):
     from vlmjax.zeroshot_cli import label_probabilities, load_run, templates_of
 

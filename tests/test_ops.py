@@ -215,3 +215,51 @@ def test_validate_accepts_config_dicts_and_tokenize_needs_tokenizer():
     validate_specs([ml_collections.ConfigDict(s) for s in cfg.pp])
     with pytest.raises(ValueError, match=r"preprocess\[2\] \('tokenize'\): needs a tokenizer"):
         get_preprocess_fn(cfg.pp)
+
+
+# ---- hard-negative captions ----------------------------------------------------------------------------------------
+GROUPS = [["circle", "square", "cross"], ["red", "blue"]]
+
+
+def test_hard_negative_caption_edits_one_group_word_or_swaps_two():
+    from vlmjax.data import negatives  # noqa: F401  (registers the op)
+
+    text = "a red circle left of a blue square and red-ish circles"
+    words = text.split(" ")
+    kinds = set()
+    for s in range(200):
+        ex = _run([dict(op="hard_negative_caption", groups=GROUPS, key="caption", out="neg")], {"caption": text},
+                  seed=s)
+        assert ex["neg_valid"] == 1 and ex["caption"] == text
+        new = ex["neg"].split(" ")
+        diff = [i for i, (a, b) in enumerate(zip(words, new)) if a != b]
+        assert len(new) == len(words) and 1 <= len(diff) <= 2, ex["neg"]
+        # whole words only: "red-ish" and "circles" never change
+        assert new[-2:] == words[-2:] and all(words[i] in sum(GROUPS, []) for i in diff)
+        if len(diff) == 1:  # replaced by another word of its group
+            a, b = words[diff[0]], new[diff[0]]
+            assert any(a in g and b in g for g in GROUPS)
+            kinds.add("replace")
+        else:  # two different words of one group exchanged
+            i, j = diff
+            assert (new[i], new[j]) == (words[j], words[i]) and any(words[i] in g and words[j] in g for g in GROUPS)
+            kinds.add("swap")
+    assert kinds == {"replace", "swap"}
+    ex = _run([dict(op="hard_negative_caption", groups=GROUPS, swap_prob=0.0)], {"text": "a red circle"})
+    assert ex["text_neg"] != "a red circle" and len(set(ex["text_neg"].split()) ^ {"a", "red", "circle"}) == 2
+
+
+def test_hard_negative_caption_without_group_words_is_marked_invalid():
+    from vlmjax.data import negatives  # noqa: F401
+
+    ex = _run([dict(op="hard_negative_caption", groups=GROUPS)], {"text": b"a green triangle"})
+    assert ex["text_neg"] == "a green triangle" and ex["text_neg_valid"] == 0
+
+
+@pytest.mark.parametrize("groups, message", [([["circle"]], ">= 2 words"), ([["a", "b"], ["b", "c"]], "'b'"),
+                                             ([], "non-empty")])
+def test_hard_negative_caption_rejects_bad_groups(groups, message):
+    from vlmjax.data import negatives  # noqa: F401
+
+    with pytest.raises(ValueError, match=rf"preprocess\[0\] \('hard_negative_caption'\).*{message}"):
+        validate_specs([dict(op="hard_negative_caption", groups=groups)])

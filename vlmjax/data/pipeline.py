@@ -18,6 +18,7 @@ import grain
 import numpy as np
 
 from vlmjax.data import filters  # noqa: F401  (registers the ALIGN filter ops)
+from vlmjax.data import negatives  # noqa: F401  (registers hard_negative_caption)
 from vlmjax.data.ops import DropExample
 
 DROP_KEY = "_dropped"

@@ -81,6 +81,35 @@ def softmax_loss(zimg, ztxt, log_t, bias=None):
 LOSSES = {"sigmoid": sigmoid_loss, "softmax": softmax_loss}
 
 
+def hard_negative_loss(kind, zimg, ztxt, zneg, log_t, bias, valid):
+    """Each image against its own hard-negative caption (NegCLIP-style), an extra term beside the batch loss.
+
+    zimg, ztxt, zneg: float[B, D] L2-normalised (image, its caption, a caption false for it); valid: int/bool[B]
+    (0 = no negative for that example); log_t, bias: float[] (bias None for softmax) -> (float[] loss, metrics).
+    sigmoid: the SigLIP term of one more negative pair, -sum_i log sigmoid(-logit(i, neg_i)) / B, so with weight 1
+    it is exactly the batch loss with one extra negative column per row. softmax: a two-way softmax of the caption
+    against its negative, mean_i log(1 + exp(logit(i, neg_i) - logit(i, i))); NegCLIP puts the negatives into the
+    batch softmax instead, which a sharded ring cannot do without a second pass, and this keeps the term local.
+    Elementwise over the batch, so any sharding gives the same value.
+    """
+    t = jnp.exp(jnp.reshape(log_t, ()).astype(jnp.float32))
+    b = 0.0 if bias is None else jnp.reshape(bias, ()).astype(jnp.float32)
+    pos = t * jnp.sum(zimg.astype(jnp.float32) * ztxt.astype(jnp.float32), axis=-1) + b
+    neg = t * jnp.sum(zimg.astype(jnp.float32) * zneg.astype(jnp.float32), axis=-1) + b
+    valid = valid.astype(jnp.float32)
+    if kind == "sigmoid":
+        per = -jax.nn.log_sigmoid(-neg)
+    elif kind == "softmax":
+        per = jax.nn.softplus(neg - pos)
+    else:
+        raise ValueError(f"hard_negative_loss kind={kind!r}: expected 'sigmoid' or 'softmax'")
+    n = jnp.maximum(jnp.sum(valid), 1.0)
+    sg = lax.stop_gradient
+    metrics = {"hard_neg_logit": jnp.sum(sg(neg) * valid) / n,
+               "hard_neg_accuracy": jnp.sum((sg(pos) > sg(neg)) * valid) / n}
+    return jnp.sum(per * valid) / zimg.shape[0], metrics
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Sharded versions.
 

@@ -4,7 +4,9 @@ Batch: `image` float[B, H, W, 3], `text` int32[B, L] and `text_mask` int32[B, L]
 L = `config.text_len`). Top-level keys: `tokenizer` (SentencePiece path, required), `text_len`, `image_size`,
 `loss`, `loss_impl` ('dense' | 'all_gather' | 'ring'; '' = 'ring' when the batch is sharded over several devices,
 else 'dense' — all three give the same loss and gradients, the ring never holds more than a local x local block of
-logits). `config.model`: `image` (ViT keys), `text` (TextTransformer keys; vocab_size defaults to the tokenizer's),
+logits), `hard_negative_weight` (> 0: the batch also carries `text_neg`, `text_neg_mask`, `text_neg_valid` -- a
+caption false for its image, from the `hard_negative_caption` op then `tokenize` -- and the loss adds
+`losses.contrastive.hard_negative_loss` times this weight). `config.model`: `image` (ViT keys), `text` (TextTransformer keys; vocab_size defaults to the tokenizer's),
 `out_dim` (projection dim: int, or [image, text] with 0 = no head on that tower), `temperature_init`, `bias_init`
 (None: no bias), `temperature_max` (0: no clamp).
 
@@ -27,7 +29,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from vlmjax.losses.contrastive import BATCH_AXES, LOSSES, make_loss_fn
+from vlmjax.losses.contrastive import BATCH_AXES, LOSSES, hard_negative_loss, make_loss_fn
 from vlmjax.models.text import TextTransformer
 from vlmjax.models.two_towers import TwoTowers
 from vlmjax.models.vit import ViT
@@ -36,6 +38,7 @@ from vlmjax.tasks.base import Evaluator, Task
 from vlmjax.tasks.model_config import build_module, check_keys
 
 LOSS_IMPLS = ("", "dense", "all_gather", "ring")
+NEG_KEYS = ("text_neg", "text_neg_mask", "text_neg_valid")
 MODEL_KEYS = ("image", "text", "out_dim", "temperature_init", "bias_init", "temperature_max")
 EVAL_KEYS = {"zeroshot": ("type", "every_steps", "data", "class_names", "templates", "label_key"),
              "retrieval": ("type", "every_steps", "data", "caption_key", "max_captions")}
@@ -137,7 +140,8 @@ class ContrastiveTask(Task):
 
     @classmethod
     def config_defaults(cls):
-        return {"tokenizer": "", "text_len": 16, "image_size": 64, "loss": "sigmoid", "loss_impl": ""}
+        return {"tokenizer": "", "text_len": 16, "image_size": 64, "loss": "sigmoid", "loss_impl": "",
+                "hard_negative_weight": 0.0}
 
     # -- set-up ---------------------------------------------------------------------------------------------------
     def tokenizer(self):
@@ -161,6 +165,8 @@ class ContrastiveTask(Task):
             raise ValueError(f"config.loss_impl={c.loss_impl!r}: expected 'dense', 'all_gather', 'ring' or '' (auto)")
         if int(c.text_len) < 1:
             raise ValueError(f"config.text_len={c.text_len}: must be >= 1")
+        if float(c.hard_negative_weight) < 0:
+            raise ValueError(f"config.hard_negative_weight={c.hard_negative_weight}: must be >= 0")
         self.evaluators()  # unknown evaluator types/keys and unreadable class names fail before anything compiles
 
     def preprocess_fn(self, data_cfg, train: bool):
@@ -199,22 +205,32 @@ class ContrastiveTask(Task):
                 break
         return get_preprocess_fn([dict(spec, key="text", out="text")], tokenizer=self.tokenizer())
 
+    def _train_keys(self):
+        return ("image", "text", "text_mask") + (NEG_KEYS if self.config.hard_negative_weight else ())
+
     def dummy_batch(self, batch_size):
         s, n = int(self.config.image_size), int(self.config.text_len)
-        return {"image": np.zeros((batch_size, s, s, 3), np.float32), "text": np.zeros((batch_size, n), np.int32),
-                "text_mask": np.ones((batch_size, n), np.int32)}
+        batch = {"image": np.zeros((batch_size, s, s, 3), np.float32), "text": np.zeros((batch_size, n), np.int32),
+                 "text_mask": np.ones((batch_size, n), np.int32)}
+        if self.config.hard_negative_weight:
+            batch.update(text_neg=batch["text"], text_neg_mask=batch["text_mask"],
+                         text_neg_valid=np.ones((batch_size,), np.int32))
+        return batch
 
     def init(self, rng, batch):
         return self.model.init({"params": rng}, batch["image"], batch["text"], batch["text_mask"], train=False)
 
     def check_batch(self, batch, where):
-        missing = [k for k in ("image", "text", "text_mask") if k not in batch]
+        missing = [k for k in self._train_keys() if k not in batch]
         if missing:
+            neg = ("; with config.hard_negative_weight > 0 also `text_neg` (op 'hard_negative_caption', then "
+                   "'tokenize' with key 'text_neg') and keep `text_neg_valid`") if self.config.hard_negative_weight else ""
             raise ValueError(f"{where}: no {missing} in the batch (it has {sorted(batch)}); config.data.preprocess "
-                             f"must produce `image` and a tokenized `text` (op 'tokenize' with key/out 'text')")
-        if batch["text"].shape[1:] != (int(self.config.text_len),):
-            raise ValueError(f"{where}: text has length {batch['text'].shape[1:]} but config.text_len="
-                             f"{self.config.text_len}; make the tokenize op's max_len equal to it")
+                             f"must produce `image` and a tokenized `text` (op 'tokenize' with key/out 'text'){neg}")
+        for k in ("text", "text_neg"):
+            if k in batch and batch[k].shape[1:] != (int(self.config.text_len),):
+                raise ValueError(f"{where}: {k} has length {batch[k].shape[1:]} but config.text_len="
+                                 f"{self.config.text_len}; make the tokenize op's max_len equal to it")
 
     # -- training -------------------------------------------------------------------------------------------------
     def loss_fn(self):
@@ -228,6 +244,14 @@ class ContrastiveTask(Task):
         zimg, ztxt, out = self.model.apply({"params": params, **state}, batch["image"], batch["text"],
                                            batch["text_mask"], train=True, rngs=rngs)
         loss, metrics = self.loss_fn()(zimg, ztxt, out["log_temperature"], out.get("bias"))
+        weight = float(self.config.hard_negative_weight)
+        if weight:
+            _, zneg, _ = self.model.apply({"params": params, **state}, text=batch["text_neg"],
+                                          text_mask=batch["text_neg_mask"], train=True, rngs=rngs)
+            neg_loss, neg_metrics = hard_negative_loss(self.config.loss, zimg, ztxt, zneg, out["log_temperature"],
+                                                       out.get("bias"), batch["text_neg_valid"])
+            metrics = {**metrics, **neg_metrics, "batch_loss": loss, "hard_neg_loss": neg_loss}
+            loss = loss + weight * neg_loss
         metrics = {**metrics, "temperature": out["temperature"]}
         if "bias" in out:
             metrics["bias"] = out["bias"]
