@@ -39,9 +39,8 @@ def run_config(loss: str, batch: int, examples: int, args):
     towers are spelled out in full so that the report does not move when siglip_scenes' model changes."""
     from vlmjax.train.config import load_experiment
 
-    # Plain in-batch negatives: the report is about the two losses, not about hard negatives.
-    c = load_experiment(os.path.join(ROOT, "experiments", "siglip_scenes.py") + (":softmax,nohardneg" if loss ==
-                                                                                 "softmax" else ":nohardneg"))
+    c = load_experiment(os.path.join(ROOT, "experiments", "siglip_scenes.py") + (":softmax" if loss == "softmax"
+                                                                                 else ""))
     size = 32
     resize = dict(op="resize", size=size, key="image", method="area")
     with c.unlocked():

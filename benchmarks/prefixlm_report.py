@@ -47,7 +47,7 @@ def arm_config(stage, arm, args, steps, workdirs):
             "schedule.warmup_steps": 50, "optimizer.lr": 2e-3, "image_size": SIZE, "mesh.data": 1,
             "checkpoint.async_save": False, "eval.batch_size": 64}
     lm = EXP.model(64, 3, 96, 3)["lm"]
-    over["model"] = dict(lm=lm) if vq else EXP.model(64, 3, 96, 3, token_merge=1, stem=32)
+    over["model"] = dict(lm=lm) if vq else EXP.model(64, 3, 96, 3, token_merge=1, stem=32, stem_blocks=1)
     if not vq:  # stem /4 then 1x1 patches: 64 image tokens, as many as the VQ arm's 8x8 codes
         over["model"]["vit"]["patch_size"] = (1, 1)
     if vq:
@@ -56,8 +56,8 @@ def arm_config(stage, arm, args, steps, workdirs):
         over["attention"] = "causal"
     n = args.eval_images
     if stage == "pretrain":
-        over.update({"text_len": PRE_LEN, "data.preprocess": EXP.pretrain_pp(PRE_LEN, SIZE,
-                                                                              0.3 if vq else 0.0)})
+        over.update({"text_len": PRE_LEN, "data.preprocess": EXP.pretrain_pp(PRE_LEN, SIZE, 0.3 if vq else 0.0),
+                     "init_from.workdir": ""})  # every arm's encoder from scratch
         evals = {"caption": dict(type="caption", max_new_tokens=28, data=dict(
             split="test", preprocess=EXP.caption_pp(SIZE), max_examples=n))}
         if vq:

@@ -68,12 +68,15 @@ def evals(stage, size=None, max_examples=0, text_len=32, max_turns=8):
     return ev
 
 
-def model(vit_width=96, vit_depth=3, lm_width=128, lm_depth=3, projector="linear", token_merge=2, stem=64):
-    """stem > 0: the ViT's conv stem (4x4 patchify + a residual 3x3 conv, `stem` channels) then 2x2 patches, so
-    8x8 patches on the image either way (64 tokens at 64 px; token_merge 2 hands 16 of them to the LM)."""
+def model(vit_width=96, vit_depth=2, lm_width=128, lm_depth=3, projector="linear", token_merge=2, stem=64,
+          stem_blocks=3):
+    """stem > 0: the ViT's conv stem (4x4 patchify + `stem_blocks` residual 3x3 convs, `stem` channels) then 2x2
+    patches, so 8x8 patches on the image either way (64 tokens at 64 px; token_merge 2 hands 16 of them to the LM).
+    The default ViT is experiments/vit_scenes.py's, so that a vit_scenes run initialises it."""
     return dict(
         vit=dict(patch_size=(2, 2) if stem else (8, 8), width=vit_width, depth=vit_depth,
-                 num_heads=max(vit_width // 32, 1), mlp_dim=4 * vit_width, stem_channels=stem),
+                 num_heads=max(vit_width // 32, 1), mlp_dim=4 * vit_width, stem_channels=stem,
+                 stem_blocks=stem_blocks),
         lm=dict(width=lm_width, depth=lm_depth, num_heads=4, num_kv_heads=1, head_dim=lm_width // 4,
                 mlp_dim=3 * lm_width),
         projector=projector, feature_layer=-1, token_merge=token_merge)
@@ -103,6 +106,9 @@ def get_config(arg=None):
         c.total_steps, c.batch_size = 500, 64
         c.data = dict(name="scenes/default", split="train", preprocess=pretrain_pp(c.text_len))
         c.evals = evals("pretrain", max_examples=512, text_len=c.text_len)
+        # The ViT of a vit_scenes run (PaliGemma and LLaVA start from a pretrained image encoder too); its
+        # classifier and MAP head are not part of the VLM. init_from.workdir='' trains the ViT from scratch.
+        c.init_from = dict(workdir="workdirs/vit_scenes", include=r"vit/.*", rewrite=[(r"^vit/", "")])
     else:
         c.text_len = 112  # up to 8 turns of ~13 tokens; turns that do not fit are dropped whole
         c.total_steps, c.batch_size = 800, 64
@@ -121,7 +127,7 @@ def get_config(arg=None):
         c.evals = evals("chat", max_examples=32, text_len=c.text_len, max_turns=3)
         c.total_steps, c.batch_size, c.log_every_steps = 10, 8, 5
         c.eval.batch_size = 16
-        c.model = model(32, 1, 32, 2, token_merge=1, stem=16)
+        c.model = model(32, 1, 32, 2, token_merge=1, stem=16, stem_blocks=1)
         c.init_from = dict(workdir="", include=".*")
         c.schedule.warmup_steps = 2
         c.checkpoint = dict(every_steps=10, keep=1)

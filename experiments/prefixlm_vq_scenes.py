@@ -73,6 +73,7 @@ def get_config(arg=None):
             c.data.preprocess = base.pretrain_pp(c.text_len, SIZE, generate_prob=0.3)
             c.evals.caption.gen_captions = GEN_CAPTIONS
             c.evals.caption.update(cfg_scale=3.0, temperature=1.0, top_k=32)
+            c.init_from = dict(workdir="", include=".*", rewrite=[])  # no ViT here; the VQ-VAE is vq_workdir
         elif stage == "chat":
             c.data.preprocess = base.chat_pp(c.text_len, max_turns=8, size=SIZE)
             c.init_from.workdir = "workdirs/prefixlm_vq_scenes_pretrain"

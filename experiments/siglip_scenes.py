@@ -37,22 +37,25 @@ def text_pp(text_len, hard_negatives=False):
 
 def get_config(arg=None):
     arg = arg or ""
+    flags = set(arg.split(","))
     c = ml_collections.ConfigDict()
     c.task = "contrastive"
     c.tokenizer = "data/tfds/scenes_spm.model"
-    c.loss = "softmax" if "softmax" in arg else "sigmoid"
+    c.loss = "softmax" if "softmax" in flags else "sigmoid"
     c.image_size = 64
     c.text_len = 24  # the longest scenes caption is 22 pieces + EOS
     c.seed = 0
     c.total_steps = 1200
     c.batch_size = 128
-    c.hard_negative_weight = 0.0 if "nohardneg" in arg else 1.0
+    hard_negatives = "hardneg" in flags
+    if hard_negatives:  # NegCLIP-style hard-negative captions, a two-way term per image (docs/contrastive.md)
+        c.hard_negative_weight, c.hard_negative_loss = 1.0, "pairwise"
     c.log_every_steps = 100
 
     img_pp = [dict(op="decode", key="image"), dict(op="value_range", key="image", vmin=-1, vmax=1)]
     # No flips or crops: captions state left/right relations and sizes.
     c.data = dict(name="scenes/default", split="train",
-                  preprocess=img_pp + text_pp(c.text_len, hard_negatives=c.hard_negative_weight > 0))
+                  preprocess=img_pp + text_pp(c.text_len, hard_negatives))
     c.evals = dict(
         zeroshot=dict(type="zeroshot", templates=list(TEMPLATES),
                       data=dict(split="test", preprocess=img_pp + [dict(op="keep", keys=["image", "label"])])),
@@ -72,7 +75,7 @@ def get_config(arg=None):
     if c.loss == "softmax":
         c.model.temperature_init, c.model.bias_init, c.model.temperature_max = 1 / 0.07, None, 100.0
 
-    if "runlocal" in arg:
+    if "runlocal" in flags:
         c.data.name = "scenes/tiny"
         c.image_size = 32
         c.total_steps, c.batch_size, c.log_every_steps = 20, 32, 5

@@ -64,6 +64,6 @@ def test_sigterm_saves_exits_zero_and_resumes_bit_exact(scenes_tiny_dir, tmp_pat
     assert 4 <= saved < 20 and os.path.isdir(os.path.join(pre, "checkpoints", str(saved)))
     r = subprocess.run(cmd + trainer_args(pre, scenes_tiny_dir), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert f"resumed from" in r.stdout
+    assert "resumed from" in r.stdout
     np.testing.assert_array_equal([m["train/loss"] for m in read_metrics(pre)],
                                   [m["train/loss"] for m in read_metrics(ref)])

@@ -145,7 +145,8 @@ def tiny_config(stage, data_dir, tok, **over):
     """The experiment's stage on scenes/tiny (32 px: 16 image tokens) with a tiny model, evals only in stage 2."""
     c = exp.get_config(stage)
     set_dotted(c, {"tokenizer": tok, "image_size": 32, "data.name": "scenes/tiny", "data.data_dir": data_dir,
-                 "model": exp.model(32, 2, 48, 2, token_merge=1, stem=32), "batch_size": 32, "log_every_steps": 1,
+                 "model": exp.model(32, 2, 48, 2, token_merge=1, stem=32, stem_blocks=1), "batch_size": 32,
+                 "log_every_steps": 1,
                  "checkpoint.async_save": False, "schedule.warmup_steps": 10, "optimizer.lr": 3e-3,
                  "init_from.workdir": "", "optimizer.freeze": ""})
     if stage == "pretrain":

@@ -85,12 +85,14 @@ def hard_negative_loss(kind, zimg, ztxt, zneg, log_t, bias, valid):
     """Each image against its own hard-negative caption (NegCLIP-style), an extra term beside the batch loss.
 
     zimg, ztxt, zneg: float[B, D] L2-normalised (image, its caption, a caption false for it); valid: int/bool[B]
-    (0 = no negative for that example); log_t, bias: float[] (bias None for softmax) -> (float[] loss, metrics).
-    sigmoid: the SigLIP term of one more negative pair, -sum_i log sigmoid(-logit(i, neg_i)) / B, so with weight 1
-    it is exactly the batch loss with one extra negative column per row. softmax: a two-way softmax of the caption
-    against its negative, mean_i log(1 + exp(logit(i, neg_i) - logit(i, i))); NegCLIP puts the negatives into the
-    batch softmax instead, which a sharded ring cannot do without a second pass, and this keeps the term local.
-    Elementwise over the batch, so any sharding gives the same value.
+    (0 = no negative for that example); log_t, bias: float[] (bias may be None) -> (float[] loss, metrics).
+    kind 'sigmoid': the SigLIP term of one more negative pair, -sum_i log sigmoid(-logit(i, neg_i)) / B, so with
+    weight 1 it is exactly the batch loss with one extra negative column per row; its gradient is sigmoid(logit)
+    and stays small while every logit is low. kind 'pairwise': a two-way softmax of the caption against its
+    negative, sum_i log(1 + exp(logit(i, neg_i) - logit(i, i))) / B, whose gradient is 1/2 whenever the two are
+    undecided, whatever the logits' level (NegCLIP puts the negatives into the batch softmax instead, which a
+    sharded ring cannot do without a second pass; this keeps the term local). Elementwise over the batch, so any
+    sharding gives the same value.
     """
     t = jnp.exp(jnp.reshape(log_t, ()).astype(jnp.float32))
     b = 0.0 if bias is None else jnp.reshape(bias, ()).astype(jnp.float32)
@@ -99,10 +101,10 @@ def hard_negative_loss(kind, zimg, ztxt, zneg, log_t, bias, valid):
     valid = valid.astype(jnp.float32)
     if kind == "sigmoid":
         per = -jax.nn.log_sigmoid(-neg)
-    elif kind == "softmax":
+    elif kind == "pairwise":
         per = jax.nn.softplus(neg - pos)
     else:
-        raise ValueError(f"hard_negative_loss kind={kind!r}: expected 'sigmoid' or 'softmax'")
+        raise ValueError(f"hard_negative_loss kind={kind!r}: expected 'sigmoid' or 'pairwise'")
     n = jnp.maximum(jnp.sum(valid), 1.0)
     sg = lax.stop_gradient
     metrics = {"hard_neg_logit": jnp.sum(sg(neg) * valid) / n,

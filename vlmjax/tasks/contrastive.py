@@ -6,7 +6,8 @@ L = `config.text_len`). Top-level keys: `tokenizer` (SentencePiece path, require
 else 'dense' — all three give the same loss and gradients, the ring never holds more than a local x local block of
 logits), `hard_negative_weight` (> 0: the batch also carries `text_neg`, `text_neg_mask`, `text_neg_valid` -- a
 caption false for its image, from the `hard_negative_caption` op then `tokenize` -- and the loss adds
-`losses.contrastive.hard_negative_loss` times this weight). `config.model`: `image` (ViT keys), `text` (TextTransformer keys; vocab_size defaults to the tokenizer's),
+`losses.contrastive.hard_negative_loss` times this weight), `hard_negative_loss` ('sigmoid' | 'pairwise'; '' = 'sigmoid'
+for the sigmoid loss, 'pairwise' for softmax). `config.model`: `image` (ViT keys), `text` (TextTransformer keys; vocab_size defaults to the tokenizer's),
 `out_dim` (projection dim: int, or [image, text] with 0 = no head on that tower), `temperature_init`, `bias_init`
 (None: no bias), `temperature_max` (0: no clamp).
 
@@ -24,7 +25,6 @@ import math
 import os
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -141,7 +141,7 @@ class ContrastiveTask(Task):
     @classmethod
     def config_defaults(cls):
         return {"tokenizer": "", "text_len": 16, "image_size": 64, "loss": "sigmoid", "loss_impl": "",
-                "hard_negative_weight": 0.0}
+                "hard_negative_weight": 0.0, "hard_negative_loss": ""}
 
     # -- set-up ---------------------------------------------------------------------------------------------------
     def tokenizer(self):
@@ -167,6 +167,8 @@ class ContrastiveTask(Task):
             raise ValueError(f"config.text_len={c.text_len}: must be >= 1")
         if float(c.hard_negative_weight) < 0:
             raise ValueError(f"config.hard_negative_weight={c.hard_negative_weight}: must be >= 0")
+        if c.hard_negative_loss not in ("", "sigmoid", "pairwise"):
+            raise ValueError(f"config.hard_negative_loss={c.hard_negative_loss!r}: expected 'sigmoid', 'pairwise' or ''")
         self.evaluators()  # unknown evaluator types/keys and unreadable class names fail before anything compiles
 
     def preprocess_fn(self, data_cfg, train: bool):
@@ -248,7 +250,8 @@ class ContrastiveTask(Task):
         if weight:
             _, zneg, _ = self.model.apply({"params": params, **state}, text=batch["text_neg"],
                                           text_mask=batch["text_neg_mask"], train=True, rngs=rngs)
-            neg_loss, neg_metrics = hard_negative_loss(self.config.loss, zimg, ztxt, zneg, out["log_temperature"],
+            kind = self.config.hard_negative_loss or ("sigmoid" if self.config.loss == "sigmoid" else "pairwise")
+            neg_loss, neg_metrics = hard_negative_loss(kind, zimg, ztxt, zneg, out["log_temperature"],
                                                        out.get("bias"), batch["text_neg_valid"])
             metrics = {**metrics, **neg_metrics, "batch_loss": loss, "hard_neg_loss": neg_loss}
             loss = loss + weight * neg_loss

@@ -161,7 +161,9 @@ class PrefixLMTask(Task):
         if self.vq:  # frozen tokenizer, carried (and checkpointed) as model state, never optimised
             if self._vq_vars is None:
                 self._vq_vars = load_checkpoint_variables(self.config.vq_workdir)
-            variables["vqvae"] = jax.tree.map(jnp.asarray, self._vq_vars)
+            # An adversarial VQ run also holds its discriminator (params['disc']): not part of the tokenizer.
+            vq = {**self._vq_vars, "params": {k: v for k, v in self._vq_vars["params"].items() if k != "disc"}}
+            variables["vqvae"] = jax.tree.map(jnp.asarray, vq)
         return variables
 
     # -- sequence assembly -----------------------------------------------------------------------------------------
