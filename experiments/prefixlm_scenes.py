@@ -1,18 +1,20 @@
 r"""Prefix-LM VLM on the built-in `scenes` dataset, on CPU: caption pretraining, then multi-turn QA chat.
 
+    vlmjax-train --config experiments/vit_scenes.py --workdir workdirs/vit_scenes     # the image encoder (make demo)
     vlmjax-train --config experiments/prefixlm_scenes.py:pretrain --workdir workdirs/prefixlm_scenes_pretrain
     vlmjax-train --config experiments/prefixlm_scenes.py:chat --workdir workdirs/prefixlm_scenes_chat
     vlmjax-predict --workdir workdirs/prefixlm_scenes_chat --image a.png --prompt "what color is the circle?"
     vlmjax-train --config experiments/prefixlm_scenes.py:runlocal --workdir /tmp/prefixlm   # seconds, smoke test
 
-Needs `make data` (the dataset and data/tfds/scenes_spm.model). Model: a ViT (patch 8 on 64 px -> 64 image tokens)
-whose patch tokens go through a linear projector (PaliGemma) in front of a Gemma-style decoder, both from scratch.
-Stage 1 (`pretrain`) learns to caption ("caption" -> one of the three phrasings, which name every object's size,
-colour and shape and their left-to-right order). Stage 2 (`chat`) starts from stage 1's parameters (init_from)
-and trains on the question/answer pairs as multi-turn chats, loss on the assistant turns only. The LM starts from
-scratch here, so no stage freezes anything; `config.optimizer.freeze` takes a regex (e.g. LLaVA stage 1:
-'^(?!proj/).*' trains only the projector) when the ViT and LM come pretrained through init_from.
-The default budget and the accuracy it reaches are in docs/prefixlm.md.
+Needs `make data` (the dataset and data/tfds/scenes_spm.model). Model: a hybrid ViT (conv stem, then 2x2 patches:
+64 image tokens at 64 px) whose patch tokens, merged 2x2, go through a linear projector (PaliGemma) in front of a
+Gemma-style decoder. Stage 1 (`pretrain`) starts the ViT from a vit_scenes run (as PaliGemma and LLaVA start from
+a pretrained image encoder; `--config.init_from.workdir=''` trains it from scratch) and the LM from scratch, and
+learns to caption ("caption" -> one of the three phrasings, which name every object's size, colour and shape and
+their left-to-right order). Stage 2 (`chat`) starts from stage 1's parameters (init_from) and trains on the
+question/answer pairs as multi-turn chats, loss on the assistant turns only. Nothing is frozen: the LM starts from
+scratch; `config.optimizer.freeze` takes a regex (e.g. LLaVA stage 1: '^(?!proj/).*' trains only the projector).
+The measured accuracy of this recipe is in docs/prefixlm.md.
 """
 import ml_collections
 

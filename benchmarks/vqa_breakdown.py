@@ -1,0 +1,73 @@
+"""Where a prefix-LM run's VQA answers go wrong: exact-match accuracy per question type and object count, with the
+relation questions split into "what is to the left/right of X?" (name an object) and "is X to the left/right of
+Y?" (yes/no, chance 0.5), on the `scenes` test split's own questions.
+
+    .venv/bin/python benchmarks/vqa_breakdown.py --workdir workdirs/prefixlm_scenes_chat [--data_dir data/tfds]
+
+Writes benchmarks/results/vqa_breakdown.json (the run's workdir is recorded in it). Greedy decoding, as the VQA
+evaluator.
+"""
+import argparse
+import collections
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import write_result  # noqa: E402
+
+
+def _text(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--data_dir", default="data/tfds")
+    p.add_argument("--examples", type=int, default=500, help="test images (all their questions)")
+    p.add_argument("--batch", type=int, default=64)
+    args = p.parse_args(argv)
+    import jax
+    import tensorflow_datasets as tfds
+
+    from vlmjax.predict_cli import load_run
+
+    task, variables = load_run(args.workdir)
+    size = int(task.config.image_size)
+    src = tfds.data_source("scenes/default", split="test", data_dir=args.data_dir)
+    images, prompts, keys, answers = [], [], [], []
+    for i in range(args.examples):
+        ex = src[i]
+        img = np.asarray(ex["image"], np.float32)
+        if img.shape[0] != size:
+            img = np.asarray(jax.image.resize(img, (size, size, 3), "linear"))
+        for qtype, q, a in zip(ex["question_types"], ex["questions"], ex["answers"]):
+            qtype, q = _text(qtype), _text(q)
+            if qtype == "relation":
+                qtype = "relation_yesno" if q.startswith("is ") else "relation_which"
+            images.append(img / 127.5 - 1)
+            prompts.append(q)
+            answers.append(_text(a))
+            keys.append((qtype, int(ex["num_objects"])))
+    preds = []
+    for s in range(0, len(prompts), args.batch):
+        preds += task.answer_texts(variables, np.stack(images[s:s + args.batch]), prompts[s:s + args.batch], 6)
+    hits = collections.defaultdict(list)
+    for (qtype, n), pred, ans in zip(keys, preds, answers):
+        ok = pred.strip() == ans
+        for k in ("all", qtype, f"{qtype}/{n}_objects"):
+            hits[k].append(ok)
+    yesno = [pred.strip() for (qtype, _), pred in zip(keys, preds) if qtype == "relation_yesno"]
+    result = {"workdir": os.path.abspath(args.workdir), "examples": args.examples,
+              "accuracy": {k: {"n": len(v), "accuracy": float(np.mean(v))} for k, v in sorted(hits.items())},
+              "relation_yesno_answered_yes": float(np.mean([p == "yes" for p in yesno])) if yesno else None}
+    for k, v in sorted(result["accuracy"].items()):
+        print(f"{k:32s} n={v['n']:5d}  accuracy {v['accuracy']:.3f}")
+    print(f"yes/no relation questions answered 'yes': {result['relation_yesno_answered_yes']}")
+    write_result("vqa_breakdown", result)
+
+
+if __name__ == "__main__":
+    main()
