@@ -6,8 +6,9 @@ r"""SigLIP (sigmoid loss) on the built-in `scenes` captions, on CPU; zero-shot o
     vlmjax-zeroshot --workdir workdirs/siglip_scenes --image a.png --labels "red circle,blue square"
 
 Default: 1200 steps at batch 128. Measured 24.4% zero-shot accuracy and img->txt R@1 0.66 (without the conv stem,
-8x8 patches: 23.5% and 0.27): the issue's 90% zero-shot target is NOT met from scratch -- neither tower learns shape from these captions in
-this budget (docs/contrastive.md). LiT (experiments/lit_scenes.py, a locked vit_scenes tower) reaches 95.9%.
+8x8 patches: 23.5% and 0.27): the issue's 90% zero-shot target is NOT met from scratch -- neither tower learns
+shape from these captions in this budget (docs/contrastive.md). LiT (experiments/lit_scenes.py, a locked
+vit_scenes tower) reaches 95.9%.
 `get_config('softmax')` is the same with CLIP's loss and inits (experiments/clip_scenes.py); `:hardneg` adds a
 NegCLIP-style hard-negative caption per image (one colour/shape/size word changed or two swapped) with a pairwise
 term: measured 29.3% zero-shot, img->txt R@1 0.62.

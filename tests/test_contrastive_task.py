@@ -292,7 +292,8 @@ def test_hard_negatives_train_alike_on_one_device_and_on_the_ring(scenes_tiny_di
 def test_hard_negatives_without_their_op_are_named(scenes_tiny_dir, tokenizer_path, tmp_path):
     cfg = tiny_config(scenes_tiny_dir, tokenizer_path, "siglip_scenes.py:runlocal",
                       **{"hard_negative_weight": 1.0, "total_steps": 1, "evals": {}})
-    with pytest.raises(ValueError, match=r"no \['text_neg', 'text_neg_mask', 'text_neg_valid'\].*hard_negative_caption"):
+    missing = r"no \['text_neg', 'text_neg_mask', 'text_neg_valid'\].*hard_negative_caption"
+    with pytest.raises(ValueError, match=missing):
         train(cfg, str(tmp_path), devices=jax.devices()[:1])
     assert not os.path.exists(os.path.join(str(tmp_path), "checkpoints", "1"))
 

@@ -6,8 +6,8 @@ binding), and fix it by adding, for each image, a perturbed caption that is fals
 perturbed by one edit inside a word group the config names (e.g. the shape nouns): replace one occurrence with
 another member of its group, or swap two different members of a group that both occur (binding: "a red circle left of
 a blue square" -> "a red square left of a blue circle"). The groups must be chosen so that every such edit makes the
-caption false for its image; for `scenes`, whose objects have distinct (colour, shape) pairs, colour and shape words
-are.
+caption false for its image; for `scenes`, whose objects have distinct (colour, shape) pairs, colour, shape and size
+words are.
 
 Op:
   hard_negative_caption(groups, key='text', out='text_neg', swap_prob=0.5)
@@ -48,7 +48,6 @@ def perturb_caption(text: str, groups: Sequence[Sequence[str]], rng: np.random.G
     # Swaps need two occurrences of different words of one group.
     swaps = [(i, j) for i in range(len(spans)) for j in range(i + 1, len(spans))
              if group_of[spans[i][2]] == group_of[spans[j][2]] and spans[i][2] != spans[j][2]]
-    new = {}
     if swaps and rng.random() < swap_prob:
         i, j = swaps[int(rng.integers(len(swaps)))]
         new = {i: spans[j][2], j: spans[i][2]}

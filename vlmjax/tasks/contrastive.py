@@ -6,10 +6,10 @@ L = `config.text_len`). Top-level keys: `tokenizer` (SentencePiece path, require
 else 'dense' — all three give the same loss and gradients, the ring never holds more than a local x local block of
 logits), `hard_negative_weight` (> 0: the batch also carries `text_neg`, `text_neg_mask`, `text_neg_valid` -- a
 caption false for its image, from the `hard_negative_caption` op then `tokenize` -- and the loss adds
-`losses.contrastive.hard_negative_loss` times this weight), `hard_negative_loss` ('sigmoid' | 'pairwise'; '' = 'sigmoid'
-for the sigmoid loss, 'pairwise' for softmax). `config.model`: `image` (ViT keys), `text` (TextTransformer keys; vocab_size defaults to the tokenizer's),
-`out_dim` (projection dim: int, or [image, text] with 0 = no head on that tower), `temperature_init`, `bias_init`
-(None: no bias), `temperature_max` (0: no clamp).
+`losses.contrastive.hard_negative_loss` times this weight), `hard_negative_loss` ('sigmoid' | 'pairwise'; '' =
+'sigmoid' for the sigmoid loss, 'pairwise' for softmax). `config.model`: `image` (ViT keys), `text`
+(TextTransformer keys; vocab_size defaults to the tokenizer's), `out_dim` (projection dim: int, or [image, text]
+with 0 = no head on that tower), `temperature_init`, `bias_init` (None: no bias), `temperature_max` (0: no clamp).
 
 Evaluators (`config.evals.<name>.type`):
   zeroshot   classify the images of a split by their nearest class embedding: the mean of the normalised text
@@ -168,7 +168,8 @@ class ContrastiveTask(Task):
         if float(c.hard_negative_weight) < 0:
             raise ValueError(f"config.hard_negative_weight={c.hard_negative_weight}: must be >= 0")
         if c.hard_negative_loss not in ("", "sigmoid", "pairwise"):
-            raise ValueError(f"config.hard_negative_loss={c.hard_negative_loss!r}: expected 'sigmoid', 'pairwise' or ''")
+            raise ValueError(f"config.hard_negative_loss={c.hard_negative_loss!r}: expected 'sigmoid', 'pairwise' "
+                             f"or ''")
         self.evaluators()  # unknown evaluator types/keys and unreadable class names fail before anything compiles
 
     def preprocess_fn(self, data_cfg, train: bool):
@@ -226,7 +227,8 @@ class ContrastiveTask(Task):
         missing = [k for k in self._train_keys() if k not in batch]
         if missing:
             neg = ("; with config.hard_negative_weight > 0 also `text_neg` (op 'hard_negative_caption', then "
-                   "'tokenize' with key 'text_neg') and keep `text_neg_valid`") if self.config.hard_negative_weight else ""
+                   "'tokenize' with key 'text_neg') and keep `text_neg_valid`"
+                   if self.config.hard_negative_weight else "")
             raise ValueError(f"{where}: no {missing} in the batch (it has {sorted(batch)}); config.data.preprocess "
                              f"must produce `image` and a tokenized `text` (op 'tokenize' with key/out 'text'){neg}")
         for k in ("text", "text_neg"):
