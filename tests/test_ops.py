@@ -222,8 +222,6 @@ GROUPS = [["circle", "square", "cross"], ["red", "blue"]]
 
 
 def test_hard_negative_caption_edits_one_group_word_or_swaps_two():
-    from vlmjax.data import negatives  # noqa: F401  (registers the op)
-
     text = "a red circle left of a blue square and red-ish circles"
     words = text.split(" ")
     kinds = set()
@@ -250,8 +248,6 @@ def test_hard_negative_caption_edits_one_group_word_or_swaps_two():
 
 
 def test_hard_negative_caption_without_group_words_is_marked_invalid():
-    from vlmjax.data import negatives  # noqa: F401
-
     ex = _run([dict(op="hard_negative_caption", groups=GROUPS)], {"text": b"a green triangle"})
     assert ex["text_neg"] == "a green triangle" and ex["text_neg_valid"] == 0
 
@@ -259,7 +255,5 @@ def test_hard_negative_caption_without_group_words_is_marked_invalid():
 @pytest.mark.parametrize("groups, message", [([["circle"]], ">= 2 words"), ([["a", "b"], ["b", "c"]], "'b'"),
                                              ([], "non-empty")])
 def test_hard_negative_caption_rejects_bad_groups(groups, message):
-    from vlmjax.data import negatives  # noqa: F401
-
     with pytest.raises(ValueError, match=rf"preprocess\[0\] \('hard_negative_caption'\).*{message}"):
         validate_specs([dict(op="hard_negative_caption", groups=groups)])

@@ -19,6 +19,7 @@ Ops (`key` defaults to 'image' for image ops):
   keep(keys), rename(mapping), copy(mapping)   select, rename {old: new}, duplicate {src: dst}
 """
 import difflib
+import importlib
 import inspect
 import io
 import math
@@ -273,8 +274,14 @@ def _spec_dict(spec) -> dict:
     return spec.to_dict() if hasattr(spec, "to_dict") else dict(spec)
 
 
+# Modules whose ops register themselves on import (they import this module, so it cannot import them at the top).
+_OP_MODULES = ("vlmjax.data.filters", "vlmjax.data.negatives", "vlmjax.data.chat_ops")
+
+
 def _build(i: int, spec, tokenizer) -> Op:
     """Builds op i of a spec list; ValueError "preprocess[i] ('name'): ..." for any problem with the spec."""
+    for module in _OP_MODULES:  # every op resolves, whatever the caller happened to import before
+        importlib.import_module(module)
     try:
         spec = _spec_dict(spec)
     except (TypeError, ValueError):

@@ -17,8 +17,6 @@ from typing import Callable, Iterator, Optional
 import grain
 import numpy as np
 
-from vlmjax.data import filters  # noqa: F401  (registers the ALIGN filter ops)
-from vlmjax.data import negatives  # noqa: F401  (registers hard_negative_caption)
 from vlmjax.data.ops import DropExample
 
 DROP_KEY = "_dropped"
