@@ -18,10 +18,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import write_result  # noqa: E402
 
 
-def _text(v) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", required=True)
@@ -32,6 +28,7 @@ def main(argv=None):
     import jax
     import tensorflow_datasets as tfds
 
+    from vlmjax.data.ops import _text
     from vlmjax.predict_cli import load_run
 
     task, variables = load_run(args.workdir)

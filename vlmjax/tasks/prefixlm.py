@@ -43,6 +43,7 @@ from vlmjax.tasks import cider
 from vlmjax.tasks.base import Evaluator, Task
 from vlmjax.tasks.decode import decode
 from vlmjax.tasks.model_config import build_module, check_keys
+from vlmjax.tasks.vqvae import generator_params
 
 MODEL_KEYS = ("lm", "vit", "projector", "feature_layer", "token_merge")
 EVAL_KEYS = {"vqa": ("max_new_tokens", "question_types"), "perplexity": (),
@@ -161,8 +162,8 @@ class PrefixLMTask(Task):
         if self.vq:  # frozen tokenizer, carried (and checkpointed) as model state, never optimised
             if self._vq_vars is None:
                 self._vq_vars = load_checkpoint_variables(self.config.vq_workdir)
-            # An adversarial VQ run also holds its discriminator (params['disc']): not part of the tokenizer.
-            vq = {**self._vq_vars, "params": {k: v for k, v in self._vq_vars["params"].items() if k != "disc"}}
+            # An adversarial VQ run also holds its discriminator's params: not part of the tokenizer.
+            vq = {**self._vq_vars, "params": generator_params(self._vq_vars["params"])}
             variables["vqvae"] = jax.tree.map(jnp.asarray, vq)
         return variables
 
