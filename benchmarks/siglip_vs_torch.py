@@ -51,6 +51,7 @@ from common import write_result  # noqa: E402
 from vlmjax.data import pipeline  # noqa: E402
 from vlmjax.data.tokenizer import train_from_texts  # noqa: E402
 from vlmjax.models import weight_import  # noqa: E402
+from vlmjax.train.flops import matmul_flops, measured_cpu_peak  # noqa: E402
 from vlmjax.train.loop import Trainer  # noqa: E402
 
 # (vision, text) HF config kwargs. 'scenes': the width/depth class of experiments/siglip_scenes.py; 'tiny': ViT-Ti
@@ -116,7 +117,9 @@ def jax_setup(hf_config, torch_model, batch, workdir):
         state["params"])
     gbatch = trainer._global_batch({"image": batch["image"], "text": batch["text"], "text_mask": batch["text_mask"]})
     with jax.set_mesh(trainer.mesh):
-        compiled = trainer.train_step_fn().lower(state, gbatch).compile()
+        jitted = trainer.train_step_fn()
+        compiled = jitted.lower(state, gbatch).compile()
+        flops = matmul_flops(jitted.trace(state, gbatch).jaxpr)
     holder = {"state": state}
 
     def step():
@@ -124,7 +127,19 @@ def jax_setup(hf_config, torch_model, batch, workdir):
             holder["state"], metrics = compiled(holder["state"], gbatch)
         return float(metrics["train/loss"])  # blocks until the step is done
 
-    return step
+    return step, flops
+
+
+def torch_matmul_peak(n=1024, repeats=5):
+    """FLOP/s of a float32 n x n matmul in torch (its BLAS, its threads), best of `repeats`."""
+    a = torch.ones((n, n))
+    a @ a
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best
 
 
 def bench(name, batch_size, rounds, steps):
@@ -138,7 +153,7 @@ def bench(name, batch_size, rounds, steps):
     torch_model, torch_step = torch_setup(hf_config, batch)
     with tempfile.TemporaryDirectory() as workdir:
         t0 = time.perf_counter()
-        jax_step = jax_setup(hf_config, torch_model, batch, workdir)  # copies torch's weights before it trains
+        jax_step, flops = jax_setup(hf_config, torch_model, batch, workdir)  # copies torch's weights before it trains
         compile_s = time.perf_counter() - t0
         losses = {"ours": [jax_step() for _ in range(3)], "torch": [torch_step() for _ in range(3)]}
         times = {"ours": [], "torch": []}
@@ -151,10 +166,19 @@ def bench(name, batch_size, rounds, steps):
     med = {k: float(np.median(v)) for k, v in times.items()}
     eps = {k: batch_size / v for k, v in med.items()}
     n_params = sum(p.numel() for p in torch_model.parameters())
+    # Roofline: both sides run the same matmuls (same architecture); `flops` counts the dots and convs of our step's
+    # jaxpr (forward + backward), so FLOPs / step time is each side's achieved matmul rate. No step can beat the
+    # machine's float32 matmul rate, so `speedup_ceiling` = best matmul rate / torch's achieved rate bounds any
+    # speedup over torch at these sizes.
+    peaks = {"xla": measured_cpu_peak(), "torch": torch_matmul_peak()}
+    achieved = {k: flops / v for k, v in med.items()}
     return {"vision": vision, "text": text, "batch": batch_size, "params": int(n_params),
             "examples_per_s": eps, "step_s_median": med, "step_s_all": times, "speedup": eps["ours"] / eps["torch"],
             "first_losses": losses, "max_loss_diff_first_3_steps": float(np.max(np.abs(
-                np.array(losses["ours"]) - np.array(losses["torch"])))), "ours_setup_compile_s": compile_s}
+                np.array(losses["ours"]) - np.array(losses["torch"])))), "ours_setup_compile_s": compile_s,
+            "matmul_flops_per_step": flops, "achieved_flops_per_s": achieved, "f32_matmul_peak_flops_per_s": peaks,
+            "fraction_of_best_peak": {k: v / max(peaks.values()) for k, v in achieved.items()},
+            "speedup_ceiling": max(peaks.values()) / achieved["torch"]}
 
 
 def main():
@@ -164,7 +188,9 @@ def main():
     for name in args.sizes.split(","):
         results[name] = bench(name, args.batch, args.rounds, args.steps)
         print(f"{name}: ours {results[name]['examples_per_s']['ours']:.1f} ex/s, torch "
-              f"{results[name]['examples_per_s']['torch']:.1f} ex/s -> {results[name]['speedup']:.2f}x", flush=True)
+              f"{results[name]['examples_per_s']['torch']:.1f} ex/s -> {results[name]['speedup']:.2f}x; torch at "
+              f"{results[name]['fraction_of_best_peak']['torch']:.0%} of the f32 matmul peak, so no step can be more "
+              f"than {results[name]['speedup_ceiling']:.2f}x faster than torch's", flush=True)
     write_result("siglip_vs_torch", {
         "what": "SigLIP train step examples/s, ours (jax, Trainer step) vs HF transformers SiglipModel (torch eager), "
                 "same sizes/weights/batch/AdamW, one process on this CPU, alternating rounds, median",

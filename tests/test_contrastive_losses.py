@@ -219,6 +219,36 @@ def test_hard_negative_loss_matches_loop_formula(kind):
     assert 0 < acc < 1
 
 
+@pytest.mark.parametrize("kind", ["sigmoid", "pairwise"])
+def test_k_hard_negatives_match_loop_formula(kind):
+    # K=3 negatives per image, some missing: the (K+1)-way softmax / K extra sigmoid columns, by loops.
+    k = 3
+    zneg = np.stack([_embeddings(seed=10 + j)[1] + ZIMG for j in range(k)], axis=1)  # [B, K, D]
+    zneg = zneg / np.linalg.norm(zneg, axis=-1, keepdims=True)
+    valid = (np.arange(B * k).reshape(B, k) % 4 != 1).astype(np.int32)
+    valid[0] = 0  # an image with no negative at all adds nothing
+    loss, metrics = jax.jit(hard_negative_loss, static_argnums=0)(kind, ZIMG, ZTXT, zneg, jnp.float32(LOG_T),
+                                                                  jnp.float32(BIAS), valid)
+    t = math.exp(LOG_T)
+    ref, negs, wins = 0.0, [], []
+    for i in range(B):
+        pos = t * float(np.dot(ZIMG[i].astype(np.float64), ZTXT[i])) + BIAS
+        neg = [t * float(np.dot(ZIMG[i].astype(np.float64), zneg[i, j])) + BIAS for j in range(k) if valid[i, j]]
+        negs += neg
+        wins += [pos > x for x in neg]
+        if kind == "sigmoid":
+            ref -= sum(_log_sigmoid(-x) for x in neg) / B
+        elif neg:
+            ref += (_logsumexp([pos] + neg) - pos) / B
+    assert float(loss) == pytest.approx(ref, rel=1e-5)
+    assert float(metrics["hard_neg_logit"]) == pytest.approx(sum(negs) / len(negs), rel=1e-5)
+    assert float(metrics["hard_neg_accuracy"]) == pytest.approx(sum(wins) / len(wins))
+    # K=1 given as [B, 1, D] is the [B, D] form
+    one = [hard_negative_loss(kind, ZIMG, ZTXT, z, jnp.float32(LOG_T), jnp.float32(BIAS), v)[0]
+           for z, v in [(zneg[:, 0], valid[:, 0]), (zneg[:, :1], valid[:, :1])]]
+    assert float(one[0]) == pytest.approx(float(one[1]), rel=1e-6)
+
+
 def test_sigmoid_hard_negative_is_one_more_negative_column():
     # SigLIP + the hard-negative term == the sigmoid loss over [B, B + B] logits whose extra block holds each
     # image's own negative on the diagonal (label -1) and nothing elsewhere.

@@ -247,6 +247,25 @@ def test_hard_negative_caption_edits_one_group_word_or_swaps_two():
     assert ex["text_neg"] != "a red circle" and len(set(ex["text_neg"].split()) ^ {"a", "red", "circle"}) == 2
 
 
+def test_k_hard_negative_captions_are_distinct_and_tokenize_to_k_rows():
+    text = "a red circle left of a blue square"
+    for s in range(50):
+        ex = _run([dict(op="hard_negative_caption", groups=GROUPS, num=3)], {"text": text}, seed=s)
+        assert len(ex["text_neg"]) == 3 and len(set(ex["text_neg"])) == 3 and text not in ex["text_neg"]
+        assert ex["text_neg_valid"].tolist() == [1, 1, 1]
+    ex = _run([dict(op="tokenize", max_len=6, key="text_neg")], {"text_neg": ["ab", "abcdefg"]},
+              tokenizer=CharTokenizer())
+    np.testing.assert_array_equal(ex["text_neg"], [[ord("a") + 10, ord("b") + 10, 2, 0, 0, 0],
+                                                   [ord(c) + 10 for c in "abcdef"]])
+    np.testing.assert_array_equal(ex["text_neg_mask"], [[1, 1, 1, 0, 0, 0], [1] * 6])
+    ex = _run([dict(op="hard_negative_caption", groups=GROUPS, num=2)], {"text": "a green triangle"})
+    assert ex["text_neg_valid"].tolist() == [0, 0]
+    # "a red circle" allows exactly three edits (red->blue, circle->square, circle->cross): a fourth is marked invalid
+    ex = _run([dict(op="hard_negative_caption", groups=GROUPS, num=4)], {"text": "a red circle"})
+    assert ex["text_neg_valid"].tolist() == [1, 1, 1, 0] and ex["text_neg"][3] == "a red circle"
+    assert set(ex["text_neg"][:3]) == {"a blue circle", "a red square", "a red cross"}
+
+
 def test_hard_negative_caption_without_group_words_is_marked_invalid():
     ex = _run([dict(op="hard_negative_caption", groups=GROUPS)], {"text": b"a green triangle"})
     assert ex["text_neg"] == "a green triangle" and ex["text_neg_valid"] == 0

@@ -224,13 +224,14 @@ def choice(key, out=None) -> Op:
 @register("tokenize")
 def tokenize(max_len: int, key: str = "text", out: Optional[str] = None, eos: bool = True, bos: bool = False, *,
              tokenizer=None) -> Op:
-    """Longer texts are cut to max_len after adding eos, so a cut text carries no eos (it did not end there)."""
+    """Longer texts are cut to max_len after adding eos, so a cut text carries no eos (it did not end there).
+
+    A list of K texts gives int32[K, max_len] tokens and mask."""
     if not (isinstance(max_len, (int, np.integer)) and max_len > 0):
         raise ValueError(f"max_len must be a positive int, got {max_len!r}")
     out = out or key
 
-    def op(ex, rng):
-        text = _text(_get(ex, key))
+    def one(text):
         if not text.strip():
             raise DropExample("empty_caption")
         ids = tokenizer.encode(text)
@@ -240,6 +241,15 @@ def tokenize(max_len: int, key: str = "text", out: Optional[str] = None, eos: bo
         tokens[:len(ids)] = ids
         mask = np.zeros(max_len, np.int32)
         mask[:len(ids)] = 1
+        return tokens, mask
+
+    def op(ex, rng):
+        value = _get(ex, key)
+        if isinstance(value, (list, tuple)):
+            pairs = [one(_text(v)) for v in value]  # K texts -> int32[K, max_len]
+            tokens, mask = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+        else:
+            tokens, mask = one(_text(value))
         return {**ex, out: tokens, f"{out}_mask": mask}
 
     return op

@@ -82,34 +82,37 @@ LOSSES = {"sigmoid": sigmoid_loss, "softmax": softmax_loss}
 
 
 def hard_negative_loss(kind, zimg, ztxt, zneg, log_t, bias, valid):
-    """Each image against its own hard-negative caption (NegCLIP-style), an extra term beside the batch loss.
+    """Each image against its own hard-negative captions (NegCLIP-style), an extra term beside the batch loss.
 
-    zimg, ztxt, zneg: float[B, D] L2-normalised (image, its caption, a caption false for it); valid: int/bool[B]
-    (0 = no negative for that example); log_t, bias: float[] (bias may be None) -> (float[] loss, metrics).
-    kind 'sigmoid': the SigLIP term of one more negative pair, -sum_i log sigmoid(-logit(i, neg_i)) / B, so with
-    weight 1 it is exactly the batch loss with one extra negative column per row; its gradient is sigmoid(logit)
-    and stays small while every logit is low. kind 'pairwise': a two-way softmax of the caption against its
-    negative, sum_i log(1 + exp(logit(i, neg_i) - logit(i, i))) / B, whose gradient is 1/2 whenever the two are
-    undecided, whatever the logits' level (NegCLIP puts the negatives into the batch softmax instead, which a
-    sharded ring cannot do without a second pass; this keeps the term local). Elementwise over the batch, so any
-    sharding gives the same value.
+    zimg, ztxt: float[B, D] L2-normalised (image, its caption); zneg: float[B, D] or float[B, K, D], K captions
+    false for image i; valid: int/bool[B] or [B, K] (0 = no such negative); log_t, bias: float[] (bias may be None)
+    -> (float[] loss, metrics). kind 'sigmoid': the SigLIP terms of K more negative pairs,
+    -sum_ik log sigmoid(-logit(i, neg_ik)) / B, so with weight 1 it is exactly the batch loss with K extra negative
+    columns per row; its gradient is sigmoid(logit) and stays small while every logit is low. kind 'pairwise': a
+    (K+1)-way softmax of the caption against its valid negatives, sum_i [logsumexp(pos_i, neg_i.) - pos_i] / B
+    (K=1: log(1 + exp(neg - pos))), whose gradient is large whenever they are undecided, whatever the logits'
+    level (NegCLIP puts the negatives into the batch softmax instead, which a sharded ring cannot do without a
+    second pass; this keeps the term local). Elementwise over the batch, so any sharding gives the same value.
     """
+    if zneg.ndim == 2:
+        zneg, valid = zneg[:, None], valid[:, None]
     t = jnp.exp(jnp.reshape(log_t, ()).astype(jnp.float32))
     b = 0.0 if bias is None else jnp.reshape(bias, ()).astype(jnp.float32)
-    pos = t * jnp.sum(zimg.astype(jnp.float32) * ztxt.astype(jnp.float32), axis=-1) + b
-    neg = t * jnp.sum(zimg.astype(jnp.float32) * zneg.astype(jnp.float32), axis=-1) + b
+    pos = t * jnp.sum(zimg.astype(jnp.float32) * ztxt.astype(jnp.float32), axis=-1) + b  # [B]
+    neg = t * jnp.einsum("bd,bkd->bk", zimg.astype(jnp.float32), zneg.astype(jnp.float32)) + b  # [B, K]
     valid = valid.astype(jnp.float32)
     if kind == "sigmoid":
-        per = -jax.nn.log_sigmoid(-neg)
+        per = jnp.sum(-jax.nn.log_sigmoid(-neg) * valid, axis=-1)
     elif kind == "pairwise":
-        per = jax.nn.softplus(neg - pos)
+        both = jnp.concatenate([pos[:, None], jnp.where(valid > 0, neg, -jnp.inf)], axis=-1)
+        per = (jax.nn.logsumexp(both, axis=-1) - pos) * (jnp.sum(valid, axis=-1) > 0)
     else:
         raise ValueError(f"hard_negative_loss kind={kind!r}: expected 'sigmoid' or 'pairwise'")
     n = jnp.maximum(jnp.sum(valid), 1.0)
     sg = lax.stop_gradient
     metrics = {"hard_neg_logit": jnp.sum(sg(neg) * valid) / n,
-               "hard_neg_accuracy": jnp.sum((sg(pos) > sg(neg)) * valid) / n}
-    return jnp.sum(per * valid) / zimg.shape[0], metrics
+               "hard_neg_accuracy": jnp.sum((sg(pos)[:, None] > sg(neg)) * valid) / n}
+    return jnp.sum(per) / zimg.shape[0], metrics
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -4,8 +4,9 @@ Batch: `image` float[B, H, W, 3], `text` int32[B, L] and `text_mask` int32[B, L]
 L = `config.text_len`). Top-level keys: `tokenizer` (SentencePiece path, required), `text_len`, `image_size`,
 `loss`, `loss_impl` ('dense' | 'all_gather' | 'ring'; '' = 'ring' when the batch is sharded over several devices,
 else 'dense' — all three give the same loss and gradients, the ring never holds more than a local x local block of
-logits), `hard_negative_weight` (> 0: the batch also carries `text_neg`, `text_neg_mask`, `text_neg_valid` -- a
-caption false for its image, from the `hard_negative_caption` op then `tokenize` -- and the loss adds
+logits), `hard_negative_weight` (> 0: the batch also carries `text_neg`, `text_neg_mask`, `text_neg_valid` -- one
+caption false for its image, int32[B, L], or K of them, int32[B, K, L] (the op's `num`), from the
+`hard_negative_caption` op then `tokenize` -- and the loss adds
 `losses.contrastive.hard_negative_loss` times this weight), `hard_negative_loss` ('sigmoid' | 'pairwise'; '' =
 'sigmoid' for the sigmoid loss, 'pairwise' for softmax). `config.model`: `image` (ViT keys), `text`
 (TextTransformer keys; vocab_size defaults to the tokenizer's), `out_dim` (projection dim: int, or [image, text]
@@ -216,9 +217,19 @@ class ContrastiveTask(Task):
         batch = {"image": np.zeros((batch_size, s, s, 3), np.float32), "text": np.zeros((batch_size, n), np.int32),
                  "text_mask": np.ones((batch_size, n), np.int32)}
         if self.config.hard_negative_weight:
-            batch.update(text_neg=batch["text"], text_neg_mask=batch["text_mask"],
-                         text_neg_valid=np.ones((batch_size,), np.int32))
+            k = self._negatives_per_example()
+            shape = (batch_size, n) if k == 1 else (batch_size, k, n)
+            batch.update(text_neg=np.zeros(shape, np.int32), text_neg_mask=np.ones(shape, np.int32),
+                         text_neg_valid=np.ones(shape[:-1], np.int32))
         return batch
+
+    def _negatives_per_example(self) -> int:
+        """`num` of the data's hard_negative_caption op (1 without one): the K of text_neg int32[B, K, L]."""
+        for spec in self.config.data.preprocess:
+            spec = spec.to_dict() if hasattr(spec, "to_dict") else dict(spec)
+            if spec.get("op") == "hard_negative_caption":
+                return int(spec.get("num", 1))
+        return 1
 
     def init(self, rng, batch):
         return self.model.init({"params": rng}, batch["image"], batch["text"], batch["text_mask"], train=False)
@@ -232,8 +243,8 @@ class ContrastiveTask(Task):
             raise ValueError(f"{where}: no {missing} in the batch (it has {sorted(batch)}); config.data.preprocess "
                              f"must produce `image` and a tokenized `text` (op 'tokenize' with key/out 'text'){neg}")
         for k in ("text", "text_neg"):
-            if k in batch and batch[k].shape[1:] != (int(self.config.text_len),):
-                raise ValueError(f"{where}: {k} has length {batch[k].shape[1:]} but config.text_len="
+            if k in batch and batch[k].shape[-1] != int(self.config.text_len):
+                raise ValueError(f"{where}: {k} has length {batch[k].shape[-1]} but config.text_len="
                                  f"{self.config.text_len}; make the tokenize op's max_len equal to it")
 
     # -- training -------------------------------------------------------------------------------------------------
@@ -250,8 +261,10 @@ class ContrastiveTask(Task):
         loss, metrics = self.loss_fn()(zimg, ztxt, out["log_temperature"], out.get("bias"))
         weight = float(self.config.hard_negative_weight)
         if weight:
-            _, zneg, _ = self.model.apply({"params": params, **state}, text=batch["text_neg"],
-                                          text_mask=batch["text_neg_mask"], train=True, rngs=rngs)
+            ids, mask = batch["text_neg"], batch["text_neg_mask"]  # int32[B, L] or [B, K, L]
+            _, zneg, _ = self.model.apply({"params": params, **state}, text=ids.reshape(-1, ids.shape[-1]),
+                                          text_mask=mask.reshape(-1, ids.shape[-1]), train=True, rngs=rngs)
+            zneg = zneg.reshape(*ids.shape[:-1], zneg.shape[-1])
             kind = self.config.hard_negative_loss or ("sigmoid" if self.config.loss == "sigmoid" else "pairwise")
             neg_loss, neg_metrics = hard_negative_loss(kind, zimg, ztxt, zneg, out["log_temperature"],
                                                        out.get("bias"), batch["text_neg_valid"])
