@@ -39,8 +39,8 @@ def run_config(loss: str, batch: int, examples: int, args):
     towers are spelled out in full so that the report does not move when siglip_scenes' model changes."""
     from vlmjax.train.config import load_experiment
 
-    c = load_experiment(os.path.join(ROOT, "experiments", "siglip_scenes.py") + (":softmax" if loss == "softmax"
-                                                                                 else ""))
+    c = load_experiment(os.path.join(ROOT, "experiments", "siglip_scenes.py") + (":baseline,softmax"
+                                                                                 if loss == "softmax" else ":baseline"))
     size = 32
     resize = dict(op="resize", size=size, key="image", method="area")
     with c.unlocked():

@@ -42,7 +42,7 @@ TOKENIZER = os.path.join(ROOT, "data", "tfds", "scenes_spm.model")
 
 def siglip_config(batch: int):
     """experiments/siglip_scenes.py, towers of width 64 x depth 2 (the experiment's class), 64 px, text 24."""
-    c = load_experiment(os.path.join(ROOT, "experiments", "siglip_scenes.py"))
+    c = load_experiment(os.path.join(ROOT, "experiments", "siglip_scenes.py:baseline"))
     c.model.image.update(width=64, depth=2, num_heads=2, mlp_dim=256)
     c.model.text.update(width=64, depth=2, num_heads=2, mlp_dim=256)
     c.batch_size = batch

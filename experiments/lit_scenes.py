@@ -35,7 +35,7 @@ siglip_scenes, vit_scenes = _experiment("siglip_scenes"), _experiment("vit_scene
 
 
 def get_config(arg=None):
-    c = siglip_scenes.get_config(arg)
+    c = siglip_scenes.get_config(",".join(["baseline"] + ([arg] if arg else [])))  # no hard negatives
     runlocal = "runlocal" in (arg or "")
     # The vit_scenes model (default, or its :runlocal variant), so that its weights load.
     image = vit_scenes.get_config("runlocal" if runlocal else None).model.to_dict()

@@ -266,6 +266,23 @@ def test_k_hard_negative_captions_are_distinct_and_tokenize_to_k_rows():
     assert set(ex["text_neg"][:3]) == {"a blue circle", "a red square", "a red cross"}
 
 
+def test_hard_negative_phrase_swaps_exchange_whole_matches():
+    phrase = r"a (?:red|blue) (?:circle|square|cross)"
+    text = "a red circle left of a blue square"
+    ex = _run([dict(op="hard_negative_caption", groups=[["left", "right"]], phrase=phrase, num=3, swap_prob=1.0)],
+              {"text": text})
+    # every swap first (one phrase swap; no word swap, "left" occurs once), then the one replacement
+    assert ex["text_neg"] == ["a blue square left of a red circle", "a red circle right of a blue square", text]
+    assert ex["text_neg_valid"].tolist() == [1, 1, 0]
+    # a phrase swap that equals a word swap is drawn once
+    ex = _run([dict(op="hard_negative_caption", groups=GROUPS, phrase=phrase, num=20)],
+              {"text": "a red circle, a red square"})
+    negs = [t for t, v in zip(ex["text_neg"], ex["text_neg_valid"]) if v]
+    assert len(negs) == len(set(negs)) == 7 and "a red square, a red circle" in negs  # 6 replacements + 1 swap
+    with pytest.raises(ValueError, match=r"phrase='a \(' is not a regular expression"):
+        validate_specs([dict(op="hard_negative_caption", groups=GROUPS, phrase="a (")])
+
+
 def test_hard_negative_caption_without_group_words_is_marked_invalid():
     ex = _run([dict(op="hard_negative_caption", groups=GROUPS)], {"text": b"a green triangle"})
     assert ex["text_neg"] == "a green triangle" and ex["text_neg_valid"] == 0
