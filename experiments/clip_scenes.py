@@ -1,5 +1,6 @@
 r"""CLIP (symmetric softmax loss) on the built-in `scenes` captions, on CPU: experiments/siglip_scenes.py with the loss
-swapped, and CLIP's inits (t = 1/0.07 clamped at 100, no bias).
+swapped, and CLIP's inits (t = 1/0.07 clamped at 100, no bias); the same tower and hard negatives (`:baseline`
+for neither). Not measured at the default budget with this recipe.
 
     vlmjax-train --config experiments/clip_scenes.py --workdir workdirs/clip_scenes
     vlmjax-train --config experiments/clip_scenes.py:runlocal --workdir /tmp/clip_scenes   # seconds, smoke test

@@ -43,6 +43,20 @@ def test_zeroshot_accuracy_known_ranks():
     assert "top5" not in zeroshot_accuracy(imgs[:, :4], classes[:4, :4], np.array([0, 1, 3, 0, 2]))
 
 
+def test_zeroshot_max_aggregation_scores_each_class_by_its_best_template():
+    # Two classes x two templates in 3-d. The image lies near class 1's second template only: the mean ensemble
+    # picks class 0 (its templates average closer), the max picks class 1.
+    e = np.eye(3)
+    text = np.stack([[e[0], e[0] + 0.3 * e[1]], [-e[0], e[2]]])  # [C=2, T=2, D=3]
+    img = np.array([[0.35, 0.0, 0.6]])
+    assert zeroshot_accuracy(img, zeroshot_classifier(text), np.array([1]))["top1"] == 0.0
+    assert zeroshot_accuracy(img, text, np.array([1]))["top1"] == 1.0
+    # chunking over the [n, C*T] block changes nothing
+    rng = np.random.default_rng(0)
+    imgs, txt, labels = rng.normal(size=(50, 8)), rng.normal(size=(7, 5, 8)), rng.integers(0, 7, 50)
+    assert zeroshot_accuracy(imgs, txt, labels, chunk_size=3) == zeroshot_accuracy(imgs, txt, labels)
+
+
 def test_retrieval_one_caption_each_two_of_four_ranked_first():
     imgs = np.eye(4)
     txts = np.stack([unit(1, 0, 0, 0),

@@ -37,7 +37,7 @@ QUESTIONS_PER_TYPE = 2
 _MIN_DX = 0.12
 _SPLIT_SEED = {"train": 0, "validation": 1, "test": 2}
 # Row-major 3x3 grid of image regions, used to place a lone object in words.
-_REGIONS = ("in the top left", "at the top", "in the top right", "on the left", "in the center", "on the right",
+REGIONS = ("in the top left", "at the top", "in the top right", "on the left", "in the center", "on the right",
             "in the bottom left", "at the bottom", "in the bottom right")
 
 Obj = Dict[str, object]  # {'color': str, 'shape': str, 'size': str, 'x': float, 'y': float}
@@ -130,7 +130,7 @@ def _name(o: Obj) -> str:
 
 def _region(o: Obj) -> str:
     col, row = min(int(o["x"] * 3), 2), min(int(o["y"] * 3), 2)
-    return _REGIONS[row * 3 + col]
+    return REGIONS[row * 3 + col]
 
 
 def captions(objs: List[Obj]) -> List[str]:

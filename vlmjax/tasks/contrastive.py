@@ -16,6 +16,8 @@ Evaluators (`config.evals.<name>.type`):
   zeroshot   classify the images of a split by their nearest class embedding: the mean of the normalised text
              embeddings of `templates` (default: a CLIP-style ensemble) filled with `class_names` (a list, a text
              file with one name per line, or by default the dataset's ClassLabel names of `label_key`).
+             `aggregate='max'` scores each class by its best template instead of the mean embedding (for large
+             template sets that spell out a caption grammar, where averaging blurs the structure).
              Metrics `accuracy` (top-1) and `top5`.
   retrieval  every image against all of its captions (`caption_key`, up to `max_captions` per image; nested tfds
              features are addressed as 'captions/text'). Metrics img2txt_r@{1,5,10}, txt2img_r@{1,5,10}.
@@ -41,7 +43,8 @@ from vlmjax.tasks.model_config import build_module, check_keys
 LOSS_IMPLS = ("", "dense", "all_gather", "ring")
 NEG_KEYS = ("text_neg", "text_neg_mask", "text_neg_valid")
 MODEL_KEYS = ("image", "text", "out_dim", "temperature_init", "bias_init", "temperature_max")
-EVAL_KEYS = {"zeroshot": ("type", "every_steps", "data", "class_names", "templates", "label_key"),
+EVAL_KEYS = {"zeroshot": ("type", "every_steps", "data", "class_names", "templates", "label_key",
+                          "aggregate"),
              "retrieval": ("type", "every_steps", "data", "caption_key", "max_captions")}
 
 
@@ -104,9 +107,10 @@ def dataset_class_names(data_cfg, label_key: str) -> list:
 class ZeroShotEvaluator(Evaluator):
     """Image embeddings of the split vs class embeddings built from prompt templates."""
 
-    def __init__(self, data, task, class_names, templates, label_key):
+    def __init__(self, data, task, class_names, templates, label_key, aggregate="mean"):
         super().__init__(data=data)
         self.task, self.class_names, self.templates, self.label_key = task, class_names, templates, label_key
+        self.aggregate = aggregate
 
         def predict(variables, batch):
             zimg, _, _ = task.model.apply(variables, images=batch["image"])
@@ -117,7 +121,8 @@ class ZeroShotEvaluator(Evaluator):
     def run(self, variables, runtime):
         prompts = [t.format(c) for c in self.class_names for t in self.templates]
         emb = self.task.embed_texts(variables, prompts, runtime.mesh)
-        classes = rm.zeroshot_classifier(emb.reshape(len(self.class_names), len(self.templates), -1))
+        emb = emb.reshape(len(self.class_names), len(self.templates), -1)
+        classes = rm.zeroshot_classifier(emb) if self.aggregate == "mean" else emb
         out = runtime.predict_all(self.predict, variables, self.data)
         acc = rm.zeroshot_accuracy(out["zimg"], classes, out["label"])
         return {"accuracy": acc["top1"], **({"top5": acc["top5"]} if "top5" in acc else {})}
@@ -311,7 +316,11 @@ class ContrastiveTask(Task):
                 templates = list(cfg.get("templates", None) or rm.PROMPT_TEMPLATES)
                 if any("{}" not in t for t in templates):
                     raise ValueError(f"{where}.templates: every template needs a '{{}}' for the class name")
-                evals[name] = ZeroShotEvaluator(cfg.data, self, names, templates, label_key)
+                aggregate = cfg.get("aggregate", "mean")
+                if aggregate not in ("mean", "max"):
+                    raise ValueError(f"{where}.aggregate={aggregate!r}: expected 'mean' (CLIP's ensemble: the "
+                                     f"mean template embedding) or 'max' (each class scores its best template)")
+                evals[name] = ZeroShotEvaluator(cfg.data, self, names, templates, label_key, aggregate)
             else:
                 data = ml_collections.ConfigDict(cfg.data.to_dict())
                 data.all_captions = {"key": cfg.get("caption_key", "captions"),

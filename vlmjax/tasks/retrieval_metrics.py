@@ -57,20 +57,28 @@ def _ranks(scores, correct):
 def zeroshot_accuracy(img_emb, class_emb, labels, chunk_size: int = 4096) -> dict:
     """Top-1 (and top-5 when C >= 5) accuracy of classifying images by the nearest class embedding.
 
-    img_emb float[N, D], class_emb float[C, D], labels int[N] -> {'top1': float, 'top5': float}.
+    img_emb float[N, D], class_emb float[C, D] (one embedding per class, e.g. `zeroshot_classifier`'s mean) or
+    float[C, T, D] (a class scores its best-matching template: max aggregation), labels int[N]
+    -> {'top1': float, 'top5': float}.
     """
     img, cls = l2_normalize(img_emb), l2_normalize(class_emb)
+    if cls.ndim == 3:
+        n_cls, n_tmpl = cls.shape[:2]
+        cls = cls.reshape(n_cls * n_tmpl, -1)
+        chunk_size = max(1, chunk_size * n_cls // cls.shape[0])  # the [n, C*T] block stays as large as [n, C]
+    else:
+        n_cls, n_tmpl = cls.shape[0], 1
     labels = np.asarray(labels)
     if labels.shape != (img.shape[0],):
         raise ValueError(f"zeroshot_accuracy: labels {labels.shape} do not match {img.shape[0]} images")
     ranks = []
     for start in range(0, img.shape[0], chunk_size):
-        scores = img[start:start + chunk_size] @ cls.T  # [n, C]
-        correct = labels[start:start + chunk_size, None] == np.arange(cls.shape[0])[None, :]
+        scores = np.max((img[start:start + chunk_size] @ cls.T).reshape(-1, n_cls, n_tmpl), axis=-1)  # [n, C]
+        correct = labels[start:start + chunk_size, None] == np.arange(n_cls)[None, :]
         ranks.append(_ranks(scores, correct))
     ranks = np.concatenate(ranks) if ranks else np.zeros((0,), int)
     out = {"top1": float(np.mean(ranks < 1))}
-    if cls.shape[0] >= 5:
+    if n_cls >= 5:
         out["top5"] = float(np.mean(ranks < 5))
     return out
 
