@@ -38,7 +38,7 @@ _MIN_DX = 0.12
 _SPLIT_SEED = {"train": 0, "validation": 1, "test": 2}
 # Row-major 3x3 grid of image regions, used to place a lone object in words.
 REGIONS = ("in the top left", "at the top", "in the top right", "on the left", "in the center", "on the right",
-            "in the bottom left", "at the bottom", "in the bottom right")
+           "in the bottom left", "at the bottom", "in the bottom right")
 
 Obj = Dict[str, object]  # {'color': str, 'shape': str, 'size': str, 'x': float, 'y': float}
 

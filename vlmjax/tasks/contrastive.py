@@ -207,11 +207,7 @@ class ContrastiveTask(Task):
         from vlmjax.data.ops import get_preprocess_fn
 
         spec = {"op": "tokenize", "max_len": int(self.config.text_len)}
-        for s in self.config.data.preprocess:
-            s = s.to_dict() if hasattr(s, "to_dict") else dict(s)
-            if s.get("op") == "tokenize":
-                spec.update({k: v for k, v in s.items() if k in ("eos", "bos")})
-                break
+        spec.update({k: v for k, v in self._data_op("tokenize").items() if k in ("eos", "bos")})
         return get_preprocess_fn([dict(spec, key="text", out="text")], tokenizer=self.tokenizer())
 
     def _train_keys(self):
@@ -230,11 +226,15 @@ class ContrastiveTask(Task):
 
     def _negatives_per_example(self) -> int:
         """`num` of the data's hard_negative_caption op (1 without one): the K of text_neg int32[B, K, L]."""
+        return int(self._data_op("hard_negative_caption").get("num", 1))
+
+    def _data_op(self, name: str) -> dict:
+        """The first spec of op `name` in config.data.preprocess ({} if there is none)."""
         for spec in self.config.data.preprocess:
             spec = spec.to_dict() if hasattr(spec, "to_dict") else dict(spec)
-            if spec.get("op") == "hard_negative_caption":
-                return int(spec.get("num", 1))
-        return 1
+            if spec.get("op") == name:
+                return spec
+        return {}
 
     def init(self, rng, batch):
         return self.model.init({"params": rng}, batch["image"], batch["text"], batch["text_mask"], train=False)
