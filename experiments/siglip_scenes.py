@@ -16,8 +16,6 @@ LiT (experiments/lit_scenes.py, a locked vit_scenes tower) reaches 95.9%.
 smoke test without hard negatives (add `hardneg` for them).
 """
 import ml_collections
-import numpy as np
-
 from vlmjax.data.scenes import COLORS, REGIONS, SHAPES, SIZES
 
 # Zero-shot prompts in the style of the captions. The label is the MAIN (largest, then leftmost) object; captions
@@ -26,20 +24,28 @@ from vlmjax.data.scenes import COLORS, REGIONS, SHAPES, SIZES
 TEMPLATES = ("a large {} with", "a small {} with", "one large {}", "one small {}")
 
 
-def grammar_templates(pairs: int = 64, seed: int = 0) -> list:
-    """Prompts that spell out the captions' grammar with the class as the main object: the one-object phrasings
-    and "<main> with <others> to its left/right" for every other object (2-object scenes) and `pairs` sampled pairs
-    (3-object scenes), each main object large or small. No label or test image is used. With aggregate 'max' a
-    class scores the caption that fits the image best; a mean over these would blur who is the main object."""
-    objs = [f"a {z} {c} {s}" for z in SIZES for c in COLORS for s in SHAPES]
-    idx = np.random.default_rng(seed).integers(len(objs), size=(pairs, 2))
+def grammar_templates() -> list:
+    """Every prompt of the captions' grammar with the class as the main object (4534 per class): the one-object
+    phrasings, and "<main> with <others> to its left/right" for every choice of the others that keeps the class
+    the main object (a small main has only small others, all to its right; an object left of a large main is
+    small). No label or test image is used: with aggregate 'max' this is zero-shot as retrieval over the caption
+    space, each class scored by the caption that fits the image best (a mean would blur who is the main object).
+    The others range over all 48 objects, so a few prompts repeat the class itself: never a true caption, and
+    the same for every class."""
+    objs = [(z, f"{c} {s}") for z in SIZES for c in COLORS for s in SHAPES]
+    phrase = lambda o: f"a {o[0]} {o[1]}"  # noqa: E731
     out = []
     for z in SIZES:
-        out += [f"one shape: a {z} {{}}", f"a single {z} {{}} on a plain background"]
+        main = f"a {z} {{}}"
+        out += [f"one shape: {main}", f"a single {z} {{}} on a plain background"]
         out += [f"one {z} {{}} {r}" for r in REGIONS]
-        out += [f"a {z} {{}} with {o} to its {side}" for o in objs for side in ("left", "right")]
-        out += [f"a {z} {{}} with {objs[i]} to its left and {objs[j]} to its right" for i, j in idx]
-        out += [f"a {z} {{}} with {objs[i]} and {objs[j]} to its {side}" for i, j in idx for side in ("left", "right")]
+        left = [phrase(o) for o in objs if z == "large" and o[0] == "small"]  # strictly smaller than the main
+        right = [phrase(o) for o in objs if z == "large" or o[0] == "small"]  # not larger (a tie goes left)
+        out += [f"{main} with {o} to its left" for o in left] + [f"{main} with {o} to its right" for o in right]
+        pairs = lambda xs, ys: [(a, b) for a in xs for b in ys if a.split()[-2:] != b.split()[-2:]]  # noqa: E731
+        out += [f"{main} with {a} and {b} to its right" for a, b in pairs(right, right)]
+        out += [f"{main} with {a} to its left and {b} to its right" for a, b in pairs(left, right)]
+        out += [f"{main} with {a} and {b} to its left" for a, b in pairs(left, left)]
     return out
 
 

@@ -31,6 +31,20 @@ def position_embedding(module: nn.Module, kind: str, h: int, w: int, d: int, par
     raise ValueError(f"posemb {kind!r}: expected 'learn' or 'sincos2d'")
 
 
+def with_coord_channels(images):
+    """float[B, H, W, C] -> float[B, H, W, C + 2]: each pixel's (x, y) in [-1, 1] appended as two channels.
+
+    Why (CoordConv, Liu et al. 2018): convolutions are translation-equivariant, so a conv stem alone cannot make
+    features that join *what* is at a pixel with *where* it is; with the coordinates as inputs its first layers can
+    ("a red shape on the left"), which captions that say which object is left of which need. A position
+    embedding added after the stem only adds position to content; the conjunction then has to be learnt later.
+    """
+    b, h, w, _ = images.shape
+    x = jnp.broadcast_to(jnp.linspace(-1.0, 1.0, w, dtype=images.dtype)[None, None, :], (b, h, w))
+    y = jnp.broadcast_to(jnp.linspace(-1.0, 1.0, h, dtype=images.dtype)[None, :, None], (b, h, w))
+    return jnp.concatenate([images, x[..., None], y[..., None]], axis=-1)
+
+
 class ConvStem(nn.Module):
     """Hybrid-ViT stem: a patchify conv (kernel = stride = `patch`) then `blocks` residual LayerNorm-GELU-3x3-conv
     blocks. float[B, H, W, 3] -> float[B, H/patch, W/patch, channels]; the ViT then patchifies its output.
@@ -80,6 +94,7 @@ class ViT(nn.Module):
     stem_channels: int = 0
     stem_patch: int = 4
     stem_blocks: int = 1
+    coord_channels: bool = False  # append (x, y) input channels (CoordConv, `with_coord_channels`)
     head_zeroinit: bool = True
     dropout: float = 0.0
     remat_policy: str = "none"
@@ -91,6 +106,8 @@ class ViT(nn.Module):
     def __call__(self, images, train: bool = False):
         mlp_dim = self.mlp_dim or 4 * self.width
         ph, pw = self.patch_size
+        if self.coord_channels:
+            images = with_coord_channels(images)
         if self.stem_channels:
             images = ConvStem(self.stem_channels, self.stem_patch, self.stem_blocks, self.dtype, self.param_dtype,
                               name="stem")(images)
