@@ -1,13 +1,14 @@
 """Why a contrastive run's zero-shot accuracy on `scenes` is what it is: per object count, whether the predicted class
 has the right colour and the right shape, for several prompt-template sets; how close the text tower puts
 captions that differ only in one word (colour, shape, size); and `binding`: for each kind of hard-negative edit
-(a colour / shape / size word replaced or swapped between two objects, or two "colour shape" names swapped, which
+(a colour / shape / size / side word replaced or swapped between two objects, or two "colour shape" names swapped, which
 keeps the sizes and moves the objects), the fraction of test captions the image scores above their edited copy
 (0.5 = chance), per object count, name swaps split by whether the two objects have one size (then only their
-places tell the captions apart; the main-object label needs this once two objects tie in size); and
-`position_probe_r2`, how much of a lone object's horizontal position a linear fit reads off the image embedding.
+places tell the captions apart; the main-object label needs this once two objects tie in size); `side` edits
+flip a left/right word ("on the left" -> "on the right", "A to the left of B" -> "A to the right of B").
 
     .venv/bin/python benchmarks/zeroshot_diagnosis.py --workdir workdirs/siglip_scenes [--data_dir data/tfds]
+        [--examples 1000] [--evals_from experiments/siglip_scenes.py]   # another file's prompt sets
 
 Writes benchmarks/results/zeroshot_diagnosis.json (the run's workdir is recorded in it).
 """
@@ -21,7 +22,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import write_result  # noqa: E402
 
 TEMPLATE_SETS = {
-    "config": None,  # the run's own zero-shot templates
     "photo": ["a {}", "a photo of a {}"],
     "single_object": ["one shape: a large {}", "one shape: a small {}", "a single large {} on a plain background",
                       "a single small {} on a plain background"],
@@ -42,18 +42,21 @@ def main(argv=None):
     p.add_argument("--workdir", required=True)
     p.add_argument("--data_dir", default="data/tfds")
     p.add_argument("--examples", type=int, default=1000)
+    p.add_argument("--evals_from", default=None,
+                   help="experiment file[:arg] whose zero-shot evals to use instead of the run's own")
     args = p.parse_args(argv)
     import jax
-    import jax.numpy as jnp
     import tensorflow_datasets as tfds
 
     from vlmjax.data import scenes
-    from vlmjax.tasks.contrastive import tokenize_texts
-    from vlmjax.tasks.retrieval_metrics import zeroshot_classifier
-    from vlmjax.zeroshot_cli import load_run, templates_of
+    from vlmjax.tasks.retrieval_metrics import l2_normalize
+    from vlmjax.train.config import load_experiment
+    from vlmjax.train.mesh import make_mesh
+    from vlmjax.zeroshot_cli import load_run
 
     task, params = load_run(args.workdir)
-    size = task.config.image_size
+    variables, size = {"params": params}, task.config.image_size
+    mesh = make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
     src = tfds.data_source("scenes/default", split="test", data_dir=args.data_dir)
     exs = [src[i] for i in range(args.examples)]
     images = np.stack([e["image"] for e in exs]).astype(np.float32)
@@ -62,38 +65,35 @@ def main(argv=None):
     images = images / 127.5 - 1
     labels = np.array([e["label"] for e in exs])
     n_obj = np.array([e["num_objects"] for e in exs])
-    apply = jax.jit(lambda x, i, m: task.model.apply({"params": params}, x, i, m))
-    tok = task._tokenize_fn()
+    embed_images = jax.jit(lambda x: task.model.apply(variables, images=x)[0])
+    zimg = l2_normalize(np.concatenate([np.asarray(embed_images(images[i:i + 250]))
+                                        for i in range(0, len(images), 250)]))
 
-    def embed(texts, imgs):
-        ids, mask = tokenize_texts(tok, texts)
-        zi, zt, _ = apply(jnp.asarray(imgs), jnp.asarray(ids), jnp.asarray(mask))
-        return np.asarray(zi), np.asarray(zt)
-
-    chunk = 100
-    zimg = np.concatenate([embed(["x"] * len(images[i:i + chunk]), images[i:i + chunk])[0]
-                           for i in range(0, len(images), chunk)])
+    # The run's own zero-shot evals (with their aggregation), then the fixed sets (CLIP's mean ensemble).
+    evals = load_experiment(args.evals_from).evals if args.evals_from else task.config.evals
+    sets = {name: (list(ev.templates), ev.get("aggregate", "mean")) for name, ev in evals.items()
+            if ev.type == "zeroshot" and ev.get("templates", None)}
+    sets.update({name: (t, "mean") for name, t in TEMPLATE_SETS.items()})
     result = {"workdir": os.path.abspath(args.workdir), "examples": args.examples, "template_sets": {}}
     n_shapes = len(scenes.SHAPES)
-    for name, templates in TEMPLATE_SETS.items():
-        templates = templates or templates_of(task.config)
-        texts = [t.format(c) for c in scenes.CLASS_NAMES for t in templates]
-        ztxt = np.concatenate([embed(texts[i:i + chunk], images[:len(texts[i:i + chunk])])[1]
-                               for i in range(0, len(texts), chunk)])
-        classes = zeroshot_classifier(ztxt.reshape(len(scenes.CLASS_NAMES), len(templates), -1))
-        pred = np.argmax(zimg @ classes.T, axis=1)
-        row = {"templates": list(templates), "accuracy": float(np.mean(pred == labels))}
+    for name, (templates, aggregate) in sets.items():
+        scores = np.zeros((len(exs), len(scenes.CLASS_NAMES)))
+        for c, cls in enumerate(scenes.CLASS_NAMES):  # one class at a time: grammar sets have 1e5 prompts
+            ztxt = l2_normalize(task.embed_texts(variables, [t.format(cls) for t in templates], mesh))
+            scores[:, c] = (zimg @ ztxt.T).max(1) if aggregate == "max" else zimg @ l2_normalize(ztxt.mean(0))
+        pred = np.argmax(scores, axis=1)
+        row = {"templates": len(templates), "aggregate": aggregate, "accuracy": float(np.mean(pred == labels))}
+        if len(templates) <= 8:
+            row["templates"] = list(templates)
         for k in (1, 2, 3):
             m = n_obj == k
             row[f"{k}_objects"] = {"n": int(m.sum()), "accuracy": float(np.mean(pred[m] == labels[m])),
                                    "colour_right": float(np.mean(pred[m] // n_shapes == labels[m] // n_shapes)),
                                    "shape_right": float(np.mean(pred[m] % n_shapes == labels[m] % n_shapes))}
         result["template_sets"][name] = row
-    pairs = [t for pair in WORD_PAIRS.values() for t in pair]
-    ztxt = embed(pairs, images[:len(pairs)])[1]
+    ztxt = l2_normalize(task.embed_texts(variables, [t for pair in WORD_PAIRS.values() for t in pair], mesh))
     result["text_cosine"] = {k: float(ztxt[2 * i] @ ztxt[2 * i + 1]) for i, k in enumerate(WORD_PAIRS)}
-    result["binding"] = binding(task, {"params": params}, exs, zimg)
-    result["position_probe_r2"] = position_probe(zimg, exs)
+    result["binding"] = binding(task, variables, exs, zimg, mesh)
     write_result("zeroshot_diagnosis", result)
 
 
@@ -106,26 +106,12 @@ def _swap_kind(caption, edit, kind_of) -> str:
     return "name_swap_same_size" if len(sizes) == 1 else "name_swap_other_size"
 
 
-def position_probe(zimg, examples) -> float:
-    """Held-out R^2 of a ridge fit of the lone object's x from the image embedding (one-object images, first half
-    fits, second half scores): <= 0 = the embedding holds no horizontal position a linear map can read."""
-    sel = [i for i, ex in enumerate(examples) if int(ex["num_objects"]) == 1]
-    x = np.c_[zimg[sel], np.ones(len(sel))]
-    y = np.array([float(examples[i]["objects"]["x"][0]) for i in sel])
-    h = len(y) // 2
-    w = np.linalg.solve(x[:h].T @ x[:h] + 1e-2 * h * np.eye(x.shape[1]), x[:h].T @ y[:h])
-    return float(1 - np.mean((x[h:] @ w - y[h:]) ** 2) / np.var(y[h:]))
-
-
-def binding(task, variables, examples, zimg) -> dict:
+def binding(task, variables, examples, zimg, mesh) -> dict:
     """{edit kind: {'<k>_objects': fraction of (image, caption, edit) with sim(true) > sim(edited)}}."""
-    import jax
-
     from vlmjax.data.negatives import apply_edit, caption_edits
     from vlmjax.data.scenes import COLORS, SHAPES, SIZES
-    from vlmjax.train.mesh import make_mesh
 
-    groups = {"colour": COLORS, "shape": SHAPES, "size": SIZES}
+    groups = {"colour": COLORS, "shape": SHAPES, "size": SIZES, "side": ("left", "right")}
     kind_of = {w: k for k, g in groups.items() for w in g}
     name = rf"(?:{'|'.join(COLORS)}) (?:{'|'.join(SHAPES)})"
     texts, rows = [], []  # rows: (example, index of its true caption in texts, kind or None)
@@ -140,7 +126,7 @@ def binding(task, variables, examples, zimg) -> dict:
             for edit, kind in edits:
                 rows.append((i, true, len(texts), kind))
                 texts.append(apply_edit(cap, edit))
-    ztxt = task.embed_texts(variables, texts, make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1]))
+    ztxt = task.embed_texts(variables, texts, mesh)
     n_obj = np.array([int(ex["num_objects"]) for ex in examples])
     out = {}
     for kind in sorted({r[3] for r in rows}):
