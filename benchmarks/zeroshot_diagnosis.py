@@ -114,7 +114,7 @@ def binding(task, variables, examples, zimg, mesh) -> dict:
     groups = {"colour": COLORS, "shape": SHAPES, "size": SIZES, "side": ("left", "right")}
     kind_of = {w: k for k, g in groups.items() for w in g}
     name = rf"(?:{'|'.join(COLORS)}) (?:{'|'.join(SHAPES)})"
-    texts, rows = [], []  # rows: (example, index of its true caption in texts, kind or None)
+    texts, rows = [], []  # rows: (example, index in texts of its true caption, of the edited one, edit kind)
     for i, ex in enumerate(examples):
         for cap in ex["captions"]:
             cap = cap.decode() if isinstance(cap, bytes) else str(cap)

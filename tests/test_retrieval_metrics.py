@@ -163,7 +163,9 @@ def test_grouped_retrieval_matches_brute_force():
         above = sum(sims[i, j] > best for i in range(n) if text[j] not in texts_of[i])
         for k in ks:
             t2i[k].append(above < k)
-    groups = np.array([hash(t) % 1000 for t in text])  # any ids work: only equality matters
+    # Any distinct ids work: only equality matters. (Not hash() % N: salted per process, two texts can collide.)
+    ids = {t: 1000 + 7 * i for i, t in enumerate(sorted(set(text)))}
+    groups = np.array([ids[t] for t in text])
     for chunk in (3, 4096):
         r = retrieval_recall(imgs, txts, txt_to_img, ks=ks, chunk_size=chunk, txt_groups=groups)
         for k in ks:
