@@ -49,7 +49,7 @@ def main(argv=None):
     import tensorflow_datasets as tfds
 
     from vlmjax.data import scenes
-    from vlmjax.tasks.retrieval_metrics import l2_normalize
+    from vlmjax.tasks.retrieval_metrics import l2_normalize, zeroshot_classifier
     from vlmjax.train.config import load_experiment
     from vlmjax.train.mesh import make_mesh
     from vlmjax.zeroshot_cli import load_run
@@ -80,7 +80,7 @@ def main(argv=None):
         scores = np.zeros((len(exs), len(scenes.CLASS_NAMES)))
         for c, cls in enumerate(scenes.CLASS_NAMES):  # one class at a time: grammar sets have 1e5 prompts
             ztxt = l2_normalize(task.embed_texts(variables, [t.format(cls) for t in templates], mesh))
-            scores[:, c] = (zimg @ ztxt.T).max(1) if aggregate == "max" else zimg @ l2_normalize(ztxt.mean(0))
+            scores[:, c] = (zimg @ ztxt.T).max(1) if aggregate == "max" else zimg @ zeroshot_classifier(ztxt[None])[0]
         pred = np.argmax(scores, axis=1)
         row = {"templates": len(templates), "aggregate": aggregate, "accuracy": float(np.mean(pred == labels))}
         if len(templates) <= 8:
@@ -109,18 +109,18 @@ def _swap_kind(caption, edit, kind_of) -> str:
 def binding(task, variables, examples, zimg, mesh) -> dict:
     """{edit kind: {'<k>_objects': fraction of (image, caption, edit) with sim(true) > sim(edited)}}."""
     from vlmjax.data.negatives import apply_edit, caption_edits
-    from vlmjax.data.scenes import COLORS, SHAPES, SIZES
+    from vlmjax.data.scenes import COLORS, OBJECT_NAME, SHAPES, SIZES
+    from vlmjax.tasks.contrastive import as_text
 
     groups = {"colour": COLORS, "shape": SHAPES, "size": SIZES, "side": ("left", "right")}
     kind_of = {w: k for k, g in groups.items() for w in g}
-    name = rf"(?:{'|'.join(COLORS)}) (?:{'|'.join(SHAPES)})"
     texts, rows = [], []  # rows: (example, index in texts of its true caption, of the edited one, edit kind)
     for i, ex in enumerate(examples):
         for cap in ex["captions"]:
-            cap = cap.decode() if isinstance(cap, bytes) else str(cap)
+            cap = as_text(cap)
             true = len(texts)
             texts.append(cap)
-            swaps, replaces = caption_edits(cap, list(groups.values()), name)
+            swaps, replaces = caption_edits(cap, list(groups.values()), OBJECT_NAME)
             edits = [(e, _swap_kind(cap, e, kind_of)) for e in swaps]
             edits += [(e, kind_of[e[0][2]] + "_replace") for es in replaces.values() for e in es]
             for edit, kind in edits:

@@ -19,7 +19,7 @@ smoke test without hard negatives (add `hardneg` for the K=3 ones).
 """
 import ml_collections
 
-from vlmjax.data.scenes import COLORS, REGIONS, SHAPES, SIZES
+from vlmjax.data.scenes import COLORS, OBJECT_NAME, REGIONS, SHAPES, SIZES
 
 # Zero-shot prompts in the style of the captions. The label is the MAIN (largest, then leftmost) object; captions
 # of multi-object scenes say "<main object> with <others> to its left/right", so "a large red circle with" names
@@ -62,7 +62,6 @@ NUM_NEGATIVES = 3
 # The default adds what teaches left/right (docs/contrastive.md; `:no_order` leaves it out): colour and side words,
 # and "colour shape" names swapped with the sizes kept, which only moves the objects; K=6.
 ORDER_GROUPS = NEGATIVE_GROUPS + [list(COLORS), ["left", "right"], ["top", "bottom"]]
-OBJECT_NAME = rf"(?:{'|'.join(COLORS)}) (?:{'|'.join(SHAPES)})"
 TRAIN_KEYS = ["image", "text", "text_mask"]
 
 

@@ -30,6 +30,7 @@ SHAPES = ("circle", "square", "triangle", "cross")
 PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "cross": "crosses"}
 SIZES = ("small", "large")
 CLASS_NAMES = tuple(f"{c} {s}" for c in COLORS for s in SHAPES)
+OBJECT_NAME = rf"(?:{'|'.join(COLORS)}) (?:{'|'.join(SHAPES)})"  # regex of a class name ("red circle") in a caption
 NUMBER_WORDS = ("zero", "one", "two", "three")
 COLOR_JITTER = 12  # max per-channel deviation of an object's colour from its palette entry
 QUESTIONS_PER_TYPE = 2
