@@ -49,7 +49,8 @@ def main(argv=None):
     import tensorflow_datasets as tfds
 
     from vlmjax.data import scenes
-    from vlmjax.tasks.retrieval_metrics import l2_normalize, zeroshot_classifier
+    from vlmjax.tasks.contrastive import zeroshot_prompts
+    from vlmjax.tasks.retrieval_metrics import class_scores, l2_normalize
     from vlmjax.train.config import load_experiment
     from vlmjax.train.mesh import make_mesh
     from vlmjax.zeroshot_cli import load_run
@@ -69,22 +70,20 @@ def main(argv=None):
     zimg = l2_normalize(np.concatenate([np.asarray(embed_images(images[i:i + 250]))
                                         for i in range(0, len(images), 250)]))
 
-    # The run's own zero-shot evals (with their aggregation), then the fixed sets (CLIP's mean ensemble).
+    # The run's own zero-shot evals (their prompts and aggregation), then the fixed sets (CLIP's mean ensemble).
     evals = load_experiment(args.evals_from).evals if args.evals_from else task.config.evals
-    sets = {name: (list(ev.templates), ev.get("aggregate", "mean")) for name, ev in evals.items()
-            if ev.type == "zeroshot" and ev.get("templates", None)}
-    sets.update({name: (t, "mean") for name, t in TEMPLATE_SETS.items()})
+    names = list(scenes.CLASS_NAMES)
+    sets = {name: zeroshot_prompts(ev, names, name) for name, ev in evals.items() if ev.type == "zeroshot"}
+    sets.update({name: ([[t.format(c) for t in ts] for c in names], "mean") for name, ts in TEMPLATE_SETS.items()})
     result = {"workdir": os.path.abspath(args.workdir), "examples": args.examples, "template_sets": {}}
     n_shapes = len(scenes.SHAPES)
-    for name, (templates, aggregate) in sets.items():
-        scores = np.zeros((len(exs), len(scenes.CLASS_NAMES)))
-        for c, cls in enumerate(scenes.CLASS_NAMES):  # one class at a time: grammar sets have 1e5 prompts
-            ztxt = l2_normalize(task.embed_texts(variables, [t.format(cls) for t in templates], mesh))
-            scores[:, c] = (zimg @ ztxt.T).max(1) if aggregate == "max" else zimg @ zeroshot_classifier(ztxt[None])[0]
+    for name, (prompts, aggregate) in sets.items():
+        scores = class_scores(zimg, task.class_embeddings(variables, prompts, mesh, aggregate))
         pred = np.argmax(scores, axis=1)
-        row = {"templates": len(templates), "aggregate": aggregate, "accuracy": float(np.mean(pred == labels))}
-        if len(templates) <= 8:
-            row["templates"] = list(templates)
+        row = {"prompts_per_class": sum(map(len, prompts)) / len(prompts), "aggregate": aggregate,
+               "accuracy": float(np.mean(pred == labels))}
+        if len(prompts[0]) <= 8:
+            row["prompts_of_first_class"] = prompts[0]
         for k in (1, 2, 3):
             m = n_obj == k
             row[f"{k}_objects"] = {"n": int(m.sum()), "accuracy": float(np.mean(pred[m] == labels[m])),

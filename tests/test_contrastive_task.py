@@ -9,6 +9,7 @@ import sys
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
@@ -301,7 +302,7 @@ def test_hard_negatives_without_their_op_are_named(scenes_tiny_dir, tokenizer_pa
 
 
 def test_zeroshot_cli_on_png(siglip_run, tmp_path):
-    from vlmjax.zeroshot_cli import label_probabilities, load_run, templates_of
+    from vlmjax.zeroshot_cli import label_probabilities, load_run, prompts_of
 
     wd, cfg = siglip_run[0], run_config(siglip_run)
     img, _ = scenes.render_scene(scenes.example_seed("test", 0), 32)
@@ -313,9 +314,54 @@ def test_zeroshot_cli_on_png(siglip_run, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     probs = json.loads(out.stdout.strip().splitlines()[-1])["probabilities"]
     task, params = load_run(wd)
-    want = label_probabilities(task, params, img[None].astype(np.float32) / 127.5 - 1, labels, templates_of(cfg))[0]
+    prompts, aggregate = prompts_of(cfg, labels)
+    templates = list(cfg.evals.zeroshot.templates)
+    assert aggregate == "mean" and prompts == [[t.format(c) for t in templates] for c in labels]
+    x = img[None].astype(np.float32) / 127.5 - 1
+    want = label_probabilities(task, params, x, prompts)[0]
     np.testing.assert_allclose([probs[k] for k in labels], want, rtol=1e-4)
     assert all(0.0 < p < 1.0 for p in probs.values())
+
+    # aggregate 'max' (the `--eval` of a grammar-prompt evaluator): each label's logit t*cos+b is its best
+    # prompt's, i.e. the max of the one-prompt logits (a one-prompt 'mean' is that prompt's embedding); per-label
+    # lists may differ in length
+    logit = lambda p: np.log(p) - np.log1p(-p)  # noqa: E731
+    three = templates[:2] + ["a {}"]
+    lists = [[t.format(c) for t in three[:2 + (i % 2)]] for i, c in enumerate(labels)]
+    per_prompt = [logit(label_probabilities(task, params, x, [[ps[j]] for ps in lists])[0]) for j in range(2)]
+    best = np.maximum(*per_prompt)
+    best[1] = max(best[1], logit(label_probabilities(task, params, x, [lists[1][2:]])[0])[0])
+    got = logit(label_probabilities(task, params, x, lists, aggregate="max")[0])
+    np.testing.assert_allclose(got, best, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(per_prompt[0], per_prompt[1])  # the max has something to choose
+    with pytest.raises(ValueError, match=r"--eval 'nope'.*\['zeroshot'\]"):
+        prompts_of(cfg, labels, "nope")
+
+
+def test_zeroshot_prompt_sources_and_their_errors():
+    """Templates fill each class name; `class_prompts` ("module:function") gives per-class lists; a wrong source
+    is one error that names the key (before anything compiles)."""
+    from vlmjax.tasks.contrastive import zeroshot_prompts
+
+    names = ["red circle", "blue cross"]
+    cd = ml_collections.ConfigDict
+    got, agg = zeroshot_prompts(cd(dict(templates=["a {}", "one {} here"])), names, "ev")
+    assert got == [["a red circle", "one red circle here"], ["a blue cross", "one blue cross here"]] and agg == "mean"
+    table = scenes.captions_by_main_class()
+    got, agg = zeroshot_prompts(cd(dict(class_prompts="vlmjax.data.scenes:captions_by_main_class",
+                                        aggregate="max")), names, "ev")
+    assert got == [table[n] for n in names] and agg == "max"
+    bad = [(dict(class_prompts="vlmjax.data.scenes:captions_by_main_class"), ["red circle", "pink blob"],
+            r"ev.class_prompts=.*no prompts for classes \['pink blob'\]"),
+           (dict(class_prompts="vlmjax.data.scenes:nope"), names, r"ev.class_prompts='vlmjax.data.scenes:nope'"),
+           (dict(class_prompts="no_such_module:f"), names, r"ev.class_prompts='no_such_module:f'.*module:function"),
+           (dict(class_prompts="vlmjax.data.scenes:captions_by_main_class", templates=["{}"]), names,
+            "templates or class_prompts, not both"),
+           (dict(templates=["a photo"]), names, r"ev.templates: every template needs"),
+           (dict(aggregate="median"), names, r"ev.aggregate='median'")]
+    for cfg, classes, match in bad:
+        with pytest.raises(ValueError, match=match):
+            zeroshot_prompts(cd(cfg), classes, "ev")
 
 
 def test_zeroshot_cli_defines_flags_only_when_run():

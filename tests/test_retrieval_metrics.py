@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from vlmjax.tasks.retrieval_metrics import (PROMPT_TEMPLATES, retrieval_recall, zeroshot_accuracy,
+from vlmjax.tasks.retrieval_metrics import (PROMPT_TEMPLATES, class_scores, retrieval_recall, zeroshot_accuracy,
                                             zeroshot_classifier)
 
 
@@ -55,6 +55,26 @@ def test_zeroshot_max_aggregation_scores_each_class_by_its_best_template():
     rng = np.random.default_rng(0)
     imgs, txt, labels = rng.normal(size=(50, 8)), rng.normal(size=(7, 5, 8)), rng.integers(0, 7, 50)
     assert zeroshot_accuracy(imgs, txt, labels, chunk_size=3) == zeroshot_accuracy(imgs, txt, labels)
+
+
+def test_per_class_prompt_lists_of_different_lengths():
+    """Ragged class_emb (CuPL-style per-class prompts): max = each class's best prompt by brute force, in blocks
+    of any size; mean = each class's own template ensemble."""
+    rng = np.random.default_rng(1)
+    lists = [rng.normal(size=(t, 6)) for t in (1, 4, 9, 2)]
+    imgs, labels = rng.normal(size=(40, 6)), rng.integers(0, 4, 40)
+    unit_rows = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    brute = np.array([[max(unit_rows(p) @ unit_rows(i)) for p in lists] for i in imgs])
+    for block in (1, 7, 1 << 24):
+        np.testing.assert_allclose(class_scores(imgs, lists, block=block), brute, rtol=1e-6)
+    want = np.mean(brute.argmax(1) == labels)
+    assert zeroshot_accuracy(imgs, lists, labels, chunk_size=7)["top1"] == pytest.approx(want)
+    np.testing.assert_allclose(zeroshot_classifier(lists)[2], zeroshot_classifier(lists[2][None])[0])
+    # a rectangular list is the [C, T, D] case
+    same = [rng.normal(size=(3, 6)) for _ in range(4)]
+    np.testing.assert_allclose(class_scores(imgs, same), class_scores(imgs, np.stack(same)), rtol=1e-6)
+    with pytest.raises(ValueError, match="class 1 has no prompts"):
+        class_scores(imgs, [lists[0], np.zeros((0, 6))])
 
 
 def test_retrieval_one_caption_each_two_of_four_ranked_first():

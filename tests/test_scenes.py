@@ -132,6 +132,27 @@ def _resolve(objs, size, pos, attr, value):
     return cands
 
 
+def test_caption_space_holds_every_caption_under_its_label():
+    """`captions_by_main_class` (zero-shot prompts) is the generator's caption space: every caption of rendered
+    scenes is listed under the scene's label, and no caption is under two classes."""
+    table = S.captions_by_main_class()
+    assert set(table) == set(S.CLASS_NAMES)
+    owner = {}
+    for name, caps in table.items():
+        for c in caps:
+            assert owner.setdefault(c, name) == name, f"{c!r} under {owner[c]!r} and {name!r}"
+    # 1 object: 3 phrasings with 9 regions -> 11 each; 2 and 3 objects: 3 phrasings of every ordered choice
+    n_obj = 2 * len(S.CLASS_NAMES)
+    n2 = n_obj * (n_obj - 2)  # distinct (colour, shape): the second object is not the first's name in either size
+    n3 = n2 * (n_obj - 4)
+    assert len(owner) == n_obj * 11 + 3 * (n2 + n3)
+    for i in range(300):
+        ex = S.make_example(S.example_seed("validation", i), 32)
+        name = S.CLASS_NAMES[ex["label"]]
+        for c in ex["captions"]:
+            assert owner.get(c) == name, (i, c)
+
+
 def test_questions_have_unique_correct_answers():
     seen = set()
     num = {"zero": 0, "one": 1, "two": 2, "three": 3}

@@ -13,7 +13,9 @@ Build: `python -m vlmjax.data.scenes --data_dir DIR [--config default|tiny]`.
 """
 import argparse
 import dataclasses
+import functools
 import io
+import itertools
 import os
 import time
 from typing import Dict, List, Tuple
@@ -146,6 +148,30 @@ def captions(objs: List[Obj]) -> List[str]:
     sides = [(" and ".join(ps[i] for i in idx), side) for idx, side in [(range(m), "left"), (range(m + 1, n), "right")]]
     around = " and ".join(f"{who} to its {side}" for who, side in sides if who)
     return [f"{NUMBER_WORDS[n]} shapes: {listing}", rel, f"{ps[m]} with {around}"]
+
+
+@functools.lru_cache(maxsize=None)
+def captions_by_main_class() -> Dict[str, List[str]]:
+    """{class name: every caption `captions` can write for a scene whose main object is of that class}.
+
+    The caption space of the grammar (~300k captions; 1 to 3 objects with distinct (colour, shape) pairs, a lone
+    object in each of the 9 regions), built by calling `captions` itself on every object list, so it is the
+    generator's grammar by construction. A caption names its main object's class unambiguously (sizes and order
+    decide it), so no caption is under two classes. For zero-shot as retrieval over all captions: a class scores
+    its best-matching caption (`class_prompts` of a zero-shot evaluator).
+    """
+    objs = [dict(color=c, shape=s, size=z) for z in SIZES for c in COLORS for s in SHAPES]
+    out = {name: set() for name in CLASS_NAMES}
+    for o in objs:  # a lone object: one scene per region centre (the region caption depends on the place)
+        for r in range(len(REGIONS)):
+            out[_name(o)].update(captions([dict(o, x=(r % 3 + 0.5) / 3, y=(r // 3 + 0.5) / 3)]))
+    for n in (2, 3):
+        for tup in itertools.permutations(objs, n):
+            if len({_name(o) for o in tup}) < n:
+                continue
+            scene = [dict(o, x=(k + 1) / (n + 1), y=0.5) for k, o in enumerate(tup)]  # left to right
+            out[_name(scene[main_index(scene)])].update(captions(scene))
+    return {name: sorted(caps) for name, caps in out.items()}
 
 
 def _refer(objs: List[Obj], i: int, drop: str):

@@ -18,12 +18,16 @@ Evaluators (`config.evals.<name>.type`):
              file with one name per line, or by default the dataset's ClassLabel names of `label_key`).
              `aggregate='max'` scores each class by its best template instead of the mean embedding (for large
              template sets that spell out a caption grammar, where averaging blurs the structure).
+             Instead of templates, `class_prompts` = "module:function" names a function returning
+             {class name: [prompts]} (per-class prompts, as in CuPL; e.g. `vlmjax.data.scenes:
+             captions_by_main_class`, the scenes grammar's whole caption space).
              Metrics `accuracy` (top-1) and `top5`.
   retrieval  every image against all of its captions (`caption_key`, up to `max_captions` per image; nested tfds
              features are addressed as 'captions/text'). Metrics img2txt_r@{1,5,10}, txt2img_r@{1,5,10}.
              Captions with identical tokens are one answer, correct for every image that came with one of them;
              other exact ties count in the query's favour (vlmjax/tasks/retrieval_metrics.py).
 """
+import importlib
 import math
 import os
 
@@ -43,7 +47,7 @@ from vlmjax.tasks.model_config import build_module, check_keys
 LOSS_IMPLS = ("", "dense", "all_gather", "ring")
 NEG_KEYS = ("text_neg", "text_neg_mask", "text_neg_valid")
 MODEL_KEYS = ("image", "text", "out_dim", "temperature_init", "bias_init", "temperature_max")
-EVAL_KEYS = {"zeroshot": ("type", "every_steps", "data", "class_names", "templates", "label_key",
+EVAL_KEYS = {"zeroshot": ("type", "every_steps", "data", "class_names", "templates", "class_prompts", "label_key",
                           "aggregate"),
              "retrieval": ("type", "every_steps", "data", "caption_key", "max_captions")}
 
@@ -104,12 +108,40 @@ def dataset_class_names(data_cfg, label_key: str) -> list:
                          f"({type(e).__name__}: {e}); set config.evals.<name>.class_names") from None
 
 
-class ZeroShotEvaluator(Evaluator):
-    """Image embeddings of the split vs class embeddings built from prompt templates."""
+def zeroshot_prompts(cfg, class_names, where: str) -> tuple:
+    """([C] lists of prompts, aggregate 'mean' | 'max') of a zero-shot evaluator config: `templates` filled with each
+    class name, or the per-class lists of the `class_prompts` function ("module:function")."""
+    aggregate = cfg.get("aggregate", "mean")
+    if aggregate not in ("mean", "max"):
+        raise ValueError(f"{where}.aggregate={aggregate!r}: expected 'mean' (CLIP's ensemble: the mean template "
+                         f"embedding) or 'max' (each class scores its best template)")
+    source = cfg.get("class_prompts", None)
+    if not source:
+        templates = list(cfg.get("templates", None) or rm.PROMPT_TEMPLATES)
+        if any("{}" not in t for t in templates):
+            raise ValueError(f"{where}.templates: every template needs a '{{}}' for the class name")
+        return [[t.format(c) for t in templates] for c in class_names], aggregate
+    if cfg.get("templates", None):
+        raise ValueError(f"{where}: set templates or class_prompts, not both")
+    module, _, fn = str(source).partition(":")
+    try:
+        table = getattr(importlib.import_module(module), fn)()
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ValueError(f"{where}.class_prompts={source!r}: expected 'module:function' returning "
+                         f"{{class name: [prompts]}} ({type(e).__name__}: {e})") from None
+    missing = [c for c in class_names if not table.get(c)]
+    if missing:
+        raise ValueError(f"{where}.class_prompts={source!r} has no prompts for classes {missing[:5]}"
+                         f"{' ...' if len(missing) > 5 else ''}")
+    return [list(table[c]) for c in class_names], aggregate
 
-    def __init__(self, data, task, class_names, templates, label_key, aggregate="mean"):
+
+class ZeroShotEvaluator(Evaluator):
+    """Image embeddings of the split vs class embeddings built from each class's prompts."""
+
+    def __init__(self, data, task, class_names, prompts, label_key, aggregate="mean"):
         super().__init__(data=data)
-        self.task, self.class_names, self.templates, self.label_key = task, class_names, templates, label_key
+        self.task, self.class_names, self.prompts, self.label_key = task, class_names, prompts, label_key
         self.aggregate = aggregate
 
         def predict(variables, batch):
@@ -119,10 +151,7 @@ class ZeroShotEvaluator(Evaluator):
         self.predict = predict
 
     def run(self, variables, runtime):
-        prompts = [t.format(c) for c in self.class_names for t in self.templates]
-        emb = self.task.embed_texts(variables, prompts, runtime.mesh)
-        emb = emb.reshape(len(self.class_names), len(self.templates), -1)
-        classes = rm.zeroshot_classifier(emb) if self.aggregate == "mean" else emb
+        classes = self.task.class_embeddings(variables, self.prompts, runtime.mesh, self.aggregate)
         out = runtime.predict_all(self.predict, variables, self.data)
         acc = rm.zeroshot_accuracy(out["zimg"], classes, out["label"])
         return {"accuracy": acc["top1"], **({"top5": acc["top5"]} if "top5" in acc else {})}
@@ -281,6 +310,13 @@ class ContrastiveTask(Task):
         return loss, (metrics, state)
 
     # -- evaluation / inference ----------------------------------------------------------------------------------
+    def class_embeddings(self, variables, prompts, mesh, aggregate: str = "mean"):
+        """[C] lists of prompts -> float[C, D] (aggregate 'mean': CLIP's ensemble) or a list of C float[T_c, D]
+        ('max': `retrieval_metrics.class_scores` takes each class's best prompt)."""
+        emb = self.embed_texts(variables, [p for ps in prompts for p in ps], mesh)
+        per_class = np.split(emb, np.cumsum([len(ps) for ps in prompts])[:-1])
+        return rm.zeroshot_classifier(per_class) if aggregate == "mean" else per_class
+
     def embed_texts(self, variables, texts, mesh, chunk: int = 256) -> np.ndarray:
         """list of N str -> float32[N, D] text embeddings (batch split over the mesh's data axes)."""
         ids, mask = tokenize_texts(self._tokenize_fn(), texts)
@@ -313,14 +349,8 @@ class ContrastiveTask(Task):
                     with open(os.path.expanduser(names)) as f:
                         names = [line.strip() for line in f if line.strip()]
                 names = list(names) if names else dataset_class_names(cfg.data, label_key)
-                templates = list(cfg.get("templates", None) or rm.PROMPT_TEMPLATES)
-                if any("{}" not in t for t in templates):
-                    raise ValueError(f"{where}.templates: every template needs a '{{}}' for the class name")
-                aggregate = cfg.get("aggregate", "mean")
-                if aggregate not in ("mean", "max"):
-                    raise ValueError(f"{where}.aggregate={aggregate!r}: expected 'mean' (CLIP's ensemble: the "
-                                     f"mean template embedding) or 'max' (each class scores its best template)")
-                evals[name] = ZeroShotEvaluator(cfg.data, self, names, templates, label_key, aggregate)
+                prompts, aggregate = zeroshot_prompts(cfg, names, where)
+                evals[name] = ZeroShotEvaluator(cfg.data, self, names, prompts, label_key, aggregate)
             else:
                 data = ml_collections.ConfigDict(cfg.data.to_dict())
                 data.all_captions = {"key": cfg.get("caption_key", "captions"),

@@ -36,15 +36,37 @@ def l2_normalize(x, axis: int = -1, eps: float = 1e-12):
 
 
 def zeroshot_classifier(text_emb):
-    """Prompt-template ensemble (CLIP): text_emb float[C, T, D] -> float[C, D].
+    """Prompt-template ensemble (CLIP): text_emb float[C, T, D] (or a list of C float[T_c, D]: per-class prompt
+    lists) -> float[C, D].
 
     Each template embedding is normalised before averaging so that no template dominates by its norm; the mean is
     normalised again.
     """
+    if isinstance(text_emb, (list, tuple)):
+        return np.stack([zeroshot_classifier(np.asarray(e)[None])[0] for e in text_emb])
     text_emb = np.asarray(text_emb)
     if text_emb.ndim != 3:
         raise ValueError(f"zeroshot_classifier: text_emb must be [classes, templates, dim], got {text_emb.shape}")
     return l2_normalize(np.mean(l2_normalize(text_emb), axis=1))
+
+
+def class_scores(img_emb, class_emb, block: int = 1 << 24) -> np.ndarray:
+    """Cosine of each image with each class: img_emb float[N, D]; class_emb float[C, D] (one embedding per class,
+    e.g. `zeroshot_classifier`'s mean), or float[C, T, D] or a list of C float[T_c, D] (a class scores its
+    best-matching prompt: max aggregation) -> float[N, C]. At most `block` image x prompt cosines exist at once
+    (a grammar's caption space has 1e5 prompts per class)."""
+    img = l2_normalize(img_emb)
+    if not isinstance(class_emb, (list, tuple)) and np.ndim(class_emb) == 2:
+        return img @ l2_normalize(class_emb).T
+    per_class = [l2_normalize(e) for e in class_emb]
+    out = np.empty((img.shape[0], len(per_class)), img.dtype)
+    for c, prompts in enumerate(per_class):
+        if len(prompts) == 0:
+            raise ValueError(f"class_scores: class {c} has no prompts")
+        step = max(1, block // len(prompts))
+        for start in range(0, img.shape[0], step):
+            out[start:start + step, c] = np.max(img[start:start + step] @ prompts.T, axis=1)
+    return out
 
 
 def _ranks(scores, correct):
@@ -55,25 +77,17 @@ def _ranks(scores, correct):
 
 
 def zeroshot_accuracy(img_emb, class_emb, labels, chunk_size: int = 4096) -> dict:
-    """Top-1 (and top-5 when C >= 5) accuracy of classifying images by the nearest class embedding.
+    """Top-1 (and top-5 when C >= 5) accuracy of classifying images by their best-scoring class.
 
-    img_emb float[N, D], class_emb float[C, D] (one embedding per class, e.g. `zeroshot_classifier`'s mean) or
-    float[C, T, D] (a class scores its best-matching template: max aggregation), labels int[N]
-    -> {'top1': float, 'top5': float}.
+    img_emb float[N, D]; class_emb as `class_scores` takes it (float[C, D]; float[C, T, D] or a list of C
+    float[T_c, D] for max aggregation); labels int[N] -> {'top1': float, 'top5': float}.
     """
-    img, cls = l2_normalize(img_emb), l2_normalize(class_emb)
-    if cls.ndim == 3:
-        n_cls, n_tmpl = cls.shape[:2]
-        cls = cls.reshape(n_cls * n_tmpl, -1)
-        chunk_size = max(1, chunk_size * n_cls // cls.shape[0])  # the [n, C*T] block stays as large as [n, C]
-    else:
-        n_cls, n_tmpl = cls.shape[0], 1
-    labels = np.asarray(labels)
-    if labels.shape != (img.shape[0],):
-        raise ValueError(f"zeroshot_accuracy: labels {labels.shape} do not match {img.shape[0]} images")
+    img_emb, n_cls, labels = np.asarray(img_emb), len(class_emb), np.asarray(labels)
+    if labels.shape != (np.shape(img_emb)[0],):
+        raise ValueError(f"zeroshot_accuracy: labels {labels.shape} do not match {np.shape(img_emb)[0]} images")
     ranks = []
-    for start in range(0, img.shape[0], chunk_size):
-        scores = np.max((img[start:start + chunk_size] @ cls.T).reshape(-1, n_cls, n_tmpl), axis=-1)  # [n, C]
+    for start in range(0, labels.shape[0], chunk_size):
+        scores = class_scores(img_emb[start:start + chunk_size], class_emb)  # [n, C]
         correct = labels[start:start + chunk_size, None] == np.arange(n_cls)[None, :]
         ranks.append(_ranks(scores, correct))
     ranks = np.concatenate(ranks) if ranks else np.zeros((0,), int)
