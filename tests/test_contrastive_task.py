@@ -338,9 +338,9 @@ def test_zeroshot_cli_on_png(siglip_run, tmp_path):
         prompts_of(cfg, labels, "nope")
 
 
-def test_zeroshot_prompt_sources_and_their_errors():
-    """Templates fill each class name; `class_prompts` ("module:function") gives per-class lists; a wrong source
-    is one error that names the key (before anything compiles)."""
+def test_zeroshot_prompt_sources_and_their_errors(tmp_path):
+    """Templates fill each class name; `class_prompts` (a JSON file or "module:function") gives per-class lists; a
+    wrong source is one error that names the key (before anything compiles)."""
     from vlmjax.tasks.contrastive import zeroshot_prompts
 
     names = ["red circle", "blue cross"]
@@ -351,10 +351,17 @@ def test_zeroshot_prompt_sources_and_their_errors():
     got, agg = zeroshot_prompts(cd(dict(class_prompts="vlmjax.data.scenes:captions_by_main_class",
                                         aggregate="max")), names, "ev")
     assert got == [table[n] for n in names] and agg == "max"
+    path = tmp_path / "cupl.json"
+    path.write_text(json.dumps({"blue cross": ["a cross, blue"], "red circle": ["a red disc", "a red ring"]}))
+    got, _ = zeroshot_prompts(cd(dict(class_prompts=str(path))), names, "ev")
+    assert got == [["a red disc", "a red ring"], ["a cross, blue"]]
+    (tmp_path / "flat.json").write_text(json.dumps({"red circle": "a red disc", "blue cross": "a cross"}))
     bad = [(dict(class_prompts="vlmjax.data.scenes:captions_by_main_class"), ["red circle", "pink blob"],
             r"ev.class_prompts=.*no prompts for classes \['pink blob'\]"),
            (dict(class_prompts="vlmjax.data.scenes:nope"), names, r"ev.class_prompts='vlmjax.data.scenes:nope'"),
            (dict(class_prompts="no_such_module:f"), names, r"ev.class_prompts='no_such_module:f'.*module:function"),
+           (dict(class_prompts=str(tmp_path / "none.json")), names, r"ev.class_prompts=.*none.json.*JSON file"),
+           (dict(class_prompts=str(tmp_path / "flat.json")), names, r"ev.class_prompts=.*flat.json.*got dict"),
            (dict(class_prompts="vlmjax.data.scenes:captions_by_main_class", templates=["{}"]), names,
             "templates or class_prompts, not both"),
            (dict(templates=["a photo"]), names, r"ev.templates: every template needs"),

@@ -18,8 +18,8 @@ Evaluators (`config.evals.<name>.type`):
              file with one name per line, or by default the dataset's ClassLabel names of `label_key`).
              `aggregate='max'` scores each class by its best template instead of the mean embedding (for large
              template sets that spell out a caption grammar, where averaging blurs the structure).
-             Instead of templates, `class_prompts` = "module:function" names a function returning
-             {class name: [prompts]} (per-class prompts, as in CuPL; e.g. `vlmjax.data.scenes:
+             Instead of templates, `class_prompts` gives per-class prompt lists {class name: [prompts]}: a JSON
+             file (as CuPL publishes them) or "module:function" (e.g. `vlmjax.data.scenes:
              captions_by_main_class`, the scenes grammar's whole caption space).
              Metrics `accuracy` (top-1) and `top5`.
   retrieval  every image against all of its captions (`caption_key`, up to `max_captions` per image; nested tfds
@@ -28,6 +28,7 @@ Evaluators (`config.evals.<name>.type`):
              other exact ties count in the query's favour (vlmjax/tasks/retrieval_metrics.py).
 """
 import importlib
+import json
 import math
 import os
 
@@ -110,7 +111,7 @@ def dataset_class_names(data_cfg, label_key: str) -> list:
 
 def zeroshot_prompts(cfg, class_names, where: str) -> tuple:
     """([C] lists of prompts, aggregate 'mean' | 'max') of a zero-shot evaluator config: `templates` filled with each
-    class name, or the per-class lists of the `class_prompts` function ("module:function")."""
+    class name, or the per-class lists of `class_prompts` (a JSON file or "module:function" giving {class: [..]})."""
     aggregate = cfg.get("aggregate", "mean")
     if aggregate not in ("mean", "max"):
         raise ValueError(f"{where}.aggregate={aggregate!r}: expected 'mean' (CLIP's ensemble: the mean template "
@@ -123,12 +124,19 @@ def zeroshot_prompts(cfg, class_names, where: str) -> tuple:
         return [[t.format(c) for t in templates] for c in class_names], aggregate
     if cfg.get("templates", None):
         raise ValueError(f"{where}: set templates or class_prompts, not both")
-    module, _, fn = str(source).partition(":")
     try:
-        table = getattr(importlib.import_module(module), fn)()
-    except (ImportError, AttributeError, ValueError) as e:
-        raise ValueError(f"{where}.class_prompts={source!r}: expected 'module:function' returning "
+        if str(source).endswith(".json"):  # e.g. CuPL's published per-class prompt files
+            with open(os.path.expanduser(source)) as f:
+                table = json.load(f)
+        else:
+            module, _, fn = str(source).partition(":")
+            table = getattr(importlib.import_module(module), fn)()
+    except (ImportError, AttributeError, ValueError, OSError) as e:
+        raise ValueError(f"{where}.class_prompts={source!r}: expected a JSON file or 'module:function' giving "
                          f"{{class name: [prompts]}} ({type(e).__name__}: {e})") from None
+    if not isinstance(table, dict) or any(not isinstance(v, (list, tuple)) for v in table.values()):
+        raise ValueError(f"{where}.class_prompts={source!r}: expected {{class name: [prompts]}}, got "
+                         f"{type(table).__name__} {str(table)[:80]}")
     missing = [c for c in class_names if not table.get(c)]
     if missing:
         raise ValueError(f"{where}.class_prompts={source!r} has no prompts for classes {missing[:5]}"
