@@ -83,8 +83,8 @@ def zeroshot_accuracy(img_emb, class_emb, labels, chunk_size: int = 4096) -> dic
     float[T_c, D] for max aggregation); labels int[N] -> {'top1': float, 'top5': float}.
     """
     img_emb, n_cls, labels = np.asarray(img_emb), len(class_emb), np.asarray(labels)
-    if labels.shape != (np.shape(img_emb)[0],):
-        raise ValueError(f"zeroshot_accuracy: labels {labels.shape} do not match {np.shape(img_emb)[0]} images")
+    if labels.shape != (img_emb.shape[0],):
+        raise ValueError(f"zeroshot_accuracy: labels {labels.shape} do not match {img_emb.shape[0]} images")
     ranks = []
     for start in range(0, labels.shape[0], chunk_size):
         scores = class_scores(img_emb[start:start + chunk_size], class_emb)  # [n, C]
