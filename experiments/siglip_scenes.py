@@ -12,9 +12,9 @@ size, colour and side word edits and swaps, and "colour shape" name swaps that o
 pairwise term). Measured from scratch on the 2000 test images: zero-shot **95.6%** over the grammar's caption space
 (`eval/zeroshot_grammar`: each class scored by its best-matching caption among every caption the generator can
 write with that class as the main object), 48.2% with the four `TEMPLATES` (`eval/zeroshot`), img->txt R@1 0.93.
-The same recipe at 1200 steps: 87.8%. Measured at 1200 steps (`--config.total_steps=1200`, docs/contrastive.md):
-`:no_order` (K=3 shape/size edits, no position inputs) 80.1% / 48.8%; `:baseline` (the plain SigLIP run with a
-smaller tower, no hard negatives) 62.6% / 23.3%; `:phrases` (whole object phrases swapped) 74.8%.
+The same recipe at 1200 / 1800 steps: 87.8% / 92.8%. Measured at 1200 steps (`--config.total_steps=1200`,
+docs/contrastive.md): `:no_order` (K=3 shape/size edits, no position inputs) 80.1% / 48.8%; `:baseline` (the plain
+SigLIP run with a smaller tower, no hard negatives) 62.6% / 23.3%; `:phrases` (whole object phrases swapped) 74.8%.
 LiT (experiments/lit_scenes.py, a locked vit_scenes tower) reaches 95.9% with the four `TEMPLATES`.
 `get_config('softmax')` is the same with CLIP's loss and inits (experiments/clip_scenes.py). `:runlocal` is a tiny
 smoke test without hard negatives (add `hardneg` for the K=3 ones).
