@@ -1,10 +1,62 @@
-"""ViT pieces that experiments switch on: the CoordConv input channels."""
+"""ViT and transformer pieces: patch embedding and attention against independent formulas; the CoordConv input
+channels experiments switch on."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from vlmjax.models.vit import ConvStem, with_coord_channels
+from vlmjax.models.transformer import Attention, token_dot
+from vlmjax.models.vit import ConvStem, PatchEmbed, with_coord_channels
+
+
+@pytest.mark.parametrize("size", [(16, 24), (19, 21)])  # the second is cropped, as a VALID convolution does
+def test_patch_embed_is_the_strided_convolution(size):
+    images = jax.random.normal(jax.random.key(0), (2, *size, 3))
+    embed = PatchEmbed(5, (4, 8))
+    params = nn.unbox(embed.init(jax.random.key(1), images))
+    params = jax.tree.map(lambda p: p + 0.1, params)  # a nonzero bias too
+    conv = jax.lax.conv_general_dilated(images, params["params"]["kernel"], (4, 8), "VALID",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC")) + params["params"]["bias"]
+    out = embed.apply(params, images)
+    assert out.shape == conv.shape == (2, size[0] // 4, size[1] // 8, 5)
+    np.testing.assert_allclose(out, conv, atol=1e-5)
+
+
+def test_token_dot_is_the_contraction_over_the_last_axis():
+    x, w = jax.random.normal(jax.random.key(0), (2, 3, 4)), jax.random.normal(jax.random.key(1), (4, 5, 6))
+    np.testing.assert_allclose(token_dot(x, w), np.einsum("bld,dhk->blhk", x, w), atol=1e-5)
+
+
+def test_attention_matches_a_numpy_softmax_reference_in_value_and_gradients():
+    """Masked multi-head attention (with one query row that may attend to nothing, which gives the mean of the
+    values) against softmax(q k^T / sqrt(hd)) v written out in numpy; gradients against the same formula in jnp."""
+    b, lq, lk, d, h = 2, 3, 5, 8, 2
+    xq, xkv = jax.random.normal(jax.random.key(0), (b, lq, d)), jax.random.normal(jax.random.key(1), (b, lk, d))
+    mask = jax.random.bernoulli(jax.random.key(2), 0.6, (b, lq, lk)).at[0, 1].set(False)
+    attn = Attention(h)
+    params = jax.tree.map(lambda p: p + 0.05, nn.unbox(attn.init(jax.random.key(3), xq, xkv, mask)))["params"]
+
+    def reference(p, xp=np):
+        proj = lambda x, n: xp.einsum("bld,dhk->blhk", x, p[f"{n}_kernel"]) + p[f"{n}_bias"]  # noqa: E731
+        q, k, v = proj(xq, "query"), proj(xkv, "key"), proj(xkv, "value")
+        logits = xp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(d // h)
+        logits = xp.where(mask[:, None], logits, -1e30)
+        e = xp.exp(logits - logits.max(-1, keepdims=True))
+        probs = e / e.sum(-1, keepdims=True)
+        return xp.einsum("bqhk,hkd->bqd", xp.einsum("bhqk,bkhd->bqhd", probs, v), p["out_kernel"]) + p["out_bias"]
+
+    out = attn.apply({"params": params}, xq, xkv, mask)
+    np.testing.assert_allclose(out, reference(jax.tree.map(np.asarray, params)), atol=1e-5)
+    v_np = reference(jax.tree.map(np.asarray, params))[0, 1]  # the row that attends to nothing: mean of values
+    values = np.einsum("ld,dhk->lhk", np.asarray(xkv[0]), params["value_kernel"]) + params["value_bias"]
+    np.testing.assert_allclose(v_np, np.einsum("hk,hkd->d", values.mean(0), params["out_kernel"])
+                               + params["out_bias"], atol=1e-5)
+    loss = lambda f: lambda p: jnp.sum(jnp.sin(f(p)))  # noqa: E731
+    got = jax.grad(loss(lambda p: attn.apply({"params": p}, xq, xkv, mask)))(params)
+    want = jax.grad(loss(lambda p: reference(p, jnp)))(params)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(g, w, atol=1e-5)
 
 
 def test_coord_channels_values():

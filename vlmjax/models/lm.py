@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from vlmjax.models.masks import causal_mask
-from vlmjax.models.transformer import REMAT_POLICIES
+from vlmjax.models.transformer import REMAT_POLICIES, token_dot
 
 Dtype = Any
 ACT_BLD = ("batch", "length", "act_embed")
@@ -99,9 +99,7 @@ class Attention(nn.Module):
         wo = _param(self, "out_kernel", ("heads", "kv", "embed"), (h, dh, d), out_init)
 
         x = x.astype(self.dtype)
-        q = jnp.einsum("bld,dhk->blhk", x, wq.astype(self.dtype))
-        k = jnp.einsum("bld,dhk->blhk", x, wk.astype(self.dtype))
-        v = jnp.einsum("bld,dhk->blhk", x, wv.astype(self.dtype))
+        q, k, v = (token_dot(x, w.astype(self.dtype)) for w in (wq, wk, wv))
         if self.qk_norm:
             q = RMSNorm("kv", dtype=self.dtype, param_dtype=self.param_dtype, name="q_norm")(q)
             k = RMSNorm("kv", dtype=self.dtype, param_dtype=self.param_dtype, name="k_norm")(k)
@@ -122,7 +120,7 @@ class Attention(nn.Module):
         # Softmax in float32: bf16 logits lose the small differences that decide attention.
         probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
         out = jnp.einsum("bkgls,bskd->blkgd", probs, v).reshape(b, l, h, dh)
-        return jnp.einsum("blhk,hkd->bld", out, wo.astype(self.dtype)), new_cache
+        return token_dot(out.reshape(b, l, h * dh), wo.reshape(h * dh, d).astype(self.dtype)), new_cache
 
 
 class GatedMlp(nn.Module):
@@ -141,9 +139,9 @@ class GatedMlp(nn.Module):
         wu = _param(self, "up_kernel", ("embed", "mlp"), (d, self.mlp_dim), init)
         wd = _param(self, "down_kernel", ("mlp", "embed"), (self.mlp_dim, d), init)
         x = x.astype(self.dtype)
-        hid = ACTIVATIONS[self.activation](x @ wg.astype(self.dtype)) * (x @ wu.astype(self.dtype))
+        hid = ACTIVATIONS[self.activation](token_dot(x, wg.astype(self.dtype))) * token_dot(x, wu.astype(self.dtype))
         hid = nn.with_logical_constraint(hid, ("batch", "length", "act_mlp"))
-        return hid @ wd.astype(self.dtype)
+        return token_dot(hid, wd.astype(self.dtype))
 
 
 class DecoderBlock(nn.Module):

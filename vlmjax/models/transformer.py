@@ -27,6 +27,37 @@ def dense_init(names, init=nn.initializers.xavier_uniform()):
     return nn.with_logical_partitioning(init, names)
 
 
+def token_dot(x, kernel):
+    """float[..., D] x float[D, *F] -> float[..., *F], as ONE 2-D matmul over all tokens.
+
+    Why not `x @ kernel` on [B, L, D]: XLA:CPU sends a dot with several free leading dims -- and worse, its
+    weight-gradient transpose, which contracts over (B, L) -- to a generic path instead of its GEMM library
+    (YNNPACK); flattening the tokens first makes forward and both backward dots plain 2-D GEMMs: a [64, 64, 64] x
+    [64, 256] dense layer's forward + backward runs 2.4x faster on one core (benchmarks/siglip_vs_torch.py has the
+    whole-step figure). Merging (B, L) and (H, K) keeps any batch / head sharding, so meshes are unaffected.
+    """
+    d = x.shape[-1]
+    y = jnp.dot(x.reshape(-1, d), kernel.reshape(d, -1))
+    return y.reshape(*x.shape[:-1], *kernel.shape[1:])
+
+
+def _token_dot_general(x, kernel, dimension_numbers, precision=None, preferred_element_type=None):
+    """`nn.Dense(dot_general=...)` hook: a plain dense contraction (last dim of x with the first of kernel) goes
+    through `token_dot`; anything else is left to lax."""
+    (lc, rc), (lb, rb) = dimension_numbers
+    if tuple(lc) == (x.ndim - 1,) and tuple(rc) == (0,) and not lb and not rb:
+        return token_dot(x, kernel)
+    return jax.lax.dot_general(x, kernel, dimension_numbers, precision, preferred_element_type)
+
+
+def token_dense(features: int, name: str, kernel_axes, bias_axes, dtype, param_dtype,
+                bias_init=nn.initializers.zeros, kernel_init=nn.initializers.xavier_uniform()):
+    """nn.Dense (same parameters, same names) whose matmul is `token_dot`."""
+    return nn.Dense(features, dtype=dtype, param_dtype=param_dtype, name=name, dot_general=_token_dot_general,
+                    kernel_init=dense_init(kernel_axes, kernel_init),
+                    bias_init=nn.with_logical_partitioning(bias_init, bias_axes))
+
+
 class MlpBlock(nn.Module):
     """Transformer MLP: float[B, L, D] -> float[B, L, D]."""
 
@@ -38,16 +69,11 @@ class MlpBlock(nn.Module):
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
         d = x.shape[-1]
-        h = nn.Dense(self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype,
-                     kernel_init=dense_init(("embed", "mlp")),
-                     bias_init=nn.with_logical_partitioning(nn.initializers.normal(1e-6), ("mlp",)),
-                     name="fc1")(x)
+        h = token_dense(self.mlp_dim, "fc1", ("embed", "mlp"), ("mlp",), self.dtype, self.param_dtype,
+                        bias_init=nn.initializers.normal(1e-6))(x)
         h = nn.with_logical_constraint(nn.gelu(h), ("batch", "length", "act_mlp"))
         h = nn.Dropout(self.dropout)(h, deterministic)
-        return nn.Dense(d, dtype=self.dtype, param_dtype=self.param_dtype,
-                        kernel_init=dense_init(("mlp", "embed")),
-                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-                        name="fc2")(h)
+        return token_dense(d, "fc2", ("mlp", "embed"), ("embed",), self.dtype, self.param_dtype)(h)
 
 
 class Attention(nn.Module):
@@ -76,22 +102,29 @@ class Attention(nn.Module):
                                 (d, self.num_heads, hd), self.param_dtype)
             bias = self.param(f"{name}_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("heads", "kv")),
                               (self.num_heads, hd), self.param_dtype)
-            return jnp.einsum("bld,dhk->blhk", x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
+            return token_dot(x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
 
         q, k, v = proj("query", xq), proj("key", xkv), proj("value", xkv)
         q = nn.with_logical_constraint(q, ("batch", "length", "act_heads", "act_kv"))
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(hd).astype(self.dtype)
+        # Scaling q (L x hd per head) instead of the logits (Lq x Lk) saves a full pass over the logits.
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q * jnp.asarray(hd ** -0.5, self.dtype), k)
         if mask is not None:
             logits = jnp.where(mask[:, None], logits, jnp.finfo(logits.dtype).min)
-        # Softmax in float32: bf16 logits lose the small differences that decide attention.
-        probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+        # Softmax in float32 (bf16 logits lose the small differences that decide attention), normalised AFTER the
+        # value matmul, as flash attention does: dividing out[B, Lq, H, hd] by the row sums costs hd/Lk of
+        # dividing the probabilities.
+        logits = logits.astype(jnp.float32)
+        e = jnp.exp(logits - jax.lax.stop_gradient(logits.max(-1, keepdims=True)))
+        out = jnp.einsum("bhqk,bkhd->bqhd", e.astype(self.dtype), v)
+        out = (out / jnp.swapaxes(e.sum(-1), 1, 2)[..., None]).astype(self.dtype)
         w_out = self.param("out_kernel", dense_init(("heads", "kv", "embed"),
                                                     nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2)),
                            (self.num_heads, hd, d), self.param_dtype)
         b_out = self.param("out_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
                            (d,), self.param_dtype)
-        return jnp.einsum("bqhk,hkd->bqd", out, w_out.astype(self.dtype)) + b_out.astype(self.dtype)
+        b, lq = out.shape[:2]
+        return (token_dot(out.reshape(b, lq, d), w_out.reshape(d, d).astype(self.dtype))
+                + b_out.astype(self.dtype))
 
 
 def layer_norm(name, dtype, param_dtype):

@@ -5,7 +5,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from vlmjax.models.transformer import Encoder, MAPHead, pool
+from vlmjax.models.transformer import Encoder, MAPHead, pool, token_dot
 
 Dtype = Any
 
@@ -43,6 +43,35 @@ def with_coord_channels(images):
     x = jnp.broadcast_to(jnp.linspace(-1.0, 1.0, w, dtype=images.dtype)[None, None, :], (b, h, w))
     y = jnp.broadcast_to(jnp.linspace(-1.0, 1.0, h, dtype=images.dtype)[None, :, None], (b, h, w))
     return jnp.concatenate([images, x[..., None], y[..., None]], axis=-1)
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patch embedding: float[B, H, W, C] -> float[B, H/ph, W/pw, D].
+
+    The same parameters as `nn.Conv(D, (ph, pw), strides=(ph, pw), padding="VALID")` (kernel float[ph, pw, C, D],
+    bias float[D]), computed as patchify + one matmul: with kernel = stride the convolution IS that matmul, and XLA:CPU
+    runs the matmul (and its weight gradient) several times faster than the strided convolution and the
+    rhs-dilated convolution its gradient becomes.
+    """
+
+    features: int
+    patch: Sequence[int]
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, images):
+        (ph, pw), c = self.patch, images.shape[-1]
+        kernel = self.param("kernel", nn.with_logical_partitioning(nn.initializers.lecun_normal(),
+                                                                   (None, None, None, "embed")),
+                            (ph, pw, c, self.features), self.param_dtype)
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+                          (self.features,), self.param_dtype)
+        b, h, w = images.shape[0], images.shape[1] // ph, images.shape[2] // pw
+        x = images[:, :h * ph, :w * pw].reshape(b, h, ph, w, pw, c).transpose(0, 1, 3, 2, 4, 5)
+        x = token_dot(x.reshape(b, h, w, ph * pw * c).astype(self.dtype),
+                      kernel.reshape(ph * pw * c, self.features).astype(self.dtype))
+        return x + bias.astype(self.dtype)
 
 
 class ConvStem(nn.Module):
@@ -111,12 +140,7 @@ class ViT(nn.Module):
         if self.stem_channels:
             images = ConvStem(self.stem_channels, self.stem_patch, self.stem_blocks, self.dtype, self.param_dtype,
                               name="stem")(images)
-        x = nn.Conv(self.width, (ph, pw), strides=(ph, pw), padding="VALID", dtype=self.dtype,
-                    param_dtype=self.param_dtype, name="embedding",
-                    kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
-                                                             (None, None, None, "embed")),
-                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(
-                        images.astype(self.dtype))
+        x = PatchEmbed(self.width, (ph, pw), self.dtype, self.param_dtype, name="embedding")(images)
         b, h, w, d = x.shape
         x = x.reshape(b, h * w, d)
         x = x + position_embedding(self, self.posemb, h, w, d, self.param_dtype).astype(self.dtype)
