@@ -167,6 +167,7 @@ def bench(name, batch_size, rounds, steps):
                     fn()
                 times[key].append((time.perf_counter() - t) / steps)
     med = {k: float(np.median(v)) for k, v in times.items()}
+    best = {k: float(np.min(v)) for k, v in times.items()}  # noise from other tenants only ever adds time
     eps = {k: batch_size / v for k, v in med.items()}
     n_params = sum(p.numel() for p in torch_model.parameters())
     # Roofline: both sides run the same matmuls (same architecture); `flops` counts the dots and convs of our step's
@@ -176,7 +177,8 @@ def bench(name, batch_size, rounds, steps):
     peaks = {"xla": measured_cpu_peak(), "torch": torch_matmul_peak()}
     achieved = {k: flops / v for k, v in med.items()}
     return {"vision": vision, "text": text, "batch": batch_size, "params": int(n_params),
-            "examples_per_s": eps, "step_s_median": med, "step_s_all": times, "speedup": eps["ours"] / eps["torch"],
+            "examples_per_s": eps, "step_s_median": med, "step_s_best": best, "step_s_all": times,
+            "speedup": eps["ours"] / eps["torch"], "speedup_of_best_rounds": best["torch"] / best["ours"],
             "first_losses": losses, "max_loss_diff_first_3_steps": float(np.max(np.abs(
                 np.array(losses["ours"]) - np.array(losses["torch"])))), "ours_setup_compile_s": compile_s,
             "matmul_flops_per_step": flops, "achieved_flops_per_s": achieved, "f32_matmul_peak_flops_per_s": peaks,
@@ -204,7 +206,8 @@ def main():
         runs[f"cores_{n}"] = run = json.loads(out.split("RESULT ", 1)[1])
         for name, r in run["results"].items():
             print(f"{n} core(s), {name}: ours {r['examples_per_s']['ours']:.1f} ex/s, torch "
-                  f"{r['examples_per_s']['torch']:.1f} ex/s -> {r['speedup']:.2f}x; torch at "
+                  f"{r['examples_per_s']['torch']:.1f} ex/s -> {r['speedup']:.2f}x (best rounds "
+                  f"{r['speedup_of_best_rounds']:.2f}x); torch at "
                   f"{r['fraction_of_best_peak']['torch']:.0%} of the f32 matmul peak, so no step can be more "
                   f"than {r['speedup_ceiling']:.2f}x faster than torch's", flush=True)
     write_result("siglip_vs_torch", {
