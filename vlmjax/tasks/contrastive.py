@@ -151,6 +151,7 @@ class ZeroShotEvaluator(Evaluator):
         super().__init__(data=data)
         self.task, self.class_names, self.prompts, self.label_key = task, class_names, prompts, label_key
         self.aggregate = aggregate
+        self._tokens = None  # the flat prompts' (ids, mask): tokenized at the first eval, kept for the next ones
 
         def predict(variables, batch):
             zimg, _, _ = task.model.apply(variables, images=batch["image"])
@@ -159,7 +160,9 @@ class ZeroShotEvaluator(Evaluator):
         self.predict = predict
 
     def run(self, variables, runtime):
-        classes = self.task.class_embeddings(variables, self.prompts, runtime.mesh, self.aggregate)
+        if self._tokens is None:  # the scenes caption space is 300k prompts: seconds of tokenizing per eval
+            self._tokens = tokenize_texts(self.task._tokenize_fn(), [p for ps in self.prompts for p in ps])
+        classes = self.task.class_embeddings(variables, self.prompts, runtime.mesh, self.aggregate, self._tokens)
         out = runtime.predict_all(self.predict, variables, self.data)
         acc = rm.zeroshot_accuracy(out["zimg"], classes, out["label"])
         return {"accuracy": acc["top1"], **({"top5": acc["top5"]} if "top5" in acc else {})}
@@ -318,16 +321,18 @@ class ContrastiveTask(Task):
         return loss, (metrics, state)
 
     # -- evaluation / inference ----------------------------------------------------------------------------------
-    def class_embeddings(self, variables, prompts, mesh, aggregate: str = "mean"):
+    def class_embeddings(self, variables, prompts, mesh, aggregate: str = "mean", tokens=None):
         """[C] lists of prompts -> float[C, D] (aggregate 'mean': CLIP's ensemble) or a list of C float[T_c, D]
-        ('max': `retrieval_metrics.class_scores` takes each class's best prompt)."""
-        emb = self.embed_texts(variables, [p for ps in prompts for p in ps], mesh)
+        ('max': `retrieval_metrics.class_scores` takes each class's best prompt). `tokens`: the flattened prompts'
+        `tokenize_texts` output, for callers that embed the same prompts again."""
+        emb = self.embed_texts(variables, [p for ps in prompts for p in ps], mesh, tokens=tokens)
         per_class = np.split(emb, np.cumsum([len(ps) for ps in prompts])[:-1])
         return rm.zeroshot_classifier(per_class) if aggregate == "mean" else per_class
 
-    def embed_texts(self, variables, texts, mesh, chunk: int = 256) -> np.ndarray:
-        """list of N str -> float32[N, D] text embeddings (batch split over the mesh's data axes)."""
-        ids, mask = tokenize_texts(self._tokenize_fn(), texts)
+    def embed_texts(self, variables, texts, mesh, chunk: int = 256, tokens=None) -> np.ndarray:
+        """list of N str -> float32[N, D] text embeddings (batch split over the mesh's data axes); `tokens`: their
+        (ids, mask) from `tokenize_texts`, if the caller has them."""
+        ids, mask = tokens if tokens is not None else tokenize_texts(self._tokenize_fn(), texts)
         dp = math.prod(mesh.shape[a] for a in BATCH_AXES)
         chunk = -(-min(chunk, len(texts)) // dp) * dp
         if mesh not in self._text_fns:
