@@ -12,7 +12,7 @@ Measured (2 idle CPU cores): with the image tower of a 600-step `vit_scenes` run
 at batch 128 (13 min) give **95.9% zero-shot accuracy** (top-5 99.8%) on the main-object label of the test split;
 retrieval is weaker (img->txt R@1 0.15, txt->img 0.27) since the locked features were trained to name the main
 object only. `siglip_scenes` from scratch (no locked tower) needs 2400 steps and every caption of the grammar as
-prompts for 95.6% (48.2% with these four templates): see docs/contrastive.md.
+prompts for 97.0% (46.1% with these four templates): see docs/contrastive.md.
 
 How the tower is taken: `init_from.include` selects our `img/...` parameters and `rewrite` maps each to the
 classifier's top-level name (`img/encoder/block00/...` -> `encoder/block00/...`); the classifier's `head` is left

@@ -6,12 +6,12 @@ r"""SigLIP (sigmoid loss) on the built-in `scenes` captions, on CPU; zero-shot o
     vlmjax-zeroshot --workdir workdirs/siglip_scenes --image a.png --labels "red circle,blue square" \
         --eval zeroshot_grammar
 
-Default: 2400 steps at batch 128 (~75 min on 2 cores) with vit_scenes' hybrid image tower plus CoordConv input
+Default: 2400 steps at batch 128 (~64 min on 2 cores) with vit_scenes' hybrid image tower plus CoordConv input
 channels and a fixed sin-cos position embedding, and K=6 NegCLIP-style hard-negative captions per image (shape,
 size, colour and side word edits and swaps, and "colour shape" name swaps that only move the objects; a (K+1)-way
-pairwise term). Measured from scratch on the 2000 test images: zero-shot **95.6%** over the grammar's caption space
+pairwise term). Measured from scratch on the 2000 test images: zero-shot **97.0%** over the grammar's caption space
 (`eval/zeroshot_grammar`: each class scored by its best-matching caption among every caption the generator can
-write with that class as the main object), 48.2% with the four `TEMPLATES` (`eval/zeroshot`), img->txt R@1 0.93.
+write with that class as the main object), 46.1% with the four `TEMPLATES` (`eval/zeroshot`), img->txt R@1 0.93.
 The same recipe at 1200 / 1800 steps: 87.8% / 92.8%. Measured at 1200 steps (`--config.total_steps=1200`,
 docs/contrastive.md): `:no_order` (K=3 shape/size edits, no position inputs) 80.1% / 48.8%; `:baseline` (the plain
 SigLIP run with a smaller tower, no hard negatives) 62.6% / 23.3%; `:phrases` (whole object phrases swapped) 74.8%.
