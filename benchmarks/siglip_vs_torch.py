@@ -200,10 +200,12 @@ def main():
         return measure(args)
     runs = {}
     for n in [int(t) for t in args.threads.split(",")]:
-        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--one", str(n), "--sizes", args.sizes,
-                              "--batch", str(args.batch), "--rounds", str(args.rounds), "--steps", str(args.steps)],
-                             check=True, capture_output=True, text=True).stdout
-        runs[f"cores_{n}"] = run = json.loads(out.split("RESULT ", 1)[1])
+        child = subprocess.run([sys.executable, os.path.abspath(__file__), "--one", str(n), "--sizes", args.sizes,
+                                "--batch", str(args.batch), "--rounds", str(args.rounds), "--steps", str(args.steps)],
+                               capture_output=True, text=True)
+        if child.returncode or "RESULT " not in child.stdout:
+            sys.exit(f"the {n}-core measurement failed (exit {child.returncode}):\n{child.stderr[-4000:]}")
+        runs[f"cores_{n}"] = run = json.loads(child.stdout.split("RESULT ", 1)[1])
         for name, r in run["results"].items():
             print(f"{n} core(s), {name}: ours {r['examples_per_s']['ours']:.1f} ex/s, torch "
                   f"{r['examples_per_s']['torch']:.1f} ex/s -> {r['speedup']:.2f}x (best rounds "
