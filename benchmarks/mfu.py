@@ -54,6 +54,7 @@ def prefixlm_config(batch: int):
     c = load_experiment(os.path.join(ROOT, "experiments", "prefixlm_scenes.py") + ":pretrain")
     c.model.vit.update(width=64, depth=2, num_heads=2, mlp_dim=256)
     c.model.lm.update(width=128, depth=2, num_heads=4, num_kv_heads=1, head_dim=32, mlp_dim=384)
+    c.init_from.workdir = ""  # timing needs no pretrained ViT (and this smaller one would not take its weights)
     c.batch_size = batch
     return c, ("vit", "lm")
 
