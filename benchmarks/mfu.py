@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/mfu.py [--rounds 3] [--steps 2] [--models siglip,prefixlm] [--batch 32]
 
 The configs are experiments/siglip_scenes.py and experiments/prefixlm_scenes.py (`pretrain`) with the model made
-smaller (keys overridden below). The 16 compiles dominate: ~8 CPU-minutes in all (19 minutes of wall time on the
-loaded 2-core machine of the committed run); the persistent compilation cache in .jax_cache, which the tests use
+smaller (keys overridden below). The 16 compiles dominate: ~8 CPU-minutes in all (19 minutes of wall time once on a
+loaded 2-core machine; the committed run took 3 with a warm cache); the persistent compilation cache in .jax_cache, which the tests use
 too, makes re-runs much faster. Each variant is
 the Trainer's own jitted train step (optimizer included, state donated) on one CPU device, fed one fixed random
 batch. Per variant: steps/s (median over rounds; the rounds alternate between all variants so that machine load
