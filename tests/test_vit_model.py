@@ -46,11 +46,11 @@ def test_attention_matches_a_numpy_softmax_reference_in_value_and_gradients():
         probs = e / e.sum(-1, keepdims=True)
         return xp.einsum("bqhk,hkd->bqd", xp.einsum("bhqk,bkhd->bqhd", probs, v), p["out_kernel"]) + p["out_bias"]
 
-    out = attn.apply({"params": params}, xq, xkv, mask)
-    np.testing.assert_allclose(out, reference(jax.tree.map(np.asarray, params)), atol=1e-5)
-    v_np = reference(jax.tree.map(np.asarray, params))[0, 1]  # the row that attends to nothing: mean of values
+    out, want_out = attn.apply({"params": params}, xq, xkv, mask), reference(jax.tree.map(np.asarray, params))
+    np.testing.assert_allclose(out, want_out, atol=1e-5)
+    # The row that attends to nothing: the mean of the values.
     values = np.einsum("ld,dhk->lhk", np.asarray(xkv[0]), params["value_kernel"]) + params["value_bias"]
-    np.testing.assert_allclose(v_np, np.einsum("hk,hkd->d", values.mean(0), params["out_kernel"])
+    np.testing.assert_allclose(out[0, 1], np.einsum("hk,hkd->d", values.mean(0), params["out_kernel"])
                                + params["out_bias"], atol=1e-5)
     loss = lambda f: lambda p: jnp.sum(jnp.sin(f(p)))  # noqa: E731
     got = jax.grad(loss(lambda p: attn.apply({"params": p}, xq, xkv, mask)))(params)
