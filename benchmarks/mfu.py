@@ -8,7 +8,7 @@ loaded 2-core machine; the committed run took 3 with a warm cache); the persiste
 too, makes re-runs much faster. Each variant is
 the Trainer's own jitted train step (optimizer included, state donated) on one CPU device, fed one fixed random
 batch. Per variant: steps/s (median over rounds; the rounds alternate between all variants so that machine load
-hits them alike), FLOPs per step (`vlmjax.train.flops.step_flops`: XLA's cost analysis, as the trainer logs it),
+hits them alike), model FLOPs per step (`vlmjax.train.flops.step_flops`, counted on the jaxpr, as the trainer logs it),
 MFU against the measured float32 matmul peak of this CPU, and XLA's temporaries (the activation memory remat
 trades for recompute). Ratios are against the float32 / no-remat step of the same model, measured in the same run.
 
@@ -117,9 +117,9 @@ def build_variant(base_config, towers, dtype: str, remat: str, initial=None):
     step = trainer.train_step_fn()
     with jax.set_mesh(trainer.mesh):
         gbatch = trainer._global_batch(batch)
-        traced = step.trace(state, gbatch)
-        compiled = traced.lower().compile()
-    return compiled, state, gbatch, step_flops(compiled, traced.jaxpr, 1), memory_of(compiled)
+        compiled = step.lower(state, gbatch).compile()
+        flops = step_flops(trainer.train_step_fn(jit=False), state, gbatch)["model"]
+    return compiled, state, gbatch, flops, memory_of(compiled)
 
 
 def run_steps(v: dict, n: int) -> float:

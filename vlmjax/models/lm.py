@@ -24,8 +24,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from vlmjax.models.attention import attend
 from vlmjax.models.masks import causal_mask
-from vlmjax.models.transformer import REMAT_POLICIES, token_dot
+from vlmjax.models.transformer import remat_policy, token_dot
 
 Dtype = Any
 ACT_BLD = ("batch", "length", "act_embed")
@@ -82,6 +83,7 @@ class Attention(nn.Module):
     qk_norm: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    attention_impl: str = "auto"  # vlmjax.models.attention
 
     @nn.compact
     def __call__(self, x, mask, positions, layer_cache=None, end=None):
@@ -114,12 +116,7 @@ class Attention(nn.Module):
             k, v = ck.astype(self.dtype), cv.astype(self.dtype)
 
         b, l = q.shape[:2]
-        q = (q * dh ** -0.5).reshape(b, l, hkv, h // hkv, dh)
-        logits = jnp.einsum("blkgd,bskd->bkgls", q, k).astype(jnp.float32)
-        logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
-        # Softmax in float32: bf16 logits lose the small differences that decide attention.
-        probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-        out = jnp.einsum("bkgls,bskd->blkgd", probs, v).reshape(b, l, h, dh)
+        out = attend(q, k, v, mask, impl=self.attention_impl)
         return token_dot(out.reshape(b, l, h * dh), wo.reshape(h * dh, d).astype(self.dtype)), new_cache
 
 
@@ -160,6 +157,7 @@ class DecoderBlock(nn.Module):
     norm_eps: float = 1e-6
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    attention_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, layer_cache, mask, positions, end):
@@ -167,7 +165,7 @@ class DecoderBlock(nn.Module):
             return RMSNorm(eps=self.norm_eps, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
         x = nn.with_logical_constraint(x, ACT_BLD)
         y, layer_cache = Attention(self.num_heads, self.num_kv_heads, self.head_dim, self.rope_theta, self.qk_norm,
-                                   self.dtype, self.param_dtype, name="attn")(norm("pre_attn_norm")(x), mask,
+                                   self.dtype, self.param_dtype, self.attention_impl, name="attn")(norm("pre_attn_norm")(x), mask,
                                                                                positions, layer_cache, end)
         x = x + y
         y = GatedMlp(self.mlp_dim, self.activation, self.dtype, self.param_dtype, name="mlp")(norm("pre_mlp_norm")(x))
@@ -202,26 +200,28 @@ class DecoderLM(nn.Module):
     scan_layers: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    attention_impl: str = "auto"  # 'auto' | 'xla' | 'cudnn' (vlmjax.models.attention)
+    scan_unroll: int = 1  # layers per scan iteration (with scan_layers)
 
     def setup(self):
         if self.mlp_activation not in ACTIVATIONS:
             raise ValueError(f"mlp_activation {self.mlp_activation!r}: expected one of {sorted(ACTIVATIONS)}")
-        if self.remat_policy not in REMAT_POLICIES:
-            raise ValueError(f"remat_policy {self.remat_policy!r}: expected one of {sorted(REMAT_POLICIES)}")
+        policy = remat_policy(self.remat_policy)
         if self.head_dim % 2:
             raise ValueError(f"head_dim {self.head_dim} must be even for rotary positions")
         self.embedding = _param(self, "embedding", ("vocab", "embed"), (self.vocab_size, self.width),
                                 nn.initializers.variance_scaling(1.0, "fan_in", "normal", in_axis=1, out_axis=0))
         block = DecoderBlock
         if self.remat_policy != "none":
-            block = nn.remat(DecoderBlock, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=not self.scan_layers)
+            block = nn.remat(DecoderBlock, policy=policy, prevent_cse=not self.scan_layers)
         kw = dict(num_heads=self.num_heads, num_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
                   mlp_dim=self.mlp_dim, rope_theta=self.rope_theta, activation=self.mlp_activation,
-                  qk_norm=self.qk_norm, norm_eps=self.norm_eps, dtype=self.dtype, param_dtype=self.param_dtype)
+                  qk_norm=self.qk_norm, norm_eps=self.norm_eps, dtype=self.dtype, param_dtype=self.param_dtype,
+                  attention_impl=self.attention_impl)
         if self.scan_layers:
             self.blocks = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                                   in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=self.depth,
-                                  metadata_params={nn.PARTITION_NAME: "layers"})(**kw)
+                                  unroll=self.scan_unroll, metadata_params={nn.PARTITION_NAME: "layers"})(**kw)
         else:
             self.blocks = [block(**kw) for _ in range(self.depth)]
         self.final_norm = RMSNorm(eps=self.norm_eps, dtype=self.dtype, param_dtype=self.param_dtype)

@@ -52,6 +52,8 @@ class TextTransformer(nn.Module):
     scan_layers: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    attention_impl: str = "auto"  # 'auto' | 'xla' | 'cudnn' (vlmjax.models.attention)
+    scan_unroll: int = 1  # layers per scan iteration (with scan_layers)
 
     @nn.compact
     def __call__(self, ids, mask=None, train: bool = False):
@@ -69,7 +71,8 @@ class TextTransformer(nn.Module):
         x = nn.Dropout(self.dropout)(x, not train)
         attn = attention_mask(mask, length, self.causal, self.mask_padding)
         x, _ = Encoder(self.depth, self.num_heads, mlp_dim, self.dropout, self.remat_policy, self.scan_layers,
-                       self.dtype, self.param_dtype, name="encoder")(x, attn, not train)
+                       self.dtype, self.param_dtype, self.attention_impl, self.scan_unroll,
+                       name="encoder")(x, attn, not train)
         out = {"tokens": x}
         real = None if mask is None else (mask > 0)
         if self.pool_type == "last" or (self.pool_type == "eos" and mask is None):
@@ -77,7 +80,7 @@ class TextTransformer(nn.Module):
         elif self.pool_type == "eos":
             x = pool("last", x, last_index=eos_index(mask))
         elif self.pool_type == "map":
-            head = MAPHead(self.num_heads, mlp_dim, self.dtype, self.param_dtype, name="map_head")
+            head = MAPHead(self.num_heads, mlp_dim, self.dtype, self.param_dtype, self.attention_impl, name="map_head")
             x = pool("map", x, map_head=head, mask=real)
         else:
             x = pool("gap", x, mask=real)

@@ -4,11 +4,14 @@ Every parameter carries logical axis names (see `vlmjax/train/mesh.py` for the r
 `data`/`fsdp`/`tensor` mesh axes) and activations are constrained at block boundaries, so the same module runs
 unsharded on a laptop and FSDP + tensor-parallel on a pod.
 """
+import contextlib
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from vlmjax.models.attention import attend
 
 Dtype = Any
 
@@ -21,6 +24,26 @@ REMAT_POLICIES = {
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
 }
+_SAVE_EVERYTHING = [False]
+
+
+def remat_policy(name: str):
+    """The jax.checkpoint policy for `name` (REMAT_POLICIES), or save-everything inside `no_recompute()`."""
+    if name not in REMAT_POLICIES:
+        raise ValueError(f"remat_policy {name!r}: expected one of {sorted(REMAT_POLICIES)}")
+    return jax.checkpoint_policies.everything_saveable if _SAVE_EVERYTHING[0] else REMAT_POLICIES[name]
+
+
+@contextlib.contextmanager
+def no_recompute():
+    """Models traced inside save every residual whatever their `remat_policy`: the trace then holds the model's
+    own FLOPs without the backward pass's recomputation (model FLOPs, as MFU counts them). Trace only; the
+    program itself still runs with its policy."""
+    _SAVE_EVERYTHING[0] = True
+    try:
+        yield
+    finally:
+        _SAVE_EVERYTHING[0] = False
 
 
 def dense_init(names, init=nn.initializers.xavier_uniform()):
@@ -85,6 +108,7 @@ class Attention(nn.Module):
     num_heads: int
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    attention_impl: str = "auto"  # see vlmjax.models.attention
 
     @nn.compact
     def __call__(self, xq, xkv, mask=None):
@@ -106,17 +130,7 @@ class Attention(nn.Module):
 
         q, k, v = proj("query", xq), proj("key", xkv), proj("value", xkv)
         q = nn.with_logical_constraint(q, ("batch", "length", "act_heads", "act_kv"))
-        # Scaling q (L x hd per head) instead of the logits (Lq x Lk) saves a full pass over the logits.
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q * jnp.asarray(hd ** -0.5, self.dtype), k)
-        if mask is not None:
-            logits = jnp.where(mask[:, None], logits, jnp.finfo(logits.dtype).min)
-        # Softmax in float32 (bf16 logits lose the small differences that decide attention), normalised AFTER the
-        # value matmul, as flash attention does: dividing out[B, Lq, H, hd] by the row sums costs hd/Lk of
-        # dividing the probabilities.
-        logits = logits.astype(jnp.float32)
-        e = jnp.exp(logits - jax.lax.stop_gradient(logits.max(-1, keepdims=True)))
-        out = jnp.einsum("bhqk,bkhd->bqhd", e.astype(self.dtype), v)
-        out = (out / jnp.swapaxes(e.sum(-1), 1, 2)[..., None]).astype(self.dtype)
+        out = attend(q, k, v, mask, impl=self.attention_impl)
         w_out = self.param("out_kernel", dense_init(("heads", "kv", "embed"),
                                                     nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2)),
                            (self.num_heads, hd, d), self.param_dtype)
@@ -141,12 +155,13 @@ class EncoderBlock(nn.Module):
     dropout: float = 0.0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    attention_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, mask=None, deterministic: bool = True):
         x = nn.with_logical_constraint(x, ACT_BLD)
         y = layer_norm("ln1", self.dtype, self.param_dtype)(x)
-        y = Attention(self.num_heads, self.dtype, self.param_dtype, name="attn")(y, y, mask)
+        y = Attention(self.num_heads, self.dtype, self.param_dtype, self.attention_impl, name="attn")(y, y, mask)
         x = x + nn.Dropout(self.dropout)(y, deterministic)
         y = layer_norm("ln2", self.dtype, self.param_dtype)(x)
         y = MlpBlock(self.mlp_dim, self.dropout, self.dtype, self.param_dtype, name="mlp")(y, deterministic)
@@ -171,21 +186,26 @@ class Encoder(nn.Module):
     scan_layers: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    attention_impl: str = "auto"
+    scan_unroll: int = 1
 
     @nn.compact
     def __call__(self, x, mask=None, deterministic: bool = True):
-        if self.remat_policy not in REMAT_POLICIES:
-            raise ValueError(f"remat_policy {self.remat_policy!r}: expected one of {sorted(REMAT_POLICIES)}")
+        policy = remat_policy(self.remat_policy)
         block_cls = EncoderBlock
         if self.remat_policy != "none":
-            block_cls = nn.remat(EncoderBlock, policy=REMAT_POLICIES[self.remat_policy], static_argnums=(3,))
+            # Under scan, CSE cannot merge the recomputation into the forward anyway; prevent_cse's
+            # optimisation barriers would only block fusion (the JAX remat docs).
+            block_cls = nn.remat(EncoderBlock, policy=policy, static_argnums=(3,),
+                                 prevent_cse=not self.scan_layers)
         kw = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout=self.dropout,
-                  dtype=self.dtype, param_dtype=self.param_dtype)
+                  dtype=self.dtype, param_dtype=self.param_dtype, attention_impl=self.attention_impl)
         hidden = []
         if self.scan_layers:
             body = lambda mdl, carry, _: (mdl(carry, mask, deterministic), None)  # noqa: E731
             scanned = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                              length=self.depth, metadata_params={nn.PARTITION_NAME: "layers"})
+                              length=self.depth, unroll=self.scan_unroll,
+                              metadata_params={nn.PARTITION_NAME: "layers"})
             x, _ = scanned(block_cls(**kw, name="blocks"), x, None)
         else:
             for i in range(self.depth):
@@ -201,6 +221,7 @@ class MAPHead(nn.Module):
     mlp_dim: int
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    attention_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, mask=None):
@@ -209,7 +230,7 @@ class MAPHead(nn.Module):
                            (1, 1, d), self.param_dtype)
         q = jnp.tile(probe.astype(self.dtype), (b, 1, 1))
         m = None if mask is None else mask[:, None, :]
-        x = Attention(self.num_heads, self.dtype, self.param_dtype, name="attn")(q, x, m)
+        x = Attention(self.num_heads, self.dtype, self.param_dtype, self.attention_impl, name="attn")(q, x, m)
         y = layer_norm("ln", self.dtype, self.param_dtype)(x)
         x = x + MlpBlock(self.mlp_dim, 0.0, self.dtype, self.param_dtype, name="mlp")(y)
         return x[:, 0]

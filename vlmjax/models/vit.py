@@ -130,6 +130,8 @@ class ViT(nn.Module):
     scan_layers: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    attention_impl: str = "auto"  # 'auto' | 'xla' | 'cudnn' (vlmjax.models.attention)
+    scan_unroll: int = 1  # layers per scan iteration (with scan_layers)
 
     @nn.compact
     def __call__(self, images, train: bool = False):
@@ -150,12 +152,13 @@ class ViT(nn.Module):
             x = jnp.concatenate([jnp.tile(cls.astype(self.dtype), (b, 1, 1)), x], axis=1)
         x = nn.Dropout(self.dropout)(x, not train)
         x, hidden = Encoder(self.depth, self.num_heads, mlp_dim, self.dropout, self.remat_policy, self.scan_layers,
-                            self.dtype, self.param_dtype, name="encoder")(x, None, not train)
+                            self.dtype, self.param_dtype, self.attention_impl, self.scan_unroll,
+                            name="encoder")(x, None, not train)
         out = {"patches": x[:, 1:] if self.pool_type == "tok" else x, "hidden": hidden}
         if self.pool_type == "none":
             return x, out
-        map_head = MAPHead(self.num_heads, mlp_dim, self.dtype, self.param_dtype, name="map_head") \
-            if self.pool_type == "map" else None
+        map_head = MAPHead(self.num_heads, mlp_dim, self.dtype, self.param_dtype, self.attention_impl,
+                           name="map_head") if self.pool_type == "map" else None
         x = pool(self.pool_type, x, map_head=map_head)
         out["pre_logits"] = x
         if self.num_classes is None:

@@ -57,8 +57,8 @@ def dry_run(config, target: str = "", max_unsharded_fraction: float = 0.5, show_
              for k, v in dummy.items()}
     step = trainer.train_step_fn()
     with jax.set_mesh(trainer.mesh):
-        traced = step.trace(trainer.abstract_state, batch)
-        compiled = traced.lower().compile()
+        compiled = step.lower(trainer.abstract_state, batch).compile()
+        flops = step_flops(trainer.train_step_fn(jit=False), trainer.abstract_state, batch)
     st = trainer.abstract_state
     mem = memory_of(compiled)
     params_b, opt_b = per_device_bytes(st["params"]), per_device_bytes(st["opt_state"])
@@ -70,7 +70,8 @@ def dry_run(config, target: str = "", max_unsharded_fraction: float = 0.5, show_
     report = {"num_devices": trainer.mesh.size, "mesh": dict(trainer.mesh.shape), "num_params": n_params,
               "per_device_bytes": {"params": params_b, "optimizer": opt_b, "model_state": ms_b, **mem,
                                    "total": total},
-              "flops_per_step_per_device": step_flops(compiled, traced.jaxpr, trainer.mesh.size),
+              "flops_per_step_per_device": flops["model"] / trainer.mesh.size,
+              "hardware_flops_per_step_per_device": flops["hardware"] / trainer.mesh.size,
               "xla_cost_analysis_flops": cost_of(compiled)["flops"], "unsharded_param_fraction": frac,
               "param_shardings": {param_path(path): str(x.sharding.spec) for path, x in flat}}
     model_parallel = trainer.mesh.shape["fsdp"] * trainer.mesh.shape["tensor"] > 1

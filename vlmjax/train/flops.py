@@ -1,17 +1,22 @@
-"""FLOPs, memory and MFU of a compiled step, and the peak-FLOP/s table MFU is measured against.
+"""FLOPs, memory and MFU of a train step, and the peak-FLOP/s table MFU is measured against.
 
-MFU = model FLOPs per step / (step time x peak FLOP/s), per device. The FLOPs come from XLA's cost analysis of the
-compiled (per-device, SPMD-partitioned) train step; `tests/test_flops.py` checks them against an analytic count.
-XLA's cost analysis counts the body of a while loop once, whatever its trip count, so a step with scanned layers
-(`scan_layers`) or gradient accumulation would read ~depth (or ~accum) times too few FLOPs: `step_flops` adds the
-missing matmul FLOPs, counted on the step's jaxpr where every scan's length is known. Rematerialised forwards are
-counted (they are FLOPs the chip does), as XLA counts them.
+MFU = model FLOPs per step / (step time x peak FLOP/s), per device; HFU uses the hardware FLOPs instead.
+Both are counted on the step's jaxpr, never taken from XLA's cost analysis: on GPU that analysis does not see
+cuBLAS GEMMs or cuDNN attention (custom calls), and on every backend it counts a while loop's body once (scanned
+layers, gradient accumulation). What is counted: every dot_general and convolution, fused attention by its
+shapes, a scan's body times its length.
+  model FLOPs    - the step's work as the model defines it: forward + backward, no rematerialisation
+                   (traced with `no_recompute()`: every remat policy saves everything).
+  hardware FLOPs - the same plus the forward work the remat policy recomputes in the backward pass.
+`tests/test_flops.py` checks both against analytic counts.
 """
 import math
 import time
 
 import jax
 import jax.numpy as jnp
+
+from vlmjax.models.transformer import no_recompute
 
 # Dense bf16 peak FLOP/s per chip (vendor figures; ANCHORS.md).
 PEAK_FLOPS = {
@@ -101,6 +106,18 @@ def _conv_flops(eqn) -> float:
     return 2.0 * math.prod(eqn.outvars[0].aval.shape) * math.prod(rhs) / out_features
 
 
+def _attention_flops(eqn, multiplier: int) -> float:
+    """cuDNN fused attention (q float[B, T, N, H], k float[B, S, K, H]): the forward is QK^T and PV, 2 x 2BTNSH;
+    the backward dQ, dK, dV and dP, 4 x 2BTNSH (its recomputed QK^T is the kernel's own business, as inside any
+    fused kernel). Masked entries count: the formula is the one the XLA path computes."""
+    (b, t, n, h), s = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape[1]
+    return multiplier * 2.0 * b * t * n * s * h
+
+
+# Fused attention primitives (jax._src.cudnn.fused_attention_stablehlo), by name prefix: matmuls per call.
+_FUSED_ATTENTION = {"dot_product_attention_fwd": 2, "dot_product_attention_bwd": 4}
+
+
 def _sub_jaxprs(value):
     if hasattr(value, "eqns"):
         yield value
@@ -120,8 +137,11 @@ def matmul_flops(jaxpr, scan_lengths: bool = True) -> float:
     total = 0.0
     for eqn in jaxpr.eqns:
         name = eqn.primitive.name
+        fused = next((m for p, m in _FUSED_ATTENTION.items() if name.startswith(p)), 0)
         if name == "dot_general":
             total += _dot_flops(eqn)
+        elif fused:
+            total += _attention_flops(eqn, fused)
         elif name == "conv_general_dilated":
             total += _conv_flops(eqn)
         elif name == "cond":
@@ -132,13 +152,27 @@ def matmul_flops(jaxpr, scan_lengths: bool = True) -> float:
     return total
 
 
-def step_flops(compiled, jaxpr, num_devices: int) -> float:
-    """FLOPs per device of a compiled step: XLA's cost analysis plus the loop iterations it leaves out.
+def has_remat(jaxpr) -> bool:
+    """Whether a (closed) jaxpr holds a rematerialised (jax.checkpoint) region anywhere inside."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    return any(eqn.primitive.name in ("checkpoint", "remat2") or
+               any(has_remat(j) for v in eqn.params.values() for j in _sub_jaxprs(v)) for eqn in jaxpr.eqns)
 
-    `jaxpr` is the step's (global, unpartitioned) jaxpr, e.g. `jitted.trace(*args).jaxpr`. When XLA's count already
-    reaches the full matmul count (no loops, or a backend that unrolled them), it is returned as is."""
-    xla = cost_of(compiled)["flops"]
-    full = matmul_flops(jaxpr) / num_devices
-    if xla >= full:
-        return xla
-    return xla + full - matmul_flops(jaxpr, scan_lengths=False) / num_devices
+
+def step_flops(step_fn, *args) -> dict:
+    """{'model', 'hardware'}: FLOPs of one call of the plain (not jitted) `step_fn(*args)`, all devices together
+    (divide by the device count for per-device figures). The function is traced, never run.
+
+    jax caches traced checkpoint regions by function, not by policy, so the model-FLOP trace runs between two
+    `jax.clear_caches()`: a stale trace would otherwise give the wrong count here, or a save-everything program to
+    a later compile. (Compiled executables already held are unaffected.)"""
+    jaxpr = jax.make_jaxpr(step_fn)(*args)
+    hardware = model = matmul_flops(jaxpr)
+    if has_remat(jaxpr):
+        jax.clear_caches()
+        try:
+            with no_recompute():
+                model = matmul_flops(jax.make_jaxpr(step_fn)(*args))
+        finally:
+            jax.clear_caches()
+    return {"model": model, "hardware": hardware}
