@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import time
 
 import jax
@@ -15,6 +16,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from vlmjax.train.optim import param_path
+from vlmjax.train.restore_check import (StateMismatchError, UnreadableCheckpoint, is_unreadable,
+                                         state_mismatch)
 
 
 def multihost_sync(name: str) -> None:
@@ -29,7 +32,10 @@ class Checkpointer:
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
         options = ocp.CheckpointManagerOptions(save_interval_steps=max(int(every_steps), 1), max_to_keep=keep,
                                                enable_async_checkpointing=async_save, create=True)
-        self.mngr = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
+        # Handlers named up front, so that a step's metadata (shapes) can be read before its arrays.
+        self.mngr = ocp.CheckpointManager(self.directory, options=options,
+                                          item_handlers={"state": ocp.StandardCheckpointHandler(),
+                                                         "data": ocp.JsonCheckpointHandler()})
 
     def latest_step(self):
         return self.mngr.latest_step()
@@ -44,34 +50,113 @@ class Checkpointer:
                                                               data=ocp.args.JsonRestore()))
         return out.state, out.data
 
+    def check_structure(self, step: int, abstract_state) -> None:
+        """Raise StateMismatchError naming the leaves when checkpoint `step` holds a train state of another structure
+        or other shapes than `abstract_state` (read from its metadata, before any array);
+        UnreadableCheckpoint when that metadata is missing."""
+        meta = self.mngr.item_metadata(step)["state"]
+        if meta is None:
+            raise UnreadableCheckpoint(f"no readable state/_METADATA in {os.path.join(self.directory, str(step))}")
+        diff = state_mismatch(getattr(meta, "tree", meta), abstract_state)
+        if diff:
+            raise StateMismatchError(
+                f"checkpoint {os.path.join(self.directory, str(step))} holds a train state that does not fit this "
+                f"config ({'; '.join(diff)}); nothing was moved or deleted. Was the config changed? Use a new "
+                f"--workdir, or the config the checkpoints were written with")
+
     def restore_latest(self, abstract_state, warn=print):
         """(step, state, data) from the newest checkpoint that restores, or None if there is none.
 
-        A checkpoint that fails to restore (truncated or corrupt files) is reported by name and moved aside to
-        `checkpoints_corrupt/` (kept, not deleted), and the previous one is tried.
+        Only a checkpoint whose data cannot be read (`restore_check.is_unreadable`: truncated or missing files,
+        a missing item, bad JSON) is reported by name, moved aside to `checkpoints_corrupt/` (kept, not deleted),
+        and the previous one tried. Any other failure -- a state of another structure, a bug -- is raised with
+        every checkpoint left in place; so is the case where checkpoints exist and none is readable. A run never
+        silently starts from step 0 in a workdir that has checkpoints.
         """
-        for step in sorted(self.mngr.all_steps(), reverse=True):
+        steps = sorted(self.mngr.all_steps(), reverse=True)
+        moved = []
+        for step in steps:
+            path = os.path.join(self.directory, str(step))
             try:
+                self.check_structure(step, abstract_state)
                 state, data = self.restore(step, abstract_state)
+                error = None
+            except Exception as e:  # noqa: BLE001 -- sorted below: damage falls back, anything else is raised
+                error = e
+                _drop_orphaned_read_reports()
+            unreadable = error is not None and is_unreadable(error)
+            any_unreadable, any_other = _any_process([unreadable, error is not None and not unreadable])
+            if any_other:
+                if isinstance(error, StateMismatchError):
+                    raise error
+                raise RuntimeError(f"checkpoint {path} could not be restored, and not because its files are "
+                                   f"damaged ({_first_line(error) if error else 'failed on another process'}); "
+                                   f"nothing was moved or deleted") from error
+            if not any_unreadable:
                 return step, state, data
-            except Exception as e:  # orbax/tensorstore raise many types for damaged files
-                path = os.path.join(self.directory, str(step))
-                aside = os.path.join(os.path.dirname(self.directory), "checkpoints_corrupt", f"{step}-{int(time.time())}")
-                warn(f"WARNING: checkpoint {path} could not be restored ({type(e).__name__}: "
-                     f"{str(e).splitlines()[0][:200] if str(e) else ''}); moved to {aside}, trying the previous one")
-                if jax.process_index() == 0:
-                    os.makedirs(os.path.dirname(aside), exist_ok=True)
-                    shutil.move(path, aside)
-                multihost_sync(f"moved_corrupt_{step}")
-                self.mngr.reload()
+            aside = os.path.join(os.path.dirname(self.directory), "checkpoints_corrupt", f"{step}-{int(time.time())}")
+            warn(f"WARNING: checkpoint {path} is unreadable "
+                 f"({_first_line(error) if error else 'on another process'}); moved to {aside}, "
+                 f"trying the previous one")
+            if jax.process_index() == 0:
+                os.makedirs(os.path.dirname(aside), exist_ok=True)
+                shutil.move(path, aside)
+            multihost_sync(f"moved_corrupt_{step}")
+            self.mngr.reload()
+            moved.append(aside)
+        if moved:
+            raise FileNotFoundError(  # the CLI prints it as one line and exits 2
+                f"no checkpoint in {self.directory} is readable: moved {', '.join(moved)} aside (kept). Nothing "
+                f"was trained. Use a new --workdir; re-running this command would start from step 0 here")
         return None
 
     def wait(self):
         self.mngr.wait_until_finished()
 
     def close(self):
-        self.mngr.wait_until_finished()
-        self.mngr.close()
+        """Wait for a save in flight, then stop orbax's threads and event loop (also after an error: without this
+        an exit prints asyncio 'Event loop is closed' tracebacks)."""
+        try:
+            self.mngr.wait_until_finished()
+        finally:
+            self.mngr.close()
+
+
+def _drop_orphaned_read_reports() -> None:
+    """After a failed restore, tensorstore still finishes the checkpoint's other reads and posts each result to the
+    event loop orbax has already closed; asyncio reports every one as an unraisable 'RuntimeError: Event loop is
+    closed' traceback, often at exit. No one awaits those reads any more: drop exactly these reports (raised in
+    `call_soon_threadsafe`), pass everything else to the previous hook."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_orphaned_reads", False):
+        return
+
+    def hook(unraisable):
+        tb, frames = unraisable.exc_traceback, []
+        while tb is not None:
+            frames.append(tb.tb_frame.f_code.co_name)
+            tb = tb.tb_next
+        if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"
+                and "call_soon_threadsafe" in frames):
+            previous(unraisable)
+
+    hook.drops_orphaned_reads = True
+    sys.unraisablehook = hook
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).splitlines()[0][:200] if str(e) else ""
+    return f"{type(e).__name__}: {text}"
+
+
+def _any_process(flags: list) -> list:
+    """Each flag, true on every process when it is true on any: all processes fall back or stop together."""
+    if jax.process_count() == 1:
+        return [bool(f) for f in flags]
+    from jax.experimental import multihost_utils
+
+    gathered = multihost_utils.process_allgather(np.array(flags, np.int32))
+    return [bool(x) for x in np.asarray(gathered).reshape(-1, len(flags)).any(axis=0)]
 
 
 def load_state_numpy(workdir: str, keys=("params",), step: int = None, where: str = "config.init_from.workdir"):

@@ -28,6 +28,7 @@ from vlmjax.train.mesh import (batch_sharding, like_params_shardings, logical_sh
                                rules_from_config)
 from vlmjax.train.metrics import MetricWriter, Progress
 from vlmjax.train.optim import make_optimizer
+from vlmjax.train.restore_check import check_resume_config
 
 
 def log(msg: str) -> None:
@@ -37,6 +38,8 @@ def log(msg: str) -> None:
 
 class Trainer:
     """Holds the compiled pieces of one experiment; `run()` trains, `evaluate()` runs the evaluators."""
+
+    allow_config_change = False  # resume a workdir under a changed lr, total_steps, ... (restore_check.WITH_FLAG)
 
     def __init__(self, config, workdir: str, devices=None, open_data: bool = True):
         task_cls = get_task_class(config.get("task", ""))
@@ -230,24 +233,31 @@ class Trainer:
     # -- loop ------------------------------------------------------------------------------------------------------
     def run(self) -> dict:
         cfg = self.config
+        # Before anything is written: may this config resume the workdir's checkpoints? (exit 2 naming the keys)
+        check_resume_config(self.workdir, config_lib.to_json(cfg), self.allow_config_change, log)
         os.makedirs(self.workdir, exist_ok=True)
         writer = MetricWriter(self.workdir, enabled=jax.process_index() == 0)
-        if jax.process_index() == 0:
-            with open(os.path.join(self.workdir, "config.json"), "w") as f:
-                f.write(config_lib.to_json(cfg))
         train_iter = TrainIterator(self.train_source, self.task.preprocess_fn(cfg.data, train=True),
                                    batch_size=cfg.batch_size // jax.process_count(), seed=cfg.seed,
                                    process_index=jax.process_index(), process_count=jax.process_count(),
                                    worker_count=cfg.data.worker_count, shuffle=cfg.data.shuffle,
                                    read_threads=cfg.data.read_threads, prefetch_buffer=cfg.data.prefetch_buffer)
         ckpt = Checkpointer(self.workdir, cfg.checkpoint.every_steps, cfg.checkpoint.keep, cfg.checkpoint.async_save)
-        restored = ckpt.restore_latest(self.abstract_state, warn=log)
-        if restored is not None:
-            start, state, data_state = restored
-            train_iter.set_state(data_state)
-            log(f"resumed from {ckpt.directory}/{start}")
-        else:
-            start, state = 0, self.init_state()
+        try:  # a failed restore is raised (never a fresh start), with orbax closed first: no asyncio tracebacks
+            restored = ckpt.restore_latest(self.abstract_state, warn=log)
+            if restored is not None:
+                start, state, data_state = restored
+                train_iter.set_state(data_state)
+                log(f"resumed from {ckpt.directory}/{start} (step {start} done; continuing at step {start + 1})")
+            else:
+                start, state = 0, self.init_state()
+        except BaseException:
+            ckpt.close()
+            writer.close()
+            raise
+        if jax.process_index() == 0:  # once the checkpoints it describes are known to fit it
+            with open(os.path.join(self.workdir, "config.json"), "w") as f:
+                f.write(config_lib.to_json(cfg))
         if self._train_step is None:
             self._train_step = self.train_step_fn()
         progress = Progress(cfg.total_steps, cfg.batch_size, start)
@@ -310,6 +320,8 @@ class Trainer:
                 f"Use config.nan_policy='skip' to drop such steps and go on.")
 
 
-def train(config, workdir: str, devices=None) -> dict:
+def train(config, workdir: str, devices=None, allow_config_change: bool = False) -> dict:
     """Train (or resume) `config` in `workdir` on `devices` (default: all); returns the last logged metrics."""
-    return Trainer(config, workdir, devices).run()
+    trainer = Trainer(config, workdir, devices)
+    trainer.allow_config_change = allow_config_change
+    return trainer.run()

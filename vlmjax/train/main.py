@@ -3,7 +3,8 @@
     vlmjax-train --config experiments/vit_scenes.py --workdir /tmp/vit_scenes
     vlmjax-train --config experiments/vit_scenes.py:runlocal --workdir /tmp/w --config.optimizer.lr=1e-3
 
-Re-running with the same workdir resumes from its latest checkpoint.
+Re-running with the same workdir resumes from its latest checkpoint; with a changed config only if the change is
+safe (`--allow_config_change` for total_steps, lr, evals, ...; see vlmjax/train/restore_check.py), else exit 2.
 """
 import os
 import sys
@@ -21,6 +22,9 @@ _NDEV = flags.DEFINE_integer("num_devices", 0, "With --dry_run: simulate this ma
 _TARGET = flags.DEFINE_string("target", "", "With --dry_run: chip to check memory against (tpu_v5p, h100, ...).")
 _MAXUNSH = flags.DEFINE_float("max_unsharded_fraction", 0.5, "With --dry_run: fail above this fraction of parameter "
                                "bytes held whole by every device (meshes with an fsdp or tensor axis).")
+_ALLOW = flags.DEFINE_bool("allow_config_change", False, "Resume a workdir although config keys that leave the "
+                           "train state's structure and the data order alone (total_steps, optimizer.lr, schedule, "
+                           "evals, ...) changed; see vlmjax/train/restore_check.py. Others are refused regardless.")
 _DIST = flags.DEFINE_enum("distributed", "", ["", "auto"], "'auto': let jax detect a TPU pod or SLURM cluster.")
 
 
@@ -38,7 +42,7 @@ def _main(argv):
 
             dry_run(config, _TARGET.value, _MAXUNSH.value)
             return
-        metrics = train(config, _WORKDIR.value)
+        metrics = train(config, _WORKDIR.value, allow_config_change=_ALLOW.value)
     except (ValueError, FileNotFoundError, KeyError, FloatingPointError) as e:
         # Configuration and data errors carry a message naming the key/file: print it, not a traceback.
         if os.environ.get("VLMJAX_TRACEBACK"):
