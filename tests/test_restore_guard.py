@@ -13,6 +13,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from vlmjax.train import config as config_lib
 from vlmjax.train import restore_check
 from vlmjax.train.checkpoint import Checkpointer
 from vlmjax.train.metrics import read_metrics
@@ -260,3 +261,57 @@ def test_cli_structure_mismatch_without_config_json_stops_cleanly(trained, scene
     assert {k: v for k, v in _snapshot(wd).items() if k.startswith("checkpoints")} == \
         {k: v for k, v in before.items() if k.startswith("checkpoints")}
     assert not os.path.exists(os.path.join(wd, "checkpoints_corrupt"))
+
+
+# -- the config comparison alone (no checkpoint is read) ---------------------------------------------------------
+
+def _workdir_with(tmp_path, config):
+    """A workdir whose checkpoints (step 4) were written with `config` (resolved)."""
+    os.makedirs(tmp_path / "checkpoints" / "4")
+    with open(tmp_path / "config.json", "w") as f:
+        f.write(config_lib.to_json(config))
+    return str(tmp_path)
+
+
+def _resolved(**over):
+    from test_core import tiny_config
+
+    from vlmjax.tasks import get_task_class
+
+    defaults = get_task_class("classification").config_defaults()
+    return config_lib.resolve(tiny_config(**over), defaults), defaults
+
+
+@pytest.mark.parametrize("over,kind", [
+    ({"mesh.data": 2, "mesh.fsdp": 4}, "free"), ({"checkpoint.keep": 1, "log_every_steps": 7}, "free"),
+    ({"optimizer.lr": 0.1}, "flag"), ({"total_steps": 30}, "flag"), ({"evals": {}}, "flag"),
+    ({"model.width": 48}, "refused"), ({"seed": 1}, "refused"), ({"batch_size": 32}, "refused"),
+    ({"data.shuffle": False}, "refused"), ({"optimizer.name": "sgd"}, "refused")])
+def test_config_check_sorts_changes(tmp_path, over, kind):
+    old, defaults = _resolved()
+    wd = _workdir_with(tmp_path, old)
+    new, _ = _resolved(**over)
+    if kind == "free":
+        assert {k for k, _, _ in restore_check.check_resume_config(wd, new, False, task_defaults=defaults)} == set(over)
+        return
+    with pytest.raises(restore_check.ConfigChangeError) as e:
+        restore_check.check_resume_config(wd, new, True if kind == "refused" else False, task_defaults=defaults)
+    for key in over:
+        assert f"config.{key}" in str(e.value)
+    assert ("--allow_config_change" in str(e.value)) == (kind == "flag")
+    assert not os.path.exists(os.path.join(wd, "config.step4.json"))
+    if kind == "flag":  # and with the flag it passes, keeping the old config
+        restore_check.check_resume_config(wd, new, True, log=lambda _: None, task_defaults=defaults)
+        assert json.load(open(os.path.join(wd, "config.step4.json"))) == json.loads(config_lib.to_json(old))
+
+
+def test_a_key_added_since_counts_as_unchanged_at_its_default(tmp_path):
+    old, defaults = _resolved()
+    wd = _workdir_with(tmp_path, old)
+    recorded = json.load(open(os.path.join(wd, "config.json")))
+    del recorded["optimizer"]["grad_accum_steps"]  # as written by code that predates the key
+    json.dump(recorded, open(os.path.join(wd, "config.json"), "w"))
+    assert restore_check.check_resume_config(wd, old, False, task_defaults=defaults) == []
+    new, _ = _resolved(**{"optimizer.grad_accum_steps": 2})
+    with pytest.raises(restore_check.ConfigChangeError, match=r"config.optimizer.grad_accum_steps \(<unset> -> 2\)"):
+        restore_check.check_resume_config(wd, new, False, task_defaults=defaults)

@@ -234,7 +234,7 @@ class Trainer:
     def run(self) -> dict:
         cfg = self.config
         # Before anything is written: may this config resume the workdir's checkpoints? (exit 2 naming the keys)
-        check_resume_config(self.workdir, config_lib.to_json(cfg), self.allow_config_change, log)
+        check_resume_config(self.workdir, cfg, self.allow_config_change, log, type(self.task).config_defaults())
         os.makedirs(self.workdir, exist_ok=True)
         writer = MetricWriter(self.workdir, enabled=jax.process_index() == 0)
         train_iter = TrainIterator(self.train_source, self.task.preprocess_fn(cfg.data, train=True),

@@ -23,7 +23,9 @@ import os
 import re
 
 import jax
+import ml_collections
 
+from vlmjax.train import config as config_lib
 from vlmjax.train.optim import param_path
 
 FREE = ("mesh", "sharding_rules", "checkpoint", "log_every_steps", "debug", "data.read_threads",
@@ -103,12 +105,17 @@ def _show(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def check_resume_config(workdir: str, config_json: str, allow_change: bool, log=print) -> list:
-    """Raise ConfigChangeError unless `config_json` (the new resolved config) may resume `workdir`'s checkpoints.
+def check_resume_config(workdir: str, config, allow_change: bool, log=print, task_defaults: dict = None) -> list:
+    """Raise ConfigChangeError unless `config` (the new resolved config) may resume `workdir`'s checkpoints.
 
+    A key the old config.json lacks (added to the code since) counts as unchanged when the new config leaves it at
+    its default (`task_defaults`: the task's own keys): new keys default to the old behaviour.
     Returns the changes that are allowed (free ones, and flagged ones under `allow_change`); when flagged ones are
     taken, the old config.json is copied to `config.step<N>.json` (N: latest checkpoint) so that no record is lost.
     """
+    config_json = config_lib.to_json(config)
+    defaults = flatten(json.loads(config_lib.to_json(config_lib.resolve(ml_collections.ConfigDict(),
+                                                                         task_defaults))))
     steps = checkpoint_steps(workdir)
     path = os.path.join(workdir, "config.json")
     if not steps:
@@ -123,7 +130,8 @@ def check_resume_config(workdir: str, config_json: str, allow_change: bool, log=
         except json.JSONDecodeError as e:
             raise ConfigChangeError(f"{path}: not valid JSON ({e}); it records the config of the checkpoints in "
                                     f"{os.path.join(workdir, 'checkpoints')}, so it cannot be compared") from None
-    changes = config_changes(old, json.loads(config_json))
+    changes = [(k, o, n) for k, o, n in config_changes(old, json.loads(config_json))
+               if not (o is MISSING and k in defaults and defaults[k] == n)]
     kinds = {k: classify(k, o, n) for k, o, n in changes}
     refused = [c for c in changes if kinds[c[0]] == "refused"]
     flagged = [c for c in changes if kinds[c[0]] == "flag"]
