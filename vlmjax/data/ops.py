@@ -43,11 +43,12 @@ class DropExample(Exception):
 _OPS: Dict[str, Callable[..., Op]] = {}
 
 
-def register(name: str):
-    """Register an op builder `fn(**kwargs) -> op(example, rng) -> example` under `name`."""
+def register(name: str, registry: Optional[Dict[str, Callable]] = None):
+    """Register an op builder `fn(**kwargs) -> op(example, rng) -> example` under `name` (in `registry`: another
+    family of ops, e.g. the device ops)."""
 
     def deco(fn):
-        _OPS[name] = fn
+        (_OPS if registry is None else registry)[name] = fn
         return fn
 
     return deco
@@ -292,18 +293,24 @@ def _build(i: int, spec, tokenizer) -> Op:
     """Builds op i of a spec list; ValueError "preprocess[i] ('name'): ..." for any problem with the spec."""
     for module in _OP_MODULES:  # every op resolves, whatever the caller happened to import before
         importlib.import_module(module)
+    return build_from_registry(_OPS, "preprocess", i, spec, tokenizer=tokenizer)
+
+
+def build_from_registry(registry: Dict[str, Callable], section: str, i: int, spec, **context):
+    """`registry[spec['op']](**args)`; ValueError "<section>[i] ('name'): ..." naming the unknown op, argument or
+    missing argument. `context` fills the builder's keyword-only parameters it declares (e.g. `tokenizer`)."""
     try:
         spec = _spec_dict(spec)
     except (TypeError, ValueError):
-        raise ValueError(f"preprocess[{i}]: expected a dict {{'op': NAME, ...}}, got {spec!r}") from None
+        raise ValueError(f"{section}[{i}]: expected a dict {{'op': NAME, ...}}, got {spec!r}") from None
     kwargs = dict(spec)
     name = kwargs.pop("op", None)
-    if name not in _OPS:
-        hint = difflib.get_close_matches(str(name), _OPS, n=1)
+    if name not in registry:
+        hint = difflib.get_close_matches(str(name), registry, n=1)
         hint = f" (did you mean {hint[0]!r}?)" if hint else ""
-        raise ValueError(f"preprocess[{i}]: unknown op {name!r}{hint}; known ops: {', '.join(sorted(_OPS))}")
-    where = f"preprocess[{i}] ({name!r})"
-    params = inspect.signature(_OPS[name]).parameters
+        raise ValueError(f"{section}[{i}]: unknown op {name!r}{hint}; known ops: {', '.join(sorted(registry))}")
+    where = f"{section}[{i}] ({name!r})"
+    params = inspect.signature(registry[name]).parameters
     allowed = [p for p, v in params.items() if v.kind != inspect.Parameter.KEYWORD_ONLY]
     for arg in kwargs:
         if arg not in allowed:
@@ -311,10 +318,9 @@ def _build(i: int, spec, tokenizer) -> Op:
     for p in allowed:
         if params[p].default is inspect.Parameter.empty and p not in kwargs:
             raise ValueError(f"{where}: missing argument {p!r}")
-    if "tokenizer" in params:
-        kwargs["tokenizer"] = tokenizer
+    kwargs.update({k: v for k, v in context.items() if k in params})
     try:
-        return _OPS[name](**kwargs)
+        return registry[name](**kwargs)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{where}: {e}") from None
 

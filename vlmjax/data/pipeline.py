@@ -1,10 +1,14 @@
 """Input pipelines: random-access sources (tfds ArrayRecord, ...) read with grain, host-sharded, checkpointable.
 
 Train: a globally shuffled, infinitely repeated stream (reshuffled each epoch); each process takes
-`dataset[process_index::process_count]`, preprocesses with a per-example RNG derived from (seed, index) so the
-stream is a pure function of the seed and the position, and batches its share. The iterator state (a position
-and the drop counters) is a small dict that is saved with each checkpoint, so a resumed run neither repeats nor
-skips an example.
+`dataset[process_index::process_count]`, preprocesses with a per-example RNG derived from (seed, index) so every
+example is a pure function of the seed and its position, and batches its share inside the grain pipeline: a batch
+holds exactly `batch_size` kept examples. With `worker_count` W > 0 the decode, preprocessing and batching run in W
+worker processes (grain `mp_prefetch`); worker i builds whole batches from every W-th example of the process's share
+and the batches are taken from the workers in turn, so the stream is a pure function of (seed, W). The iterator
+state (grain's per-worker positions, W, and the drop counters) is a small dict saved with each checkpoint, so a
+resumed run neither repeats nor skips an example; restoring a state saved with another W rebuilds the pipeline with
+the saved W. `worker_count=-1` picks W from the host (`auto_worker_count`).
 
 Bad records: an op raising `DropExample(reason)` (corrupt image, empty caption, the web-data filters) removes the
 example from the stream; each reason is counted and reported as `data/dropped/<reason>` in the train metrics.
@@ -12,6 +16,9 @@ example from the stream; each reason is counted and reported as `data/dropped/<r
 Eval: one ordered pass over the split, padded to whole batches; `_valid` marks real rows.
 """
 import collections
+import functools
+import os
+import warnings
 from typing import Callable, Iterator, Optional
 
 import grain
@@ -75,7 +82,13 @@ def _safe(preprocess: Callable) -> Callable:
     return fn
 
 
-def _stack(rows, where: str) -> dict:
+def _stack(rows, where: str, make_batch=None) -> dict:
+    """dict of [len(rows), ...] arrays; `make_batch` (grain's, into shared memory) when given."""
+    if make_batch is not None:
+        try:
+            return make_batch(rows)
+        except ValueError:
+            pass  # shapes differ: the loop below names the feature
     out = {}
     for k in rows[0]:
         try:
@@ -87,50 +100,140 @@ def _stack(rows, where: str) -> dict:
     return out
 
 
+def auto_worker_count(requested: int, backend: str, cpu_count: Optional[int] = None) -> int:
+    """Worker processes for `config.data.worker_count`: `requested` if >= 0; for -1 (auto): 0 on a CPU-only host
+    (`backend == 'cpu'`: its cores run the train step, and one reader thread measured faster there, docs/scale.md),
+    else min(cores - 2, 32) (one core each for the main process and the device feeding), at least 1."""
+    if requested >= 0:
+        return int(requested)
+    if requested != -1:
+        raise ValueError(f"config.data.worker_count={requested}: expected -1 (auto), 0 (no worker processes) or a "
+                         f"positive number of worker processes")
+    if backend == "cpu":
+        return 0
+    if cpu_count is None:
+        cpu_count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cpu_count - 2, 32))
+
+
+class _KeptBatches(grain.IterDataset):
+    """Batches of exactly `batch_size` kept examples; examples marked dropped (DROP_KEY) are skipped and counted
+    into the batch's DROP_KEY entry, a {reason: count} dict. The state is the parent's: a batch is built whole."""
+
+    def __init__(self, parent, batch_size: int, name: str):
+        super().__init__(parent)
+        self._batch_size, self._name, self._shared_memory = batch_size, name, False
+
+    def enable_shared_memory_output(self) -> None:  # grain.mp_prefetch: batches cross processes in shared memory
+        self._shared_memory = True
+
+    def __iter__(self):
+        return _KeptBatchesIterator(self._parent.__iter__(), self._batch_size, self._name, self._shared_memory)
+
+
+class _KeptBatchesIterator(grain.DatasetIterator):
+    def __init__(self, parent, batch_size: int, name: str, shared_memory: bool):
+        super().__init__(parent)
+        self._batch_size, self._name = batch_size, name
+        self._make_batch = None
+        if shared_memory:
+            # grain's own batching into shared memory (what `.batch()` does under mp_prefetch); grain is pinned.
+            from grain._src.python.dataset.transformations.batch import make_batch
+
+            self._make_batch = functools.partial(make_batch, output_to_shared_memory=True)
+
+    def __next__(self) -> dict:
+        rows, dropped = [], collections.Counter()
+        while len(rows) < self._batch_size:
+            ex = next(self._parent)
+            if DROP_KEY in ex:
+                dropped[ex[DROP_KEY]] += 1
+            else:
+                rows.append(ex)
+        batch = _stack(rows, self._name, self._make_batch)
+        batch[DROP_KEY] = dict(dropped)
+        return batch
+
+    def get_state(self):
+        return self._parent.get_state()
+
+    def set_state(self, state):
+        self._parent.set_state(state)
+
+
+def _absl_flags_parsed() -> None:
+    """grain's worker processes read absl flags; a program that never ran absl.app (vlmjax's CLIs use argparse)
+    has not parsed them."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
 class TrainIterator:
-    """Iterator of host-local batches (dict of numpy arrays) with `get_state`/`set_state` and drop counters."""
+    """Iterator of host-local batches (dict of numpy arrays [batch_size, ...]) with `get_state`/`set_state` and
+    drop counters. `worker_count` -1 resolves with `auto_worker_count(-1, backend)` (backend: jax's, of the devices
+    the batches feed). Worker processes start on the first `next`/`set_state`/`get_state`."""
 
     def __init__(self, source, preprocess: Callable, *, batch_size: int, seed: int, process_index: int = 0,
                  process_count: int = 1, worker_count: int = 0, shuffle: bool = True, name: str = "train",
-                 read_threads: int = 1, prefetch_buffer: int = 16):
+                 read_threads: int = 1, prefetch_buffer: int = 16, worker_buffer: int = 2, backend: str = "cpu"):
         ds = grain.MapDataset.source(source).seed(seed)
         if shuffle:
             ds = ds.shuffle()
         ds = ds.repeat()[process_index::process_count]
-        ds = ds.random_map(_safe(preprocess))
-        # grain's default (16 threads, a 500-element buffer) polls every buffered future on each element while
-        # holding the GIL: 2.5x fewer examples/s than one reader thread with a short buffer on 2 cores
-        # (benchmarks/input_pipeline.py).
-        it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_buffer))
-        if worker_count > 0:
-            it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
-        self._it = iter(it)
-        self._batch = batch_size
-        self._name = name
+        self._examples = ds.random_map(_safe(preprocess))
+        self._read = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_buffer)
+        self._batch, self._name, self._worker_buffer = batch_size, name, worker_buffer
+        self.worker_count = auto_worker_count(worker_count, backend)
+        self._it = None
         self.dropped = collections.Counter()
+
+    def _iterator(self):
+        if self._it is None:
+            # grain's default (16 threads, a 500-element buffer) polls every buffered future on each element while
+            # holding the GIL: 2.5x fewer examples/s than one reader thread with a short buffer on 2 cores
+            # (benchmarks/input_pipeline.py). Each worker process runs the same reader.
+            ds = _KeptBatches(self._examples.to_iter_dataset(self._read), self._batch, self._name)
+            if self.worker_count > 0:
+                _absl_flags_parsed()
+                ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.worker_count,
+                                                                 per_worker_buffer_size=self._worker_buffer))
+            self._it = iter(ds)
+        return self._it
 
     def __iter__(self):
         return self
 
     def __next__(self) -> dict:
-        rows = []
-        while len(rows) < self._batch:
-            ex = next(self._it)
-            if DROP_KEY in ex:
-                self.dropped[ex[DROP_KEY]] += 1
-                continue
-            rows.append(ex)
-        return _stack(rows, self._name)
+        batch = next(self._iterator())
+        self.dropped.update(batch.pop(DROP_KEY))
+        return batch
 
     def get_state(self) -> dict:
-        return {"grain": self._it.get_state(), "dropped": dict(self.dropped)}
+        """{'grain': grain's state, 'dropped': {reason: count}, 'worker_count': W} (JSON-serialisable)."""
+        return {"grain": self._iterator().get_state(), "dropped": dict(self.dropped),
+                "worker_count": self.worker_count}
 
     def set_state(self, state: dict):
-        self._it.set_state(state["grain"])
+        saved = int(state.get("worker_count", 0))  # states written before worker processes existed: 0
+        if saved != self.worker_count:
+            warnings.warn(f"{self._name} data: the checkpoint's input state was written with worker_count={saved}, "
+                          f"not {self.worker_count}; resuming with {saved} worker processes so the stream continues "
+                          f"exactly")
+            self.close()
+            self.worker_count = saved
+        self._iterator().set_state(state["grain"])
         self.dropped = collections.Counter(state.get("dropped", {}))
 
     def drop_metrics(self) -> dict:
         return {f"data/dropped/{k}": float(v) for k, v in sorted(self.dropped.items())}
+
+    def close(self) -> None:
+        """Stops the worker processes (also done when the iterator is garbage collected)."""
+        if self._it is not None and hasattr(self._it, "close"):
+            self._it.close()
+        self._it = None
 
 
 def eval_batches(source, preprocess: Callable, *, batch_size: int, process_index: int = 0, process_count: int = 1,

@@ -45,6 +45,7 @@ class Task:
 
     def __init__(self, config):
         self.config = config
+        self._device_fn = _device_preprocess_fn(config)  # a bad spec fails here, before anything compiles
 
     @classmethod
     def config_defaults(cls) -> Dict[str, Any]:
@@ -73,6 +74,12 @@ class Task:
         raise NotImplementedError
 
     # -- training -------------------------------------------------------------------------------------------------
+    def device_preprocess(self, batch, rng):
+        """Called by the core inside the jitted train step on the global train batch ({key: Array[B, ...]}, as the
+        host pipeline made it), before `loss`; returns the batch the loss sees (`dummy_batch`'s shapes and dtypes).
+        Default: the ops of `config.data.device_preprocess` in order (`vlmjax.data.device_ops`); none: unchanged."""
+        return self._device_fn(batch, rng)
+
     def loss(self, params, state, batch, rngs, step):
         """(scalar loss, (metrics dict of scalars, new model state dict)). `state` holds the non-param collections."""
         raise NotImplementedError
@@ -86,3 +93,13 @@ class Task:
 
     def predict_fns(self) -> Dict[str, Callable]:
         return {}
+
+
+def _device_preprocess_fn(config) -> Callable:
+    from vlmjax.data.device_ops import get_device_preprocess_fn
+
+    data = config.get("data") if hasattr(config, "get") else None
+    try:
+        return get_device_preprocess_fn(data.get("device_preprocess", []) if data is not None else [])
+    except ValueError as e:
+        raise ValueError(f"config.data.{e}") from None

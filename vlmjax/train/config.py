@@ -26,8 +26,11 @@ def defaults() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
 
     c.data = ml_collections.ConfigDict(dict(
-        name="scenes/default", split="train", data_dir="data/tfds", preprocess=[], worker_count=0, shuffle=True,
-        read_threads=1, prefetch_buffer=16))
+        name="scenes/default", split="train", data_dir="data/tfds", preprocess=[], shuffle=True,
+        # worker_count: processes for decode + preprocess + batching; -1: auto (0 on a CPU-only host, else from
+        # the host's cores: vlmjax.data.pipeline.auto_worker_count). read_threads / prefetch_buffer: each reader.
+        # device_preprocess: per-batch ops run inside the jitted train step (vlmjax.data.device_ops).
+        worker_count=-1, read_threads=1, prefetch_buffer=16, device_preprocess=[]))
 
     c.eval = ml_collections.ConfigDict(dict(every_steps=500, batch_size=256))
     c.evals = ml_collections.ConfigDict()

@@ -139,6 +139,7 @@ class Trainer:
         def step_fn(state, batch):
             step = state["step"]
             rng = jax.random.fold_in(base_key, step)
+            batch = task.device_preprocess(batch, jax.random.fold_in(rng, 1 << 30))  # a stream of its own
             params = state["params"]
             with nn.logical_axis_rules(self.rules):
                 if accum == 1:
@@ -240,7 +241,8 @@ class Trainer:
         train_iter = TrainIterator(self.train_source, self.task.preprocess_fn(cfg.data, train=True),
                                    batch_size=cfg.batch_size // jax.process_count(), seed=cfg.seed,
                                    process_index=jax.process_index(), process_count=jax.process_count(),
-                                   worker_count=cfg.data.worker_count, shuffle=cfg.data.shuffle,
+                                   worker_count=cfg.data.worker_count, backend=jax.default_backend(),
+                                   shuffle=cfg.data.shuffle,
                                    read_threads=cfg.data.read_threads, prefetch_buffer=cfg.data.prefetch_buffer)
         ckpt = Checkpointer(self.workdir, cfg.checkpoint.every_steps, cfg.checkpoint.keep, cfg.checkpoint.async_save)
         try:  # a failed restore is raised (never a fresh start), with orbax closed first: no asyncio tracebacks
