@@ -50,9 +50,11 @@ def _tfds_source(cfg, split):
     from vlmjax.data import scenes  # noqa: F401  (registers the built-in `scenes` builder)
 
     try:
-        return tfds.data_source(cfg.name, split=split, data_dir=cfg.data_dir or None, download=False,
-                                decoders={"image": tfds.decode.SkipDecoding()} if cfg.get("skip_decode", True)
-                                else None)
+        builder = tfds.builder(cfg.name, data_dir=cfg.data_dir or None)
+        # Encoded images stay bytes for the `decode` op; an image stored as a raw array (scenes/raw) is read as one.
+        skip = {k: tfds.decode.SkipDecoding() for k, f in builder.info.features.items()
+                if isinstance(f, tfds.features.Image)} if cfg.get("skip_decode", True) else {}
+        return builder.as_data_source(split=split, decoders=skip or None)
     except Exception as e:  # tfds raises several types; the user needs the key and the path
         raise FileNotFoundError(
             f"config.data.name={cfg.name!r} split {split!r}: dataset not found in data_dir={cfg.data_dir!r} "
