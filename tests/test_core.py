@@ -1,5 +1,6 @@
 """Trainer core: sharding invariance, determinism, optimizer features, iterator state, bad data, validation."""
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -153,11 +154,25 @@ def test_validation_messages(tmp_path, over, message):
 @pytest.mark.parametrize("variant", [{"model.remat_policy": "full"}, {"model.remat_policy": "dots"},
                                      {"model.scan_layers": True}, {"model.dtype": "bfloat16"}])
 def test_remat_scan_and_mixed_precision(one_device_run, tmp_path, variant):
+    """The option reaches the train step the trainer runs (its trace, its parameters); what each option computes is
+    checked against the plain model with the same weights in test_vit_options.py."""
+    from test_vit_options import REMAT, eqns
+
     cfg = tiny_config(**{"mesh.data": 1, "total_steps": 5, **variant})
     t = Trainer(cfg, str(tmp_path), devices=jax.devices()[:1])
     t.run()
     got, ref = losses(str(tmp_path)), losses(one_device_run[0])[:5]
     assert all(x.dtype == np.float32 for x in jax.tree.leaves(t.state["params"]))  # master weights stay float32
+    with jax.set_mesh(t.mesh):
+        step = list(eqns(jax.make_jaxpr(t.train_step_fn(jit=False))(t.state, t._dummy())))
+    names = [e.primitive.name for e in step]
+    assert any(n in REMAT for n in names) == ("model.remat_policy" in variant)
+    assert ("scan" in names) == ("model.scan_layers" in variant)
+    if "model.scan_layers" in variant:
+        assert set(t.state["params"]["encoder"]) == {"blocks", "ln_final"}
+        assert [e.params["length"] for e in step if e.primitive.name == "scan"][0] == cfg.model.depth
+    bf16_dots = [e for e in step if e.primitive.name == "dot_general" and e.invars[0].aval.dtype == jnp.bfloat16]
+    assert bool(bf16_dots) == ("model.dtype" in variant)
     if "model.dtype" in variant:
         np.testing.assert_allclose(got, ref, rtol=2e-2)  # bf16 activations: ~3 significant digits
     elif "model.scan_layers" in variant:
