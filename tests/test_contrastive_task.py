@@ -318,9 +318,22 @@ def test_zeroshot_cli_on_png(siglip_run, tmp_path):
     templates = list(cfg.evals.zeroshot.templates)
     assert aggregate == "mean" and prompts == [[t.format(c) for t in templates] for c in labels]
     x = img[None].astype(np.float32) / 127.5 - 1
-    want = label_probabilities(task, params, x, prompts)[0]
+    # By hand, from the two towers' raw embeddings and the t, b parameters (SigLIP: p = sigmoid(e^t' cos + b)),
+    # each label's text embedding the renormalised mean of its unit prompt embeddings (CLIP's ensemble).
+    from vlmjax.tasks.contrastive import tokenize_texts
+
+    unit = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)  # noqa: E731
+    ids, mask = tokenize_texts(task._tokenize_fn(), [p for ps in prompts for p in ps])
+    zimg = np.asarray(task.model.apply({"params": params}, images=jnp.asarray(x))[0], np.float64)
+    ztxt = np.asarray(task.model.apply({"params": params}, text=ids, text_mask=mask)[1], np.float64)
+    label_emb = unit(unit(ztxt).reshape(len(labels), len(templates), -1).mean(axis=1))
+    log_t = float(params["t"][0])
+    if task.model.temperature_max > 0:
+        log_t = min(log_t, np.log(task.model.temperature_max))
+    want = 1 / (1 + np.exp(-(np.exp(log_t) * unit(zimg) @ label_emb.T + float(params["b"][0]))))[0]
     np.testing.assert_allclose([probs[k] for k in labels], want, rtol=1e-4)
     assert all(0.0 < p < 1.0 for p in probs.values())
+    assert np.ptp(want) > 1e-3  # the labels get different probabilities: the image embedding mattered
 
     # aggregate 'max' (the `--eval` of a grammar-prompt evaluator): each label's logit t*cos+b is its best
     # prompt's, i.e. the max of the one-prompt logits (a one-prompt 'mean' is that prompt's embedding); per-label
