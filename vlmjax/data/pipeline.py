@@ -118,49 +118,112 @@ def auto_worker_count(requested: int, backend: str, cpu_count: Optional[int] = N
     return max(1, min(cpu_count - 2, 32))
 
 
-class _KeptBatches(grain.IterDataset):
-    """Batches of exactly `batch_size` kept examples; examples marked dropped (DROP_KEY) are skipped and counted
-    into the batch's DROP_KEY entry, a {reason: count} dict. The state is the parent's: a batch is built whole."""
+class _BatchedReads:
+    """A source with tfds' `__getitems__`, shown to grain as one that reads many records per call (`_getitems`):
+    ArrayRecord reads a batch of records ~20x faster per record than one at a time."""
 
-    def __init__(self, parent, batch_size: int, name: str):
-        super().__init__(parent)
-        self._batch_size, self._name, self._shared_memory = batch_size, name, False
+    def __init__(self, source):
+        self._source = source
 
-    def enable_shared_memory_output(self) -> None:  # grain.mp_prefetch: batches cross processes in shared memory
-        self._shared_memory = True
+    def __len__(self) -> int:
+        return len(self._source)
 
-    def __iter__(self):
-        return _KeptBatchesIterator(self._parent.__iter__(), self._batch_size, self._name, self._shared_memory)
+    def __getitem__(self, index):
+        return self._source[index]
+
+    def _getitems(self, indices):
+        return self._source.__getitems__(list(indices))
 
 
-class _KeptBatchesIterator(grain.DatasetIterator):
-    def __init__(self, parent, batch_size: int, name: str, shared_memory: bool):
-        super().__init__(parent)
-        self._batch_size, self._name = batch_size, name
-        self._make_batch = None
-        if shared_memory:
-            # grain's own batching into shared memory (what `.batch()` does under mp_prefetch); grain is pinned.
-            from grain._src.python.dataset.transformations.batch import make_batch
-
-            self._make_batch = functools.partial(make_batch, output_to_shared_memory=True)
-
-    def __next__(self) -> dict:
-        rows, dropped = [], collections.Counter()
-        while len(rows) < self._batch_size:
-            ex = next(self._parent)
+def _kept_batch(pull: Callable[[int], list], batch_size: int, name: str, make_batch) -> dict:
+    """A batch of exactly `batch_size` kept examples, pulling `pull(n)` -> n more examples as needed; examples marked
+    dropped (DROP_KEY) are skipped and counted into the batch's DROP_KEY entry, a {reason: count} dict."""
+    rows, dropped = [], collections.Counter()
+    while len(rows) < batch_size:
+        for ex in pull(batch_size - len(rows)):
             if DROP_KEY in ex:
                 dropped[ex[DROP_KEY]] += 1
             else:
                 rows.append(ex)
-        batch = _stack(rows, self._name, self._make_batch)
-        batch[DROP_KEY] = dict(dropped)
-        return batch
+    batch = _stack(rows, name, make_batch)
+    batch[DROP_KEY] = dict(dropped)
+    return batch
+
+
+def _shared_memory_batcher():
+    # grain's own batching into shared memory (what `.batch()` does under mp_prefetch); grain is pinned.
+    from grain._src.python.dataset.transformations.batch import make_batch
+
+    return functools.partial(make_batch, output_to_shared_memory=True)
+
+
+class _KeptBatches(grain.IterDataset):
+    """`_kept_batch`es from an iterator of examples; the state is the parent's (a batch is built whole)."""
+
+    def __init__(self, parent, batch_size: int, name: str):
+        super().__init__(parent)
+        self._batch_size, self._name = batch_size, name
+
+    def __iter__(self):
+        return _KeptBatchesIterator(self._parent.__iter__(), self._batch_size, self._name)
+
+
+class _KeptBatchesIterator(grain.DatasetIterator):
+    def __init__(self, parent, batch_size: int, name: str):
+        super().__init__(parent)
+        self._batch_size, self._name = batch_size, name
+
+    def __next__(self) -> dict:
+        return _kept_batch(lambda n: [next(self._parent) for _ in range(n)], self._batch_size, self._name, None)
 
     def get_state(self):
         return self._parent.get_state()
 
     def set_state(self, state):
         self._parent.set_state(state)
+
+
+class _IndexedBatches(grain.IterDataset):
+    """`_kept_batch`es read from a MapDataset of examples in order, each batch's records in one batched read (what
+    runs in every worker process). State {'next_index': position}, as grain's own reader's. Under mp_prefetch,
+    grain gives worker i `examples[i::W]` (`set_slice`) and batches cross processes in shared memory."""
+
+    def __init__(self, examples, batch_size: int, name: str):
+        super().__init__(examples)
+        self._batch_size, self._name, self._shared_memory = batch_size, name, False
+
+    def set_slice(self, sl: slice, sequential_slice: bool = False) -> None:
+        if sequential_slice:
+            raise ValueError("sequential_slice is not supported")
+        self._parents = (self._parent.slice(sl),)
+
+    def enable_shared_memory_output(self) -> None:
+        self._shared_memory = True
+
+    def __iter__(self):
+        return _IndexedBatchesIterator(self._parent, self._batch_size, self._name,
+                                       _shared_memory_batcher() if self._shared_memory else None)
+
+
+class _IndexedBatchesIterator(grain.DatasetIterator):
+    def __init__(self, examples, batch_size: int, name: str, make_batch):
+        super().__init__()
+        self._examples, self._batch_size, self._name, self._make_batch = examples, batch_size, name, make_batch
+        self._next = 0
+
+    def _pull(self, n: int) -> list:
+        out = self._examples._getitems(list(range(self._next, self._next + n)))  # one batched read; grain pinned
+        self._next += n
+        return out
+
+    def __next__(self) -> dict:
+        return _kept_batch(self._pull, self._batch_size, self._name, self._make_batch)
+
+    def get_state(self):
+        return {"next_index": self._next}
+
+    def set_state(self, state):
+        self._next = int(state["next_index"])
 
 
 def _absl_flags_parsed() -> None:
@@ -180,6 +243,8 @@ class TrainIterator:
     def __init__(self, source, preprocess: Callable, *, batch_size: int, seed: int, process_index: int = 0,
                  process_count: int = 1, worker_count: int = 0, shuffle: bool = True, name: str = "train",
                  read_threads: int = 1, prefetch_buffer: int = 16, worker_buffer: int = 2, backend: str = "cpu"):
+        if hasattr(source, "__getitems__") and not hasattr(source, "_getitems"):
+            source = _BatchedReads(source)
         ds = grain.MapDataset.source(source).seed(seed)
         if shuffle:
             ds = ds.shuffle()
@@ -196,11 +261,13 @@ class TrainIterator:
             # grain's default (16 threads, a 500-element buffer) polls every buffered future on each element while
             # holding the GIL: 2.5x fewer examples/s than one reader thread with a short buffer on 2 cores
             # (benchmarks/input_pipeline.py). Each worker process runs the same reader.
-            ds = _KeptBatches(self._examples.to_iter_dataset(self._read), self._batch, self._name)
             if self.worker_count > 0:
                 _absl_flags_parsed()
-                ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.worker_count,
-                                                                 per_worker_buffer_size=self._worker_buffer))
+                ds = _IndexedBatches(self._examples, self._batch, self._name).mp_prefetch(
+                    grain.MultiprocessingOptions(num_workers=self.worker_count,
+                                                 per_worker_buffer_size=self._worker_buffer))
+            else:
+                ds = _KeptBatches(self._examples.to_iter_dataset(self._read), self._batch, self._name)
             self._it = iter(ds)
         return self._it
 
