@@ -13,6 +13,8 @@ to 64 here (scenes and COCO captions fit).
 import importlib.util
 import os
 
+from vlmjax.train.variants import check_variant
+
 _spec = importlib.util.spec_from_file_location(
     "siglip_b16", os.path.join(os.path.dirname(os.path.abspath(__file__)), "siglip_b16.py"))
 siglip_b16 = importlib.util.module_from_spec(_spec)
@@ -20,6 +22,7 @@ _spec.loader.exec_module(siglip_b16)
 
 
 def get_config(arg=None):
+    arg = check_variant(arg, ("runlocal",), __file__)
     c = siglip_b16.get_config(arg)
     runlocal = arg == "runlocal"
     c.loss = "softmax"

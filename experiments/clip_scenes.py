@@ -8,6 +8,8 @@ for neither). Not measured at the default budget with this recipe.
 import importlib.util
 import os
 
+from vlmjax.train.variants import check_variant
+
 _spec = importlib.util.spec_from_file_location(
     "siglip_scenes", os.path.join(os.path.dirname(os.path.abspath(__file__)), "siglip_scenes.py"))
 siglip_scenes = importlib.util.module_from_spec(_spec)
@@ -15,4 +17,5 @@ _spec.loader.exec_module(siglip_scenes)
 
 
 def get_config(arg=None):
+    check_variant(arg, tuple(v for v in siglip_scenes.VARIANTS if v != "softmax"), __file__, combine=True)
     return siglip_scenes.get_config("softmax" + (f",{arg}" if arg else ""))

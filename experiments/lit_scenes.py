@@ -23,6 +23,8 @@ features are exactly the classifier's pre-logits). `optimizer.freeze` keeps ever
 import importlib.util
 import os
 
+from vlmjax.train.variants import check_variant
+
 
 def _experiment(name):
     spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(os.path.abspath(__file__)),
@@ -36,6 +38,7 @@ siglip_scenes, vit_scenes = _experiment("siglip_scenes"), _experiment("vit_scene
 
 
 def get_config(arg=None):
+    check_variant(arg, ("runlocal", "softmax"), __file__, combine=True)
     c = siglip_scenes.get_config(",".join(["baseline"] + ([arg] if arg else [])))  # no hard negatives
     runlocal = "runlocal" in (arg or "")
     # The vit_scenes model (default, or its :runlocal variant), so that its weights load.

@@ -15,6 +15,8 @@ is padded to a multiple of 256 so the head splits over the tensor axis.
 """
 import ml_collections
 
+from vlmjax.train.variants import check_variant
+
 IMAGE = 224
 TEXT_LEN = 128
 TRAIN_KEYS = ["image", "tokens", "input_mask", "mask_ar", "mask_loss"]
@@ -38,7 +40,7 @@ def model(vit_width=1152, vit_depth=27, vit_mlp=4304, vit_heads=16, patch=14, lm
 
 
 def get_config(arg=None):
-    arg = arg or "pretrain"
+    arg = check_variant(arg, ("pretrain", "chat", "runlocal"), __file__) or "pretrain"
     c = ml_collections.ConfigDict()
     c.task = "prefixlm"
     c.tokenizer = "gs://BUCKET/tokenizers/chat_spm.model"
@@ -70,7 +72,7 @@ def get_config(arg=None):
                            rewrite=[("^vit/", "img/")])
         # LLaVA-style alternative with a pretrained LM: train only the projector first.
         # c.optimizer.freeze = "^(?!proj/).*"
-    elif arg == "chat":
+    else:  # chat
         c.total_steps, c.batch_size = 20_000, 256
         # Any tfds dataset with `questions` / `answers` lists per image (VQAv2, GQA converted to chats).
         c.data = dict(name="vqa_chats", data_dir="gs://BUCKET/tensorflow_datasets", split="train", worker_count=32,
@@ -79,8 +81,6 @@ def get_config(arg=None):
         c.evals = dict()
         c.init_from = dict(workdir="gs://BUCKET/paligemma_like", include=".*")
         c.optimizer.lr = 1e-5
-    else:
-        raise ValueError(f"experiments/paligemma_like.py:{arg}: expected pretrain, chat or runlocal")
 
     if arg == "runlocal":  # the same family, shrunk, on the built-in scenes/tiny
         c.tokenizer = "data/tfds/scenes_spm.model"

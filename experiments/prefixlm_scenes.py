@@ -18,6 +18,8 @@ The measured accuracy of this recipe is in docs/prefixlm.md.
 """
 import ml_collections
 
+from vlmjax.train.variants import check_variant
+
 TYPES = ["color", "shape", "count", "relation"]
 TRAIN_KEYS = ["image", "tokens", "input_mask", "mask_ar", "mask_loss"]
 PROMPT_LEN = 24  # "<|user|> is the yellow triangle to the left of the purple cross?<|end|><|assistant|>" < 20
@@ -85,9 +87,7 @@ def model(vit_width=96, vit_depth=2, lm_width=128, lm_depth=3, projector="linear
 
 
 def get_config(arg=None):
-    stage = arg or "pretrain"
-    if stage not in ("pretrain", "chat", "runlocal"):
-        raise ValueError(f"experiments/prefixlm_scenes.py:{arg}: expected pretrain, chat or runlocal")
+    stage = check_variant(arg, ("pretrain", "chat", "runlocal"), __file__) or "pretrain"
     c = ml_collections.ConfigDict()
     c.task = "prefixlm"
     c.tokenizer = "data/tfds/scenes_spm.model"

@@ -20,6 +20,8 @@ import os
 
 import ml_collections
 
+from vlmjax.train.variants import check_variant
+
 _spec = importlib.util.spec_from_file_location("prefixlm_scenes",
                                                os.path.join(os.path.dirname(__file__), "prefixlm_scenes.py"))
 base = importlib.util.module_from_spec(_spec)
@@ -52,11 +54,9 @@ def vqvae_config(steps=1500, batch=64):
 
 
 def get_config(arg=None):
-    stage = arg or "pretrain"
+    stage = check_variant(arg, ("vqvae", "pretrain", "chat", "runlocal"), __file__) or "pretrain"
     if stage == "vqvae":
         return vqvae_config()
-    if stage not in ("pretrain", "chat", "runlocal"):
-        raise ValueError(f"experiments/prefixlm_vq_scenes.py:{arg}: expected vqvae, pretrain, chat or runlocal")
     c = base.get_config(stage)
     c.image_input = "vq"
     c.vq_workdir = "workdirs/prefixlm_vq_scenes_vqvae"

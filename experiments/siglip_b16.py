@@ -17,6 +17,8 @@ zero-shot evaluator reads human-readable names (one per line, in label order, e.
 """
 import ml_collections
 
+from vlmjax.train.variants import check_variant
+
 TEXT_LEN = 64
 
 
@@ -28,7 +30,7 @@ def preprocess(size, text_len, caption_key="captions/text"):
 
 
 def get_config(arg=None):
-    runlocal = arg == "runlocal"
+    runlocal = check_variant(arg, ("runlocal",), __file__) == "runlocal"
     c = ml_collections.ConfigDict()
     c.task = "contrastive"
     c.loss = "sigmoid"

@@ -22,6 +22,7 @@ smoke test without hard negatives (add `hardneg` for the K=3 ones).
 import ml_collections
 
 from vlmjax.data.scenes import COLORS, OBJECT_NAME, SHAPES, SIZES
+from vlmjax.train.variants import check_variant
 
 # Zero-shot prompts in the style of the captions. The label is the MAIN (largest, then leftmost) object; captions
 # of multi-object scenes say "<main object> with <others> to its left/right", so "a large red circle with" names
@@ -57,9 +58,11 @@ def text_pp(text_len, hard_negatives=False, phrases=False, order=False):
     return pp + [dict(op="tokenize", max_len=text_len, key="text"), dict(op="keep", keys=keys)]
 
 
+VARIANTS = ("runlocal", "baseline", "softmax", "hardneg", "no_order", "phrases")
+
+
 def get_config(arg=None):
-    arg = arg or ""
-    flags = set(arg.split(","))
+    flags = check_variant(arg, VARIANTS, __file__, combine=True)
     c = ml_collections.ConfigDict()
     c.task = "contrastive"
     c.tokenizer = "data/tfds/scenes_spm.model"

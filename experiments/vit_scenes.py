@@ -9,8 +9,11 @@ The default is the `make demo` experiment. Measured on 2 idle CPU cores: 97.1% t
 """
 import ml_collections
 
+from vlmjax.train.variants import check_variant
+
 
 def get_config(arg=None):
+    arg = check_variant(arg, ("runlocal",), __file__)
     c = ml_collections.ConfigDict()
     c.task = "classification"
     c.num_classes = 24  # 6 colours x 4 shapes

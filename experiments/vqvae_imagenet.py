@@ -14,6 +14,8 @@ codebook is replicated, the conv kernels' output channels follow `conv_out -> te
 """
 import ml_collections
 
+from vlmjax.train.variants import check_variant
+
 IMAGE = 256
 
 
@@ -33,6 +35,7 @@ def _eval_pp(size):
 
 
 def get_config(arg=None):
+    arg = check_variant(arg, ("runlocal",), __file__)
     c = ml_collections.ConfigDict()
     c.task = "vqvae"
     c.image_size = IMAGE

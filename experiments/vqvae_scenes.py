@@ -28,14 +28,14 @@ Any variant can add the VQGAN patch adversarial loss (off by default), e.g.
 """
 import ml_collections
 
+from vlmjax.train.variants import check_variant
+
 
 ARGS = ("vit", "runlocal")
 
 
 def get_config(arg=None):
-    args = set(filter(None, (arg or "").split(",")))
-    if args - set(ARGS):
-        raise ValueError(f"experiments/vqvae_scenes.py:{arg}: expected a comma-separated subset of {', '.join(ARGS)}")
+    args = check_variant(arg, ARGS, __file__, combine=True)
     c = ml_collections.ConfigDict()
     c.task = "vqvae"
     c.image_size = 64

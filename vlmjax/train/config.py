@@ -136,6 +136,10 @@ def fill_eval_data(config) -> None:
 
 def check_runtime(config, num_devices: int, process_count: int = 1) -> tuple:
     """Mesh and batch checks against the devices; returns the resolved mesh shape."""
+    if config.batch_size < 1:
+        raise ValueError(f"config.batch_size={config.batch_size}: must be >= 1")
+    if config.optimizer.lr < 0:
+        raise ValueError(f"config.optimizer.lr={config.optimizer.lr}: must be >= 0 (a negative lr ascends the loss)")
     shape = resolve_mesh_shape(config.mesh, num_devices)
     dp = shape[0] * shape[1]
     accum = int(config.optimizer.grad_accum_steps)
