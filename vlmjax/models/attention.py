@@ -23,11 +23,12 @@ IMPLS = ("auto", "xla", "cudnn")
 
 def cudnn_supported(q, k, mask) -> bool:
     """Whether cuDNN flash attention takes this call: a GPU backend, half-precision inputs, head dim a multiple of 8
-    and at most 256 (Hopper; 128 before it), and even lengths when a mask (an additive bias) is trained through."""
+    and at most 256 (Hopper; 128 before it), more than one query, and even lengths when a mask (an additive bias)
+    is trained through."""
     if jax.default_backend() != "gpu" or q.dtype not in (jnp.bfloat16, jnp.float16) or k.dtype != q.dtype:
         return False
     dh = q.shape[-1]
-    if dh % 8 or dh > 256:
+    if dh % 8 or dh > 256 or q.shape[1] == 1:  # one query (MAP head, decode step): nothing for flash to tile
         return False
     if mask is not None and (q.shape[1] % 2 or k.shape[1] % 2):
         return False

@@ -125,7 +125,9 @@ class Trainer:
         sh = batch_sharding(self.mesh)
         return {k: jax.make_array_from_process_local_data(sh, np.asarray(v)) for k, v in batch.items()}
 
-    def train_step_fn(self):
+    def train_step_fn(self, jit: bool = True):
+        """The train step `(state, batch) -> (state, metrics)`, jitted with the state's shardings and donated
+        (`jit=False`: the plain function, e.g. to trace for FLOPs)."""
         task, tx, cfg = self.task, self.tx, self.config
         accum = int(cfg.optimizer.grad_accum_steps)
         base_key = jax.random.key(cfg.seed + 1)
@@ -179,8 +181,21 @@ class Trainer:
             out["train/nonfinite_steps"] = nonfinite
             return {"step": step + 1, "nonfinite": nonfinite, **new}, out
 
+        if not jit:
+            return step_fn
         return jax.jit(step_fn, in_shardings=(self.state_shardings, batch_sharding(self.mesh)),
                        out_shardings=(self.state_shardings, NamedSharding(self.mesh, P())), donate_argnums=(0,))
+
+    def compile_step(self, state, gbatch):
+        """Compile the train step for these shapes ahead of time; sets `step_flops` ({'model', 'hardware'} FLOPs
+        per device per step, counted on the jaxpr: vlmjax.train.flops) and returns the compiled step."""
+        if self._train_step is None:
+            self._train_step = self.train_step_fn()
+        with jax.set_mesh(self.mesh):
+            self._compiled = self._train_step.lower(state, gbatch).compile()
+            flops = step_flops(self.train_step_fn(jit=False), state, gbatch)
+        self.step_flops = {k: v / self.mesh.size for k, v in flops.items()}
+        return self._compiled
 
     # -- eval ------------------------------------------------------------------------------------------------------
     def _eval_source(self, data_cfg):
@@ -269,18 +284,20 @@ class Trainer:
         if start >= cfg.total_steps:  # already finished: report its evaluation instead of silently exiting
             with jax.set_mesh(self.mesh):
                 final = self.evaluate(state, start, only=True)
+        data_wait, t_interval, warned_input_bound = 0.0, time.perf_counter(), False
         try:
             with jax.set_mesh(self.mesh):
                 for step in range(start + 1, cfg.total_steps + 1):
+                    t_wait = time.perf_counter()
                     batch = next(train_iter)
+                    data_wait += time.perf_counter() - t_wait
                     self.task.check_batch(batch, f"train batch at step {step}")
                     gbatch = self._global_batch(batch)
                     if self._compiled is None:  # compile once, ahead of time, to read its FLOPs for MFU
-                        traced = self._train_step.trace(state, gbatch)
-                        self._compiled = traced.lower().compile()
-                        self.step_flops = step_flops(self._compiled, traced.jaxpr, self.mesh.size)
-                        log(f"train step: {self.step_flops:.4g} FLOPs per device; peak {self.peak_flops:.4g} "
-                            f"FLOP/s ({peak_src})")
+                        self.compile_step(state, gbatch)
+                        log(f"train step: {self.step_flops['model']:.4g} model FLOPs per device "
+                            f"({self.step_flops['hardware']:.4g} with recomputation); peak "
+                            f"{self.peak_flops:.4g} FLOP/s ({peak_src})")
                     state, metrics = self._compiled(state, gbatch)
                     will_save = step == cfg.total_steps or ckpt.mngr.should_save(step)
                     if step % cfg.log_every_steps == 0 or will_save:
@@ -288,10 +305,19 @@ class Trainer:
                         m.update(train_iter.drop_metrics())
                         self._check_finite(m, step, ckpt)
                         if step % cfg.log_every_steps == 0 or step == cfg.total_steps:
+                            interval = time.perf_counter() - t_interval
                             rate = progress.rate(step)
                             if step > start + 1:  # the first interval includes compilation
                                 m["train/steps_per_s"] = rate
-                                m["train/mfu"] = self.step_flops * rate / self.peak_flops
+                                m["train/mfu"] = self.step_flops["model"] * rate / self.peak_flops
+                                m["train/hfu"] = self.step_flops["hardware"] * rate / self.peak_flops
+                                m["train/data_wait_frac"] = data_wait / max(interval, 1e-9)
+                                if m["train/data_wait_frac"] > 0.2 and not warned_input_bound:
+                                    warned_input_bound = True
+                                    log(f"warning: input-bound: the step waited for data "
+                                        f"{m['train/data_wait_frac']:.0%} of the time (train/data_wait_frac); "
+                                        f"raise config.data.worker_count or move work to the device")
+                            data_wait, t_interval = 0.0, time.perf_counter()
                             writer.write(step, m)
                             log(progress.line(step, m, rate))
                             final.update(m)

@@ -1,0 +1,48 @@
+"""benchmarks/accelerator_step.py at toy sizes on CPU, so the script a GPU session runs cannot rot: its rows exist,
+the FLOPs our trainer counts on the jaxpr equal the benchmark's analytic formulas, and our SigLIP step starts from
+the same loss as HF transformers' on the same weights and batch."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    out = tmp_path_factory.mktemp("acc")
+    phases = "siglip_pod,siglip_torch_eager,prefixlm_ours"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "accelerator_step.py"), "--size", "tiny",
+                           "--cpu", "--rounds", "1", "--steps", "1", "--phases", phases, "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out / "accelerator_step_cpu.json") as f:
+        return json.load(f)
+
+
+def test_every_requested_phase_ran(result):
+    assert result["errors"] == {}
+    assert "pod" in result["siglip"]["rows"] and "ours_pod" in result["prefixlm"]["rows"]
+    for row in list(result["siglip"]["rows"].values()) + list(result["prefixlm"]["rows"].values()):
+        assert row["examples_per_s"] > 0 and row["model_flops_per_step"] > 0
+
+
+def test_trainer_flops_equal_the_analytic_counts(result):
+    # The trainer's count (jaxpr, remat excluded) against the benchmark's closed-form formulas; the pod config
+    # rematerialises, so its hardware count must be larger.
+    pod = result["siglip"]["rows"]["pod"]
+    assert pod["model_flops_per_step"] == pytest.approx(result["siglip"]["analytic_model_flops_per_step"], rel=1e-9)
+    assert pod["hardware_flops_per_step"] > pod["model_flops_per_step"]
+    plm = result["prefixlm"]["rows"]["ours_pod"]
+    assert plm["model_flops_per_step"] == pytest.approx(result["prefixlm"]["analytic_model_flops_per_step"],
+                                                        rel=1e-9)
+
+
+def test_same_first_losses_as_hf_transformers(result):
+    pytest.importorskip("transformers")
+    losses = result["siglip"]["first_losses"]
+    assert losses["pod"][0] == pytest.approx(losses["hf_torch_eager"][0], abs=1e-4)
+    assert losses["pod"][1] == pytest.approx(losses["hf_torch_eager"][1], abs=1e-3)  # after one AdamW step each
