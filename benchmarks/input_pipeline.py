@@ -5,10 +5,11 @@
 demo: `experiments/vit_scenes.py` (batch 64, 64 px). Pipeline-only examples/s (TrainIterator, no device) at each
       worker count for: the config as written (PNG decode + value_range on the host, float32 batches); value_range
       moved into the train step (`config.data.device_preprocess`, uint8 batches); raw uint8 storage (no PNG decode,
-      the `scenes/raw` builder config). Train-step examples/s of the float32 and the uint8 step (batches already on
-      the device), and pipeline + transfer + step together (`end_to_end`) at each worker count. The reference: the
-      pipeline as it was before worker processes, measured in the same run. Reads the built `scenes` (and
-      `scenes/raw`) at --data_dir when there, else renders the same scenes at start (`source` says which).
+      the `scenes/raw` builder config, reading only image and label: `config.data.read_features`). Train-step
+      examples/s of the float32 and the uint8 step (batches already on the device), and pipeline + transfer + step
+      together (`end_to_end`) at each worker count. The reference: the pipeline as it was before worker processes,
+      measured in the same run. Reads the built `scenes` (and `scenes/raw`) at --data_dir when there, else renders
+      the same scenes at start (`source` says which).
 jpeg: `experiments/siglip_b16.py`'s preprocess at 224 px (JPEG decode, resize 224, caption choice, tokenize to 64)
       on JPEGs generated at start (224-320 px, ~30 KB) at each worker count, uint8 output (value_range on the
       device) and, at the largest count, as configured (float32 on the host).
@@ -159,9 +160,9 @@ def demo(args, res, save, workers, auto_w, tmp):
         out["source"] = f"tfds {cfg.data.name} at {args.data_dir}"
         try:
             raw_cfg = cfg.data.copy_and_resolve_references()
-            raw_cfg.name = "scenes/raw"
+            raw_cfg.name, raw_cfg.read_features = "scenes/raw", ["image", "label"]
             raw_source = make_source(raw_cfg, "train")
-            out["raw_source"] = f"tfds scenes/raw at {args.data_dir}"
+            out["raw_source"] = f"tfds scenes/raw at {args.data_dir}, read_features {raw_cfg.read_features}"
         except (FileNotFoundError, ImportError):
             pass
     except (FileNotFoundError, ImportError) as e:

@@ -30,7 +30,8 @@ def defaults() -> ml_collections.ConfigDict:
         # worker_count: processes for decode + preprocess + batching; -1: auto (0 on a CPU-only host, else from
         # the host's cores: vlmjax.data.pipeline.auto_worker_count). read_threads / prefetch_buffer: each reader.
         # device_preprocess: per-batch ops run inside the jitted train step (vlmjax.data.device_ops).
-        worker_count=-1, read_threads=1, prefetch_buffer=16, device_preprocess=[]))
+        # read_features: top-level tfds features to deserialize (empty: all), e.g. ['image', 'label'].
+        worker_count=-1, read_threads=1, prefetch_buffer=16, device_preprocess=[], read_features=[]))
 
     c.eval = ml_collections.ConfigDict(dict(every_steps=500, batch_size=256))
     c.evals = ml_collections.ConfigDict()
