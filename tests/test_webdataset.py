@@ -105,10 +105,14 @@ def _run(op, ex):
 
 
 def test_filter_ops_each_reason_and_boundaries():
+    # ALIGN (Jia et al. 2021, section 3): "keep only images whose shorter dimension is larger than 200 pixels and
+    # aspect ratio is smaller than 3": 200 px and a ratio of exactly 3 are dropped.
     size = ops._OPS["filter_image_size"]()
-    ok = {"image": b"", "width": 200, "height": 600}  # shorter side exactly 200, aspect exactly 3: both kept
-    assert _run(size, ok) == ok
-    for (w, h), reason in [((199, 400), "small_image"), ((601, 200), "aspect_ratio"), ((200, 700), "aspect_ratio")]:
+    for w, h in [(201, 201), (201, 602), (602, 201), (1000, 400)]:
+        ok = {"image": b"", "width": w, "height": h}
+        assert _run(size, ok) == ok
+    for (w, h), reason in [((200, 400), "small_image"), ((400, 200), "small_image"), ((200, 200), "small_image"),
+                           ((201, 603), "aspect_ratio"), ((603, 201), "aspect_ratio"), ((300, 900), "aspect_ratio")]:
         with pytest.raises(DropExample, match=reason):
             _run(size, {"image": b"", "width": w, "height": h})
     # No size fields: the encoded header, or a decoded array's shape.
@@ -157,16 +161,18 @@ def test_align_filters_counts_reach_train_metrics(tmp_path):
 
     add(shard_a, 0, (240, 210), good(0))
     add(shard_a, 1, (150, 300), good(1), "small_image")
-    add(shard_a, 2, (640, 200), good(2), "aspect_ratio")
-    add(shard_a, 3, (600, 200), good(3))  # aspect exactly 3: kept
+    add(shard_a, 2, (640, 210), good(2), "aspect_ratio")
+    add(shard_a, 3, (603, 201), good(3), "aspect_ratio")  # exactly 3: not smaller than 3
+    add(shard_a, 6, (200, 300), good(6), "small_image")  # exactly 200: not larger than 200
+    add(shard_a, 7, (602, 201), good(7))  # kept
     add(shard_a, 4, (220, 220), "sunset", "short_caption")
     add(shard_a, 5, (220, 220), " ".join(["word"] * 21), "long_caption")
     for j in range(11):  # 11 images share one alt-text (case/spacing varies): all dropped
-        add(shard_a if j < 6 else shard_b, 10 + j, (200, 200),
+        add(shard_a if j < 6 else shard_b, 10 + j, (210, 210),
             "Click To ENLARGE  image" if j % 2 else "click to enlarge image", "frequent_caption")
     for j in range(10):  # exactly 10 share this one: kept
-        add(shard_b, 30 + j, (200, 200), "stock photo of a beach")
-    add(shard_b, 50, (200, 230), good(50))  # last sample valid, so one epoch's drops are all counted
+        add(shard_b, 30 + j, (210, 210), "stock photo of a beach")
+    add(shard_b, 50, (210, 230), good(50))  # last sample valid, so one epoch's drops are all counted
     write_shard(tmp_path / "a.tar", shard_a)
     write_shard(tmp_path / "b.tar", shard_b)
     kept = 3 + 10 + 1
@@ -174,7 +180,7 @@ def test_align_filters_counts_reach_train_metrics(tmp_path):
     cfg = ml_collections.ConfigDict(dict(name=f"webdataset:{tmp_path}/a.tar,{tmp_path}/b.tar",
                                          data_dir=str(tmp_path / "cache")))
     src = pipeline.make_source(cfg, "train")
-    assert len(src) == 6 + 11 + 10 + 1
+    assert len(src) == 8 + 11 + 10 + 1
     specs = [{"op": "align_filters"}, {"op": "decode"}, {"op": "resize", "size": 16},
              {"op": "keep", "keys": ["image", "caption"]}]
     ops.validate_specs(specs)

@@ -60,7 +60,9 @@ def image_size(ex: dict, key: str = "image") -> Tuple[int, int]:
 
 @register("filter_image_size")
 def filter_image_size(min_side: int = 200, max_aspect: float = 3.0, key: str = "image") -> Op:
-    """Drops images whose shorter side is < min_side px ('small_image') or long/short side > max_aspect."""
+    """Keeps images whose shorter side is larger than `min_side` px and whose aspect ratio (long/short side) is
+    smaller than `max_aspect` (ALIGN: "larger than 200 pixels", "smaller than 3"); drops the others as
+    'small_image' (shorter side <= min_side) or 'aspect_ratio' (ratio >= max_aspect)."""
     if not (isinstance(min_side, (int, np.integer)) and min_side >= 0):
         raise ValueError(f"min_side must be an int >= 0, got {min_side!r}")
     if not float(max_aspect) >= 1:
@@ -68,9 +70,9 @@ def filter_image_size(min_side: int = 200, max_aspect: float = 3.0, key: str = "
 
     def op(ex, rng):
         w, h = image_size(ex, key)
-        if min(w, h) < min_side:
+        if min(w, h) <= min_side:
             raise DropExample("small_image")
-        if max(w, h) > float(max_aspect) * min(w, h):
+        if max(w, h) >= float(max_aspect) * min(w, h):
             raise DropExample("aspect_ratio")
         return ex
 
