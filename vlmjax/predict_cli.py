@@ -5,51 +5,25 @@
     vlmjax-predict --workdir W --generate "a red circle" --out x.png [--cfg_scale 3 --top_k 0 --seed 0]
 
 The model comes from W's `config.json` and its latest checkpoint (params and model state, never the optimizer
-state). Images are resized to the run's `image_size` and mapped to [-1, 1] like training's `value_range` op; the
+state). Images of any size go through the run's evaluation image ops (vlmjax/image_input.py: resized to its
+`image_size`, mapped to [-1, 1]); a missing or undecodable file is named in a one-line error (exit 2). The
 prompt is wrapped in the chat template the run was trained with. Decoding is greedy and stops at `<|end|>`.
 """
 import argparse
-import json
 import os
 import sys
 
-import ml_collections
-import numpy as np
 from PIL import Image
+
+from vlmjax.image_input import read_image_file
 
 
 def load_run(workdir: str):
     """(task, variables) of a prefix-LM workdir."""
-    from vlmjax.tasks import get_task_class
-    from vlmjax.tasks.prefixlm import PrefixLMTask, load_checkpoint_variables
-    from vlmjax.train import config as config_lib
+    from vlmjax.api import load_task
 
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--workdir {workdir!r}: no config.json (is it a vlmjax-train workdir?)")
-    with open(path) as f:
-        raw = ml_collections.ConfigDict(json.load(f))
-    task_cls = get_task_class(raw.get("task", ""))
-    if not issubclass(task_cls, PrefixLMTask):
-        raise ValueError(f"--workdir {workdir!r}: config.task={raw.task!r} is not a prefix-LM run")
-    task = task_cls(config_lib.resolve(raw, task_cls.config_defaults()))
-    try:
-        variables = load_checkpoint_variables(workdir)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(str(e).replace("config.vq_workdir", "--workdir")) from None
+    task, variables, _ = load_task(workdir, ("prefixlm",))
     return task, variables
-
-
-def read_images(paths, size: int) -> np.ndarray:
-    """Image files -> float32[B, size, size, 3] in [-1, 1]."""
-    out = []
-    for p in paths:
-        with Image.open(p) as im:
-            im = im.convert("RGB")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
-            out.append(np.asarray(im, np.float32) / 127.5 - 1.0)
-    return np.stack(out)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -78,16 +52,18 @@ def main(argv=None) -> int:
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.ERROR)  # orbax logs every restore step
+    from vlmjax.api import PrefixLM
+
     try:
-        task, variables = load_run(args.workdir)
+        images = [read_image_file(p, "--image") for p in args.image]  # a bad file fails before the model loads
+        model = PrefixLM(*load_run(args.workdir), workdir=args.workdir)
         if args.generate:
-            images = task.generate_images(variables, [args.generate], seed=args.seed, cfg_scale=args.cfg_scale,
-                                          temperature=args.temperature, top_k=args.top_k or None)
+            images = model.generate([args.generate], seed=args.seed, cfg_scale=args.cfg_scale,
+                                    temperature=args.temperature, top_k=args.top_k or None)
             Image.fromarray(images[0]).save(args.out)
             print(f"wrote {args.out} ({images.shape[2]}x{images.shape[1]})")
             return 0
-        images = read_images(args.image, int(task.config.image_size))
-        answers = task.answer_texts(variables, images, [args.prompt] * len(images), args.max_new_tokens)
+        answers = model.answer(images, args.prompt, args.max_new_tokens)
     except (ValueError, FileNotFoundError, OSError) as e:
         if os.environ.get("VLMJAX_TRACEBACK"):
             raise

@@ -12,50 +12,17 @@ import argparse
 import os
 import sys
 
-import jax
 import numpy as np
 from absl import logging as absl_logging
 from PIL import Image
 
-from vlmjax.data import ops
-from vlmjax.tasks import get_task_class
-from vlmjax.tasks.image_metrics import to_uint8
-from vlmjax.train import config as config_lib
-from vlmjax.train.checkpoint import load_state_numpy
-from vlmjax.train.evaluate import load_run_config
-
-TOKENIZER_STATE = ("params", "model_state")
+from vlmjax.api import ImageTokenizer, load_task
+from vlmjax.image_input import read_image_file
 
 
-def load_variables(workdir: str, step: int = None):
-    """(step, {'params': ..., **model_state}) as host numpy arrays, from `workdir/checkpoints` (latest by default)."""
-    step, state = load_state_numpy(workdir, TOKENIZER_STATE, step, where="--workdir")
-    return step, {"params": state["params"], **state.get("model_state", {})}
-
-
-def load_tokenizer(workdir: str, step: int = None):
-    """(task, variables, step) of a trained VQ-VAE workdir; task.encode / task.decode are the tokenizer."""
-    raw = load_run_config(workdir)  # the resolved config.json saved by the run
-    task_cls = get_task_class(raw.get("task", ""))
-    if not hasattr(task_cls, "encode") or not hasattr(task_cls, "decode"):
-        raise ValueError(f"--workdir {workdir!r}: config.task={raw.task!r} is not an image tokenizer")
-    cfg = config_lib.resolve(raw, task_cls.config_defaults())
-    task = task_cls(cfg)
-    step, variables = load_variables(workdir, step)
-    return task, variables, step
-
-
-def read_images(paths) -> np.ndarray:
-    """PNG/JPEG files of one size -> float32[B, H, W, 3] in [-1, 1]."""
-    to_range = ops.value_range(-1.0, 1.0)
-    images = []
-    for p in paths:
-        with Image.open(p) as im:
-            images.append(to_range({"image": np.asarray(im.convert("RGB"))}, None)["image"])
-    sizes = sorted({im.shape for im in images})
-    if len(sizes) > 1:
-        raise ValueError(f"images have different sizes {sizes}; encode them in separate calls")
-    return np.stack(images)
+def load_tokenizer(workdir: str, step: int = None) -> ImageTokenizer:
+    """A trained VQ-VAE workdir's tokenizer (checkpoint `step`, default: latest)."""
+    return ImageTokenizer(*load_task(workdir, ("vqvae",), step=step), workdir=workdir)
 
 
 def _out_paths(out: str, n: int):
@@ -66,12 +33,9 @@ def _out_paths(out: str, n: int):
 
 
 def encode_cmd(args) -> int:
-    task, variables, step = load_tokenizer(args.workdir, args.step)
-    images = read_images(args.images)
-    f = task.model.downsample_factor
-    if images.shape[1] % f or images.shape[2] % f:
-        raise ValueError(f"image size {images.shape[1:3]} is not divisible by the model's f={f}")
-    codes = np.asarray(jax.jit(task.encode)(variables, images))
+    images = [read_image_file(p, "image") for p in args.images]
+    model = load_tokenizer(args.workdir, args.step)
+    codes, step = model.encode(images), model.step
     if args.out:
         np.save(args.out, codes)
         print(f"saved codes int32{list(codes.shape)} of {len(args.images)} image(s) to {args.out} "
@@ -85,16 +49,11 @@ def encode_cmd(args) -> int:
 
 
 def decode_cmd(args) -> int:
-    task, variables, _ = load_tokenizer(args.workdir, args.step)
-    codes = np.load(args.codes)
-    if codes.ndim == 2:
-        codes = codes[None]
-    k = task.model.num_codes
-    if codes.ndim != 3 or not np.issubdtype(codes.dtype, np.integer):
-        raise ValueError(f"{args.codes}: expected integer codes [h, w] or [B, h, w], got {codes.dtype}{codes.shape}")
-    if codes.min() < 0 or codes.max() >= k:
-        raise ValueError(f"{args.codes}: codes must lie in [0, {k}), got [{codes.min()}, {codes.max()}]")
-    images = np.asarray(to_uint8(jax.jit(task.decode)(variables, codes.astype(np.int32))))
+    model = load_tokenizer(args.workdir, args.step)
+    try:
+        images = model.decode(np.load(args.codes))
+    except ValueError as e:
+        raise ValueError(f"{args.codes}: {e}") from None
     for path, im in zip(_out_paths(args.out, len(images)), images):
         Image.fromarray(im).save(path)
         print(f"wrote {path} ({im.shape[1]}x{im.shape[0]})")

@@ -17,101 +17,56 @@ import sys
 import numpy as np
 from absl import app, flags
 
-IMAGE_OPS = ("decode", "resize", "center_crop", "value_range")
+from vlmjax import image_input
 
 
 def _define_flags():
     """Defined when the CLI runs, not on import: tests and other CLIs import this module's functions, and absl
     refuses a flag name (`workdir`, `json`) defined twice in one process."""
     flags.DEFINE_string("workdir", None, "A trained contrastive run's workdir.")
-    flags.DEFINE_multi_string("image", None, "Image file (PNG/JPEG); may be repeated.")
+    flags.DEFINE_multi_string("image", None, "Image file (PNG/JPEG, any size); may be repeated.")
     flags.DEFINE_string("labels", None, 'Comma-separated labels, e.g. "red circle,blue square".')
     flags.DEFINE_bool("json", False, "Print one JSON object per image instead of a table.")
     flags.DEFINE_string("eval", "", "Name of the run's zero-shot evaluator whose prompts and aggregation to use "
                         "(default: the first one).")
 
 
-def zeroshot_eval(config, name: str = ""):
-    """The run's zero-shot evaluator config called `name` (default: the first one; None if the run has none)."""
-    evals = {k: ev for k, ev in config.evals.items() if ev.type == "zeroshot"}
-    if name and name not in evals:
-        raise ValueError(f"--eval {name!r}: the run's zero-shot evaluators are {sorted(evals) or 'none'}")
-    return evals[name] if name else next(iter(evals.values()), None)
+def load_run(workdir: str):
+    """(task, host params) of a contrastive run's latest checkpoint."""
+    from vlmjax.api import load_task
 
-
-def image_preprocess(config, name: str = "") -> list:
-    """Deterministic image ops (key 'image') of the zero-shot evaluator `name`, else of the training data."""
-    ev = zeroshot_eval(config, name)
-    specs = [s.to_dict() if hasattr(s, "to_dict") else dict(s)
-             for s in (ev.data.preprocess if ev is not None else config.data.preprocess)]
-    return [s for s in specs if s["op"] in IMAGE_OPS and s.get("key", "image") == "image"]
+    task, variables, _ = load_task(workdir, ("contrastive",), keys=("params",))
+    return task, variables["params"]
 
 
 def prompts_of(config, labels, name: str = "") -> tuple:
-    """([C] prompt lists, aggregation 'mean' | 'max') for `labels` under the zero-shot evaluator `name` (its
-    templates, or its `class_prompts` table, which must hold every label)."""
-    import ml_collections
+    """([C] prompt lists, aggregation 'mean' | 'max') for `labels` under the run's zero-shot evaluator `name`."""
+    from vlmjax.api import label_prompts
 
-    from vlmjax.tasks.contrastive import zeroshot_prompts
-
-    ev = zeroshot_eval(config, name)
-    return zeroshot_prompts(ev if ev is not None else ml_collections.ConfigDict(), labels,
-                            f"--eval {name or 'default'}")
+    return label_prompts(config, labels, name)
 
 
 def label_probabilities(task, params, images, prompts, aggregate: str = "mean") -> np.ndarray:
-    """images float[N, H, W, 3], prompts: C lists of prompts (one per label) -> float[N, C] probabilities (see the
-    module docstring)."""
-    import jax
+    """Preprocessed images float[N, H, W, 3], prompts: C lists of prompts (one per label) -> float[N, C]
+    probabilities (see the module docstring)."""
+    from vlmjax.api import zeroshot_probabilities
 
-    from vlmjax.tasks.retrieval_metrics import class_scores
-    from vlmjax.train.mesh import make_mesh
-
-    variables = {"params": params}
-    zimg, _, out = jax.jit(lambda v, x: task.model.apply(v, images=x))(variables, images)
-    mesh = make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
-    classes = task.class_embeddings(variables, prompts, mesh, aggregate)
-    logits = float(out["temperature"]) * class_scores(np.asarray(zimg), classes)
-    if task.config.loss == "sigmoid":
-        return 1 / (1 + np.exp(-(logits + float(out.get("bias", 0.0)))))
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def load_run(workdir: str):
-    """(task, host params) of a contrastive run's latest checkpoint."""
-    from vlmjax.tasks import get_task_class
-    from vlmjax.train import config as config_lib
-    from vlmjax.train.checkpoint import load_params_numpy
-    from vlmjax.train.evaluate import load_run_config
-
-    config = load_run_config(workdir)
-    task_cls = get_task_class(config.get("task", ""))
-    if config.get("task") != "contrastive":
-        raise ValueError(f"--workdir {workdir!r}: config.task={config.get('task')!r}, not a contrastive run")
-    config = config_lib.resolve(config, task_cls.config_defaults())
-    return task_cls(config), load_params_numpy(workdir)
+    return zeroshot_probabilities(task, {"params": params}, images, prompts, aggregate)
 
 
 def run_cli(workdir: str, image_paths, labels, eval_name: str = "") -> list:
     """[(image path, {label: probability})] for each image."""
-    from vlmjax.data.ops import get_preprocess_fn
+    from vlmjax.api import TwoTowerModel, load_task
 
-    task, params = load_run(workdir)
-    prompts, aggregate = prompts_of(task.config, labels, eval_name)  # a wrong --eval fails before an image is read
-    pre = get_preprocess_fn(image_preprocess(task.config, eval_name))
-    images = []
-    for path in image_paths:
-        with open(path, "rb") as f:
-            images.append(np.asarray(pre({"image": f.read()}, np.random.default_rng(0))["image"], np.float32))
-    probs = label_probabilities(task, params, np.stack(images), prompts, aggregate)
+    model = TwoTowerModel(*load_task(workdir, ("contrastive",), keys=("params",)), workdir=workdir)
+    model.prompts(labels, eval_name)  # a wrong --eval fails before an image is read
+    images = [image_input.read_image_file(p, "--image") for p in image_paths]
+    probs = model.zeroshot(images, labels, eval_name)
     return [(p, dict(zip(labels, map(float, row)))) for p, row in zip(image_paths, probs)]
 
 
 def _main(argv):
     del argv
-    from vlmjax.data.ops import DropExample
-
     F = flags.FLAGS
     labels = [s.strip() for s in (F.labels or "").split(",") if s.strip()]
     if not labels:
@@ -119,9 +74,6 @@ def _main(argv):
         sys.exit(2)
     try:
         results = run_cli(F.workdir, F.image, labels, F.eval)
-    except DropExample as e:
-        print(f"error: --image: cannot decode ({e.reason})", file=sys.stderr)
-        sys.exit(2)
     except (ValueError, FileNotFoundError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
