@@ -38,6 +38,7 @@ setup(
             "vlmjax-zeroshot=vlmjax.zeroshot_cli:run",
             "vlmjax-vq=vlmjax.vq_cli:run",
             "vlmjax-predict=vlmjax.predict_cli:run",
+            "vlmjax-export=vlmjax.export_cli:run",
         ],
     },
 )

@@ -1,0 +1,69 @@
+"""SigLIP weight export: `vlmjax-export --format hf_siglip` writes a folder that transformers' SiglipModel loads and
+that embeds images and texts as our model does; to_hf is the exact inverse of the importer's from_hf."""
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+import vlmjax  # noqa: E402
+from test_api import contrastive_run, fake_images  # noqa: E402,F401  (the tiny trained SigLIP-layout run)
+from test_siglip_import import TEXT, VISION, hf  # noqa: E402,F401  (a random tiny HF SiglipModel)
+from vlmjax import export_cli  # noqa: E402
+from vlmjax.models import weight_export as we  # noqa: E402
+from vlmjax.models import weight_import as wi  # noqa: E402
+from vlmjax.tasks.contrastive import tokenize_texts  # noqa: E402
+
+
+def test_hf_state_dict_round_trip(hf):
+    model = hf[0]
+    sd = {k: v.detach().numpy() for k, v in model.state_dict().items() if not k.endswith("position_ids")}
+    ours = wi.from_hf(sd, VISION["num_attention_heads"], TEXT["num_attention_heads"])
+    back = we.to_hf(wi.nest(ours))
+    assert sorted(back) == sorted(sd)
+    for k in sd:
+        np.testing.assert_array_equal(back[k], sd[k], err_msg=k)
+    # scanned blocks export to the same state dict
+    scanned = we.to_hf(wi.nest(wi.stack_blocks(ours)))
+    assert all(np.array_equal(scanned[k], sd[k]) for k in sd)
+    config = we.hf_siglip_config(back, VISION["num_attention_heads"], TEXT["num_attention_heads"])
+    for key, value in VISION.items():
+        assert config["vision_config"][key] == value, key
+    for key, value in TEXT.items():
+        assert config["text_config"][key] == value, key
+
+
+def test_export_cli_loads_in_transformers_with_our_embeddings(contrastive_run, tmp_path):  # noqa: F811
+    wd, _ = contrastive_run
+    out = str(tmp_path / "hf")
+    assert export_cli.main(["--workdir", wd, "--format", "hf_siglip", "--out", out]) == 0
+    hf_model = transformers.SiglipModel.from_pretrained(out).eval()
+    with open(f"{out}/config.json") as f:
+        assert json.load(f)["architectures"] == ["SiglipModel"]
+
+    m = vlmjax.load(wd)
+    imgs = np.stack(fake_images(3))
+    texts = ["example 3", "a red circle", "blue"]
+    ids, mask = tokenize_texts(m.task._tokenize_fn(), texts)  # padded to text_len, as SigLIP's max_length padding
+    with torch.no_grad():
+        ref = hf_model(input_ids=torch.from_numpy(np.asarray(ids, np.int64)),
+                       pixel_values=torch.from_numpy(imgs.astype(np.float32) / 127.5 - 1).permute(0, 3, 1, 2))
+    zimg, ztxt = m.embed_images(imgs), m.embed_texts(texts)
+    np.testing.assert_allclose(zimg, ref.image_embeds.numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(ztxt, ref.text_embeds.numpy(), atol=1e-4, rtol=0)
+    assert np.abs(zimg @ ztxt.T).max() > 0.05  # not trivially zero
+    # HF's logits: exp(logit_scale) * cos + logit_bias; our zero-shot uses the same t and b
+    t, b = float(np.exp(m.variables["params"]["t"][0])), float(m.variables["params"]["b"][0])
+    np.testing.assert_allclose(ref.logits_per_image.numpy(), t * zimg @ ztxt.T + b, atol=1e-3)
+
+
+def test_export_refuses_what_hf_siglip_cannot_express(contrastive_run, tmp_path, capsys):  # noqa: F811
+    with pytest.raises(ValueError, match=r"^config.model.text.mask_padding=True: HF SiglipModel needs False"):
+        we.check_exportable({"image": {"pool_type": "map"}, "text": {"pool_type": "last"}})
+    with pytest.raises(ValueError, match=r"^config.model.image.stem_channels=16"):
+        we.check_exportable({"image": {"pool_type": "map", "stem_channels": 16},
+                             "text": {"pool_type": "last", "mask_padding": False}})
+    assert export_cli.main(["--workdir", str(tmp_path), "--format", "hf_siglip", "--out", str(tmp_path / "o")]) == 2
+    assert "no config.json" in capsys.readouterr().err
