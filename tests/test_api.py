@@ -169,3 +169,14 @@ def test_predict_cli_names_a_bad_image_file(classifier_run, tmp_path, capsys):
 def test_load_names_what_is_wrong(tmp_path):
     with pytest.raises(FileNotFoundError, match="no config.json"):
         vlmjax.load(str(tmp_path))
+
+
+def test_label_names_are_the_datasets_class_labels(scenes_tiny_dir):
+    from vlmjax.data import scenes
+    from vlmjax.tasks.classification import ClassificationTask
+    from vlmjax.train.config import resolve
+
+    cfg = tiny_config(**{"data.name": "scenes/tiny", "data.data_dir": scenes_tiny_dir, "num_classes": 24})
+    task = ClassificationTask(resolve(cfg, ClassificationTask.config_defaults()))
+    assert Classifier(task, {}).label_names == list(scenes.CLASS_NAMES)
+    assert Classifier(task, {}, label_names=["a"] * 24).label_names == ["a"] * 24

@@ -2,7 +2,7 @@
 
     import vlmjax
     m = vlmjax.load("workdirs/vit_scenes")            # config.json + the latest checkpoint (params, model state)
-    m.classify("a.png")                               # [('large red circle', 0.97), ...]  (top_k=1 by default)
+    m.classify("a.png")                               # [('red circle', 0.97)]  (top_k=1 by default)
     m = vlmjax.load("workdirs/siglip_scenes")
     m.zeroshot([img1, img2], ["red circle", "blue square"])   # float32[2, 2] probabilities
     m.embed_images(img1), m.embed_texts(["a red circle"])     # float32[N, D], L2-normalised
