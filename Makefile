@@ -32,8 +32,11 @@ demo: data
 test: venv
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests
 
+# Input pipeline vs train step (demo, and 224 px JPEG decode at several worker counts): benchmarks/results/
+# input_pipeline.json. `scenes/raw` (images as uint8 arrays) is its no-PNG-decode variant.
 bench: data
-	$(BIN)/python benchmarks/input_pipeline.py
+	$(BIN)/python -m vlmjax.data.scenes --data_dir $(DATA_DIR) --config raw
+	$(BIN)/python benchmarks/input_pipeline.py --data_dir $(DATA_DIR)
 
 clean-demo:
 	rm -rf $(DEMO_WORKDIR)

@@ -22,6 +22,7 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -47,25 +48,29 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
-def pipeline_rate(source, preprocess, batch_size, workers, min_batches):
-    """(steady examples/s, seconds to the first batch, the batches) of a TrainIterator with `workers` processes."""
+def pipeline_rate(source, preprocess, batch_size, workers, min_batches, keep=0):
+    """(steady examples/s, seconds to the first batch, the first `keep` batches) of a TrainIterator with `workers`
+    processes. Batches are not held (a worker's batch lives in /dev/shm until it is dropped)."""
     from vlmjax.data.pipeline import TrainIterator
 
     it = TrainIterator(source, preprocess, batch_size=batch_size, seed=0, worker_count=workers,
                        worker_buffer=WORKER_BUFFER)
     t0 = time.perf_counter()
-    batches = [next(it)]
+    kept = [next(it)]
     startup = time.perf_counter() - t0
-    batches += [next(it) for _ in range(workers)]  # every worker has started
+    for _ in range(workers):  # every worker has started
+        next(it)
     # A worker's buffered batches arrive at once: time enough batches that the second half is steady production.
     n = max(min_batches, 4 * workers * (WORKER_BUFFER + 1))
     stamps = []
     for _ in range(n):
-        batches.append(next(it))
+        b = next(it)
+        if len(kept) < keep:
+            kept.append(b)
         stamps.append(time.perf_counter())
     it.close()
     half = n // 2
-    return (n - 1 - half) * batch_size / (stamps[-1] - stamps[half]), startup, batches
+    return (n - 1 - half) * batch_size / (stamps[-1] - stamps[half]), startup, kept
 
 
 def reference_rate(source, preprocess, batch_size, min_batches):
@@ -183,7 +188,8 @@ def demo(args, res, save, workers, auto_w, tmp):
     for w in workers:
         row = out["workers"][str(w)] = {}
         for name, (src, pp) in variants.items():
-            rate, startup, bs = pipeline_rate(src, get_preprocess_fn(pp), cfg.batch_size, w, args.min_batches)
+            rate, startup, bs = pipeline_rate(src, get_preprocess_fn(pp), cfg.batch_size, w, args.min_batches,
+                                              keep=0 if name in batches else args.steps)
             row[name] = {"pipeline_examples_per_s": rate, "first_batch_s": startup}
             batches.setdefault(name, bs)
             print(f"demo {name} workers={w}: {rate:.0f} ex/s (first batch {startup:.1f}s)", flush=True)
@@ -307,8 +313,9 @@ def main():
         demo_workers, jpeg_workers = sorted({0, auto_w, accel_w}), sorted({0, auto_w, accel_w // 2, accel_w})
     else:
         demo_workers = jpeg_workers = sorted({0, auto_w, accel_w} | {w for w in (1, 2, 4, 8) if w <= accel_w})
+    shm = shutil.disk_usage("/dev/shm") if os.path.isdir("/dev/shm") else None
     res = {"host": {"cores": n, "device_kind": jax.devices()[0].device_kind, "backend": backend,
-                    "device_count": jax.device_count()},
+                    "device_count": jax.device_count(), "dev_shm_free_gib": shm and shm.free / 2**30},
            "quick": args.quick, "auto_worker_count": auto_w, "targets": TARGETS}
     t0 = time.perf_counter()
 

@@ -18,6 +18,7 @@ Eval: one ordered pass over the split, padded to whole batches; `_valid` marks r
 import collections
 import functools
 import os
+import shutil
 import warnings
 from typing import Callable, Iterator, Optional
 
@@ -180,6 +181,15 @@ def _kept_batch(pull: Callable[[int], list], batch_size: int, name: str, make_ba
     return batch
 
 
+def _shared_memory_room(need: int = 1 << 30) -> bool:
+    """Whether /dev/shm has room for the workers' batches in flight; containers often mount a 64 MiB one, and then
+    batches are pickled through the workers' pipes instead."""
+    try:
+        return shutil.disk_usage("/dev/shm").free >= need
+    except OSError:
+        return False
+
+
 def _shared_memory_batcher():
     # grain's own batching into shared memory (what `.batch()` does under mp_prefetch); grain is pinned.
     from grain._src.python.dataset.transformations.batch import make_batch
@@ -228,7 +238,7 @@ class _IndexedBatches(grain.IterDataset):
         self._parents = (self._parent.slice(sl),)
 
     def enable_shared_memory_output(self) -> None:
-        self._shared_memory = True
+        self._shared_memory = _shared_memory_room()
 
     def __iter__(self):
         return _IndexedBatchesIterator(self._parent, self._batch_size, self._name,
