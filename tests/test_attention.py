@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vlmjax.models.attention import attend, cudnn_supported
+from vlmjax.models.attention import attend, cudnn_supported, pad_to_even
 from vlmjax.models.masks import make_attn_mask
 
 
@@ -80,6 +80,18 @@ def test_bfloat16_inputs_keep_their_dtype_and_a_float32_softmax():
 
 def test_implementation_choice():
     q, k, v = _qkv(4, 2, 8, 8, 4, 4, 8)
-    assert not cudnn_supported(q, k, None)  # CPU and float32: never cuDNN
+    assert not cudnn_supported(q, k)  # CPU and float32: never cuDNN
     with pytest.raises(ValueError, match="attention_impl 'flash'"):
         attend(q, k, v, impl="flash")
+
+
+def test_padding_odd_lengths_for_cudnn_changes_nothing():
+    """What the cuDNN path does to a masked call of odd lengths (prefix-LM: image + text - 1 tokens), run through
+    XLA: pad query and key to even with the padded key masked out, attend, drop the padded query row."""
+    q, k, v = _qkv(5, 2, 7, 7, 4, 1, 8)
+    mask = make_attn_mask(np.ones((2, 7)), np.array([[0, 0, 0, 1, 1, 1, 1]] * 2))
+    want = attend(q, k, v, mask, impl="xla")
+    pq, pk, pv, pmask = pad_to_even(q, k, v, mask[:, None])
+    assert pq.shape[1] == pk.shape[1] == 8 and not pmask[:, :, :, 7].any()
+    got = jax.nn.dot_product_attention(pq, pk, pv, mask=pmask, scale=8 ** -0.5, implementation="xla")[:, :7]
+    np.testing.assert_allclose(got, want, atol=1e-6)

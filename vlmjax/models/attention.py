@@ -7,7 +7,8 @@ decode step (queries against a longer cache, the mask saying which slots are fil
 Implementations (`impl`):
   'xla'   - jax's reference formula (f32 logits and softmax), on every backend.
   'cudnn' - cuDNN's fused flash attention (GPU, bf16/f16): no float[B, H, Lq, Lk] logits are ever stored, so
-            neither memory nor the backward pass scale with them. A boolean mask reaches it as an additive bias.
+            neither memory nor the backward pass scale with them. A boolean mask reaches it as an additive bias,
+            at even lengths (`pad_to_even`).
   'auto'  - 'cudnn' when `cudnn_supported` says the call qualifies, else 'xla'.
 
 A query row that may attend to nothing gets the mean of the values (every logit is the same large negative), as
@@ -21,18 +22,24 @@ import jax.numpy as jnp
 IMPLS = ("auto", "xla", "cudnn")
 
 
-def cudnn_supported(q, k, mask) -> bool:
+def cudnn_supported(q, k) -> bool:
     """Whether cuDNN flash attention takes this call: a GPU backend, half-precision inputs, head dim a multiple of 8
-    and at most 256 (Hopper; 128 before it), more than one query, and even lengths when a mask (an additive bias)
-    is trained through."""
+    and at most 256 (Hopper; 128 before it), more than one query."""
     if jax.default_backend() != "gpu" or q.dtype not in (jnp.bfloat16, jnp.float16) or k.dtype != q.dtype:
         return False
     dh = q.shape[-1]
-    if dh % 8 or dh > 256 or q.shape[1] == 1:  # one query (MAP head, decode step): nothing for flash to tile
-        return False
-    if mask is not None and (q.shape[1] % 2 or k.shape[1] % 2):
-        return False
-    return True
+    return not (dh % 8 or dh > 256 or q.shape[1] == 1)  # one query (MAP head, decode): nothing for flash to tile
+
+
+def pad_to_even(q, k, v, mask):
+    """Pads odd query / key lengths by one: the padded key is masked out, the padded query row is to be dropped.
+    cuDNN trains through a mask (an additive bias) only at even lengths; a prefix-LM step feeds the decoder
+    image + text - 1 tokens, often odd. mask bool[B, 1, Lq, Lk] -> bool[B, 1, Lq', Lk']."""
+    pq, pk = q.shape[1] % 2, k.shape[1] % 2
+    if not (pq or pk):
+        return q, k, v, mask
+    pad = lambda x, n: jnp.pad(x, ((0, 0), (0, n), (0, 0), (0, 0)))  # noqa: E731
+    return pad(q, pq), pad(k, pk), pad(v, pk), jnp.pad(mask, ((0, 0), (0, 0), (0, pq), (0, pk)))
 
 
 def attend(q, k, v, mask=None, *, scale: Optional[float] = None, impl: str = "auto"):
@@ -44,9 +51,12 @@ def attend(q, k, v, mask=None, *, scale: Optional[float] = None, impl: str = "au
     if impl not in IMPLS:
         raise ValueError(f"attention_impl {impl!r}: expected one of {', '.join(IMPLS)}")
     if impl == "auto":
-        impl = "cudnn" if cudnn_supported(q, k, mask) else "xla"
-    if mask is not None:
-        b, lq, lk = q.shape[0], q.shape[1], k.shape[1]
-        mask = jnp.broadcast_to(jnp.asarray(mask, bool), (b, lq, lk))[:, None]
+        impl = "cudnn" if cudnn_supported(q, k) else "xla"
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation=impl)
+    lq = q.shape[1]
+    if mask is not None:
+        mask = jnp.broadcast_to(jnp.asarray(mask, bool), (q.shape[0], lq, k.shape[1]))[:, None]
+        if impl == "cudnn":
+            q, k, v, mask = pad_to_even(q, k, v, mask)
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation=impl)
+    return out[:, :lq]
