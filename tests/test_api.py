@@ -149,21 +149,30 @@ def test_zeroshot_cli_any_size_and_bad_files(contrastive_run, tmp_path):
         zeroshot_cli.run_cli(wd, [str(tmp_path / "nope.png")], ["red"])
 
 
-def test_predict_cli_names_a_bad_image_file(classifier_run, tmp_path, capsys):
+def test_predict_cli_classifies_and_names_a_bad_image_file(classifier_run, contrastive_run, tmp_path, capsys):
     from vlmjax import predict_cli
 
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff not a jpeg")
     for path, why in ((str(tmp_path / "missing.png"), "no such file"), (str(bad), "cannot decode as an image")):
         capsys.readouterr()
-        assert predict_cli.main(["--workdir", classifier_run, "--image", path, "--prompt", "x"]) == 2
+        assert predict_cli.main(["--workdir", classifier_run, "--image", path]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"error: --image {path!r}: {why}"), err
-    # a good image on a run of another family: named, exit 2
-    good = str(tmp_path / "good.png")
-    Image.fromarray(fake_images(1)[0]).save(good)
-    assert predict_cli.main(["--workdir", classifier_run, "--image", good, "--prompt", "x"]) == 2
-    assert "config.task='classification', not a prefixlm run" in capsys.readouterr().err
+    # a classification run: the top labels and probabilities, as the API gives them
+    paths = [str(tmp_path / f"{i}.png") for i in range(2)]
+    for path, img in zip(paths, fake_images(2)):
+        Image.fromarray(img).save(path)
+    assert predict_cli.main(["--workdir", classifier_run, "--image", paths[0], "--image", paths[1],
+                             "--top_labels", "2"]) == 0
+    want = vlmjax.load(classifier_run).classify(paths, top_k=2)
+    assert capsys.readouterr().out.strip().splitlines() == [
+        f"{p}: " + ", ".join(f"{label} {prob:.4f}" for label, prob in w) for p, w in zip(paths, want)]
+    # a prompt on a classification run, or a run of another family: named, exit 2
+    assert predict_cli.main(["--workdir", classifier_run, "--image", paths[0], "--prompt", "x"]) == 2
+    assert "is a classification run: give --image only" in capsys.readouterr().err
+    assert predict_cli.main(["--workdir", contrastive_run[0], "--image", paths[0], "--prompt", "x"]) == 2
+    assert "config.task='contrastive'; vlmjax-predict serves prefix-LM and classification" in capsys.readouterr().err
 
 
 def test_load_names_what_is_wrong(tmp_path):

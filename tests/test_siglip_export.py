@@ -58,6 +58,12 @@ def test_export_cli_loads_in_transformers_with_our_embeddings(contrastive_run, t
     t, b = float(np.exp(m.variables["params"]["t"][0])), float(m.variables["params"]["b"][0])
     np.testing.assert_allclose(ref.logits_per_image.numpy(), t * zimg @ ztxt.T + b, atol=1e-3)
 
+    # the same run as a big_vision .npz reads back (init_from's reader) to the checkpoint's params
+    npz = str(tmp_path / "run.npz")
+    assert export_cli.main(["--workdir", wd, "--format", "big_vision", "--out", npz]) == 0
+    got, want = we.flatten(wi.load_siglip(npz)), we.flatten(m.variables["params"])
+    assert sorted(got) == sorted(want) and all(np.array_equal(got[k], want[k]) for k in want)
+
 
 def test_export_refuses_what_hf_siglip_cannot_express(contrastive_run, tmp_path, capsys):  # noqa: F811
     with pytest.raises(ValueError, match=r"^config.model.text.mask_padding=True: HF SiglipModel needs False"):
@@ -67,3 +73,24 @@ def test_export_refuses_what_hf_siglip_cannot_express(contrastive_run, tmp_path,
                              "text": {"pool_type": "last", "mask_padding": False}})
     assert export_cli.main(["--workdir", str(tmp_path), "--format", "hf_siglip", "--out", str(tmp_path / "o")]) == 2
     assert "no config.json" in capsys.readouterr().err
+
+
+def test_big_vision_npz_both_ways(hf, tmp_path):
+    from test_siglip_import import _big_vision_npz
+
+    _big_vision_npz(hf[0], tmp_path / "bv.npz", scanned=False)  # big_vision's names, from HF's converter's list
+    with np.load(tmp_path / "bv.npz") as z:
+        bv = {k: z[k] for k in z.files}
+    ours = wi.from_big_vision(bv)
+    back = we.to_big_vision(wi.nest(wi.stack_blocks(ours)))  # scanned blocks come out unrolled
+    assert sorted(back) == sorted(bv)
+    for k in bv:
+        np.testing.assert_array_equal(back[k], bv[k].reshape(back[k].shape), err_msg=k)
+    assert we.save_big_vision(wi.nest(ours), {"image": {}, "text": {}}, str(tmp_path / "out")) == [
+        str(tmp_path / "out.npz")]
+    again = wi.load_siglip(str(tmp_path / "out.npz"))
+    assert all(np.array_equal(wi.nest(ours)[t][k], again[t][k]) for t in ("img", "txt") for k in ("pos_embedding",))
+    flat_again = we.flatten(again)
+    assert sorted(flat_again) == sorted(ours) and all(np.array_equal(flat_again[k], ours[k]) for k in ours)
+    with pytest.raises(ValueError, match=r"^config.model.image.stem_channels=8: big_vision needs 0"):
+        we.save_big_vision(wi.nest(ours), {"image": {"stem_channels": 8}}, str(tmp_path / "x"))

@@ -2,18 +2,22 @@
 
     vlmjax-export --workdir workdirs/siglip_b16 --format hf_siglip --out siglip_hf/
     python -c "import transformers; transformers.SiglipModel.from_pretrained('siglip_hf')"
+    vlmjax-export --workdir workdirs/siglip_scenes --format big_vision --out siglip_scenes.npz
 
 `hf_siglip`: a contrastive run as a HF transformers `SiglipModel` folder (`model.safetensors` + `config.json`,
 vlmjax/models/weight_export.py), for runs whose towers HF's SigLIP can express (MAP-head ViT with a learned
 position table, text pooled at the last position without a padding mask: `experiments/siglip_b16.py`); another
 run fails with one line naming the config key. The tokenizer is not converted: copy the run's SentencePiece model
-(`config.tokenizer`) next to it if a HF tokenizer is needed. Exit code 2 on bad input.
+(`config.tokenizer`) next to it if a HF tokenizer is needed.
+`big_vision`: the two towers' params in one `.npz` under the names of big_vision's released SigLIP checkpoints
+('params/img/Transformer/encoderblock_0/...', layers unrolled), which `config.init_from` (format 'big_vision') reads.
+Exit code 2 on bad input.
 """
 import argparse
 import os
 import sys
 
-FORMATS = ("hf_siglip",)
+FORMATS = ("hf_siglip", "big_vision")
 
 
 def export(workdir: str, fmt: str, out: str, step: int = None) -> list:
@@ -21,23 +25,25 @@ def export(workdir: str, fmt: str, out: str, step: int = None) -> list:
     if fmt not in FORMATS:
         raise ValueError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     from vlmjax.api import load_task
-    from vlmjax.models.weight_export import check_exportable, save_hf_siglip
+    from vlmjax.models import weight_export
     from vlmjax.train.evaluate import load_run_config
 
     raw = load_run_config(workdir)
     if raw.get("task") != "contrastive":
-        raise ValueError(f"--workdir {workdir!r}: config.task={raw.get('task')!r}; --format hf_siglip exports a "
+        raise ValueError(f"--workdir {workdir!r}: config.task={raw.get('task')!r}; --format {fmt} exports a "
                          f"contrastive run")
-    check_exportable(raw.model)  # before the checkpoint is read
+    weight_export.check_exportable(raw.model, fmt)  # before the checkpoint is read
     task, variables, _ = load_task(workdir, ("contrastive",), keys=("params",), step=step)
-    return save_hf_siglip(variables["params"], task.config.model, out)
+    save = weight_export.save_hf_siglip if fmt == "hf_siglip" else weight_export.save_big_vision
+    return save(variables["params"], task.config.model, out)
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vlmjax-export", description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", required=True, help="a vlmjax-train workdir")
-    p.add_argument("--format", required=True, choices=FORMATS, help="hf_siglip: transformers SiglipModel folder")
-    p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument("--format", required=True, choices=FORMATS,
+                   help="hf_siglip: transformers SiglipModel folder; big_vision: two-towers .npz")
+    p.add_argument("--out", required=True, help="hf_siglip: output folder (created); big_vision: .npz file")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     return p
 

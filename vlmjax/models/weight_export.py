@@ -1,5 +1,6 @@
 """Export the TwoTowers parameter tree (`img/...`, `txt/...`, `t`, `b`) as a HF transformers `SiglipModel` folder:
-`model.safetensors` + `config.json`, which `transformers.SiglipModel.from_pretrained(folder)` loads.
+`model.safetensors` + `config.json`, which `transformers.SiglipModel.from_pretrained(folder)` loads; or as a
+big_vision `.npz` (`to_big_vision`, the names `weight_import.from_big_vision` reads).
 
 The inverse of `weight_import.from_hf` (see there for the layouts): our [D, H, hd] / [H, hd, D] attention kernels
 become torch Linear [out, in] weights, the MAP head's q, k, v are fused into `in_proj_weight`, scanned blocks are
@@ -122,20 +123,26 @@ def to_hf(params: Mapping, temperature_max: float = 0.0) -> Dict[str, np.ndarray
     return {k: np.ascontiguousarray(x) for k, x in sd.items()}
 
 
-# (config.model key, the module's default, the value HF's SigLIP implies)
-_REQUIRED = [("image.pool_type", "gap", "map"), ("image.posemb", "learn", "learn"), ("image.stem_channels", 0, 0),
-             ("image.coord_channels", False, False), ("text.pool_type", "last", "last"),
-             ("text.causal", False, False), ("text.mask_padding", True, False)]
+# Per format: (config.model key, the module's default, the value the format implies). big_vision's two towers have
+# the same modules as ours, less the conv stem and coord channels.
+_REQUIRED = {
+    "hf_siglip": [("image.pool_type", "gap", "map"), ("image.posemb", "learn", "learn"),
+                  ("image.stem_channels", 0, 0), ("image.coord_channels", False, False),
+                  ("text.pool_type", "last", "last"), ("text.causal", False, False),
+                  ("text.mask_padding", True, False)],
+    "big_vision": [("image.stem_channels", 0, 0), ("image.coord_channels", False, False)],
+}
 
 
-def check_exportable(model_cfg) -> None:
-    """Raises ValueError naming the first `config.model` key whose value HF's SiglipModel cannot express."""
-    for key, default, want in _REQUIRED:
+def check_exportable(model_cfg, fmt: str = "hf_siglip") -> None:
+    """Raises ValueError naming the first `config.model` key whose value the format `fmt` cannot express."""
+    for key, default, want in _REQUIRED[fmt]:
         tower, name = key.split(".")
         value = (model_cfg.get(tower) or {}).get(name, default)
         if value != want:
-            raise ValueError(f"config.model.{key}={value!r}: HF SiglipModel needs {want!r}; this run cannot be "
-                             f"exported as hf_siglip")
+            target = {"hf_siglip": "HF SiglipModel"}.get(fmt, fmt)
+            raise ValueError(f"config.model.{key}={value!r}: {target} needs {want!r}; this run cannot be exported "
+                             f"as {fmt}")
 
 
 def hf_siglip_config(state_dict: Mapping, num_heads: int, text_num_heads: int) -> dict:
@@ -171,7 +178,7 @@ def save_hf_siglip(params: Mapping, model_cfg, out_dir: str) -> list:
     `model_cfg` (a contrastive run's `config.model`). Returns the written paths."""
     from safetensors.numpy import save_file
 
-    check_exportable(model_cfg)
+    check_exportable(model_cfg, "hf_siglip")
     flat = unstack_blocks(flatten(params))
     heads = [flat[f"{tower}/encoder/block00/attn/query_kernel"].shape[1] for tower in ("img", "txt")]
     sd = to_hf(flat, float(model_cfg.get("temperature_max", 0.0) or 0.0))
@@ -182,3 +189,40 @@ def save_hf_siglip(params: Mapping, model_cfg, out_dir: str) -> list:
     with open(paths[1], "w") as f:
         json.dump(config, f, indent=2)
     return paths
+
+
+# ---- big_vision -----------------------------------------------------------------------------------------------
+_TO_BV = [  # (regex on our path, replacement); applied in order to each path (the inverse of weight_import's rules)
+    (r"^img/encoder/block(\d+)/", lambda m: f"img/Transformer/encoderblock_{int(m[1])}/"),
+    (r"^txt/encoder/block(\d+)/", lambda m: f"txt/Encoder_0/encoderblock_{int(m[1])}/"),
+    (r"^img/encoder/ln_final/", "img/Transformer/encoder_norm/"),
+    (r"^txt/encoder/ln_final/", "txt/Encoder_0/encoder_norm/"),
+    (r"^txt/embedding/embedding$", "txt/Embed_0/embedding"),
+    (r"^img/map_head/ln/", "img/MAPHead_0/LayerNorm_0/"),
+    (r"^img/map_head/", "img/MAPHead_0/"),
+    (r"/ln1/", "/LayerNorm_0/"), (r"/ln2/", "/LayerNorm_1/"),
+    (r"/mlp/fc1/", "/MlpBlock_0/Dense_0/"), (r"/mlp/fc2/", "/MlpBlock_0/Dense_1/"),
+    (r"/attn/(query|key|value|out)_(kernel|bias)$", r"/MultiHeadDotProductAttention_0/\1/\2"),
+]
+
+
+def to_big_vision(params: Mapping) -> Dict[str, np.ndarray]:
+    """Our params (nested or flat, scanned or not) -> big_vision two-towers names ('params/img/Transformer/
+    encoderblock_0/...', layers unrolled), the layout `weight_import.from_big_vision` reads."""
+    out = {}
+    for key, value in unstack_blocks(flatten(params)).items():
+        new = key
+        for pattern, repl in _TO_BV:
+            new = re.sub(pattern, repl, new)
+        out[f"params/{new}"] = np.asarray(value, np.float32)
+    return out
+
+
+def save_big_vision(params: Mapping, model_cfg, path: str) -> list:
+    """Writes `path` (.npz, big_vision's checkpoint format for numpy) for the TwoTowers `params` built from
+    `model_cfg`. Returns [path]."""
+    check_exportable(model_cfg, "big_vision")
+    path = path if path.endswith(".npz") else path + ".npz"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    np.savez(path, **to_big_vision(params))
+    return [path]
