@@ -79,8 +79,9 @@ def dry_run(config, target: str = "", max_unsharded_fraction: float = 0.5, show_
              f"global batch {cfg.batch_size}",
              f"per device: params {_gib(params_b)}, optimizer {_gib(opt_b)}, model state {_gib(ms_b)}, "
              f"temporaries {_gib(mem.get('temp_size_in_bytes', 0))}, total {_gib(total)}",
-             f"FLOPs per step per device: {report['flops_per_step_per_device']:.4g} (XLA's cost analysis: "
-             f"{report['xla_cost_analysis_flops']:.4g}; it counts each scanned loop body once)",
+             f"model FLOPs per step per device: {report['flops_per_step_per_device']:.4g} (with remat recompute "
+             f"{report['hardware_flops_per_step_per_device']:.4g}; XLA's cost analysis: "
+             f"{report['xla_cost_analysis_flops']:.4g}, it counts each scanned loop body once)",
              f"unsharded parameter bytes: {100 * frac:.1f}%" + (
                  "" if model_parallel else " (data-parallel mesh: every parameter replicated by design)"),
              "parameter shardings:"]
