@@ -1,6 +1,8 @@
 """The Python API (vlmjax.load) on tiny trained runs: its numbers against the modules applied by hand to the
 checkpoint's params, images of any size, label names, and the CLIs that wrap it."""
 import io
+import subprocess
+import sys
 
 import jax
 import ml_collections
@@ -147,6 +149,13 @@ def test_zeroshot_cli_any_size_and_bad_files(contrastive_run, tmp_path):
     np.testing.assert_allclose([probs["red"], probs["blue"]], want, atol=1e-4)
     with pytest.raises(ValueError, match=r"^--image '.*nope\.png': no such file$"):
         zeroshot_cli.run_cli(wd, [str(tmp_path / "nope.png")], ["red"])
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG truncated")
+    out = subprocess.run([sys.executable, "-m", "vlmjax.zeroshot_cli", "--workdir", wd, "--image", str(bad),
+                          "--labels", "red"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        f"error: --image {str(bad)!r}: cannot decode as an image (UnidentifiedImageError: cannot identify image "
+        f"file {str(bad)!r})"], out.stderr[-2000:]
 
 
 def test_predict_cli_classifies_and_names_a_bad_image_file(classifier_run, contrastive_run, tmp_path, capsys):

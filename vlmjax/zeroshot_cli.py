@@ -58,15 +58,18 @@ def run_cli(workdir: str, image_paths, labels, eval_name: str = "") -> list:
     """[(image path, {label: probability})] for each image."""
     from vlmjax.api import TwoTowerModel, load_task
 
+    images = [image_input.read_image_file(p, "--image") for p in image_paths]  # before the model loads
     model = TwoTowerModel(*load_task(workdir, ("contrastive",), keys=("params",)), workdir=workdir)
-    model.prompts(labels, eval_name)  # a wrong --eval fails before an image is read
-    images = [image_input.read_image_file(p, "--image") for p in image_paths]
+    model.prompts(labels, eval_name)  # a wrong --eval fails before anything compiles
     probs = model.zeroshot(images, labels, eval_name)
     return [(p, dict(zip(labels, map(float, row)))) for p, row in zip(image_paths, probs)]
 
 
 def _main(argv):
     del argv
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.ERROR)  # orbax logs every restore step
     F = flags.FLAGS
     labels = [s.strip() for s in (F.labels or "").split(",") if s.strip()]
     if not labels:
