@@ -58,6 +58,20 @@ def test_export_cli_loads_in_transformers_with_our_embeddings(contrastive_run, t
     t, b = float(np.exp(m.variables["params"]["t"][0])), float(m.variables["params"]["b"][0])
     np.testing.assert_allclose(ref.logits_per_image.numpy(), t * zimg @ ztxt.T + b, atol=1e-3)
 
+    # the folder loads back into vlmjax with the run's verbs
+    back = vlmjax.load(out)
+    np.testing.assert_allclose(back.embed_images(imgs), zimg, atol=1e-6)
+    np.testing.assert_allclose(back.zeroshot(imgs, ["red", "blue"]), m.zeroshot(imgs, ["red", "blue"]), atol=1e-6)
+    with open(f"{out}/vlmjax_config.json") as f:  # the same run with scanned towers: blocks stacked on load
+        cfg = json.load(f)
+    cfg["model"]["image"]["scan_layers"] = cfg["model"]["text"]["scan_layers"] = True
+    with open(f"{out}/vlmjax_config.json", "w") as f:
+        json.dump(cfg, f)
+    scanned = vlmjax.load(out)
+    assert "blocks" in scanned.variables["params"]["img"]["encoder"]
+    np.testing.assert_allclose(scanned.embed_images(imgs), zimg, atol=1e-5)
+    np.testing.assert_allclose(scanned.embed_texts(texts), ztxt, atol=1e-5)
+
     # the same run as a big_vision .npz reads back (init_from's reader) to the checkpoint's params
     npz = str(tmp_path / "run.npz")
     assert export_cli.main(["--workdir", wd, "--format", "big_vision", "--out", npz]) == 0

@@ -16,6 +16,8 @@ Families (`config.task`): classification -> Classifier (`classify`, `probabiliti
 (`embed_images`, `embed_texts`, `zeroshot`), vqvae -> ImageTokenizer (`encode`, `decode`), prefixlm -> PrefixLM
 (`answer`, and `generate` for VQ-image runs). The CLIs (vlmjax-zeroshot, vlmjax-predict, vlmjax-vq) call this.
 """
+import os
+
 import numpy as np
 
 from vlmjax import image_input
@@ -51,15 +53,63 @@ def load_task(workdir: str, tasks=None, keys=("params", "model_state"), step: in
     return task, {"params": state["params"], **state.get("model_state", {})}, step
 
 
-def load(workdir: str, step: int = None):
-    """The run in `workdir` (a `vlmjax-train` workdir) as its family's model object (see the module docstring)."""
+def load(path: str, step: int = None):
+    """The run in `path` as its family's model object (see the module docstring): a `vlmjax-train` workdir
+    (checkpoint `step`, default: the latest) or a folder written by `vlmjax-export --format hf_siglip`."""
     from vlmjax.train.evaluate import load_run_config
 
-    name = load_run_config(workdir).get("task", "")
+    if os.path.isfile(os.path.join(path, EXPORT_CONFIG)):
+        return _load_export(path)
+    name = load_run_config(path).get("task", "")
     if name not in FAMILIES:
-        raise ValueError(f"workdir {workdir!r}: config.task={name!r} has no Python API; expected one of "
+        raise ValueError(f"workdir {path!r}: config.task={name!r} has no Python API; expected one of "
                          f"{', '.join(sorted(FAMILIES))}")
-    return FAMILIES[name](*load_task(workdir, (name,), step=step, where="workdir"), workdir=workdir)
+    return FAMILIES[name](*load_task(path, (name,), step=step, where="workdir"), workdir=path)
+
+
+# What `vlmjax-export --format hf_siglip` adds to the HF folder so that `load` can rebuild the run from it: the
+# run's resolved config and its SentencePiece model (HF's own files stay untouched).
+EXPORT_CONFIG, EXPORT_TOKENIZER = "vlmjax_config.json", "vlmjax_spm.model"
+
+
+def save_export_config(config, out_dir: str) -> list:
+    """Writes the run's `config` (its `tokenizer` pointing at the copy) and a copy of its tokenizer to `out_dir`;
+    returns the written paths."""
+    import json
+    import shutil
+
+    from vlmjax.train.config import to_json
+
+    paths = [os.path.join(out_dir, EXPORT_CONFIG), os.path.join(out_dir, EXPORT_TOKENIZER)]
+    shutil.copyfile(os.path.expanduser(config.tokenizer), paths[1])
+    cfg = json.loads(to_json(config))
+    cfg["tokenizer"] = EXPORT_TOKENIZER
+    with open(paths[0], "w") as f:
+        json.dump(cfg, f, indent=2, sort_keys=True)
+    return paths
+
+
+def _load_export(folder: str):
+    """A TwoTowerModel from an exported hf_siglip folder: its weights through the HF importer."""
+    import json
+
+    import ml_collections
+
+    from vlmjax.models.weight_export import flatten
+    from vlmjax.models.weight_import import load_siglip, nest, stack_blocks
+    from vlmjax.tasks import get_task_class
+    from vlmjax.train import config as config_lib
+
+    with open(os.path.join(folder, EXPORT_CONFIG)) as f:
+        raw = ml_collections.ConfigDict(json.load(f))
+    raw.tokenizer = os.path.join(folder, EXPORT_TOKENIZER)
+    task_cls = get_task_class(raw.task)
+    task = task_cls(config_lib.resolve(raw, task_cls.config_defaults()))
+    params = load_siglip(folder)
+    for tower, key in (("image", "img"), ("text", "txt")):  # blocks stacked where the run's modules scan them
+        if task.config.model[tower].get("scan_layers", False):
+            params[key] = nest(stack_blocks(flatten(params[key])))
+    return FAMILIES[raw.task](task, {"params": params}, workdir=folder)
 
 
 class RunModel:

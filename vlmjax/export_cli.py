@@ -7,8 +7,9 @@
 `hf_siglip`: a contrastive run as a HF transformers `SiglipModel` folder (`model.safetensors` + `config.json`,
 vlmjax/models/weight_export.py), for runs whose towers HF's SigLIP can express (MAP-head ViT with a learned
 position table, text pooled at the last position without a padding mask: `experiments/siglip_b16.py`); another
-run fails with one line naming the config key. The tokenizer is not converted: copy the run's SentencePiece model
-(`config.tokenizer`) next to it if a HF tokenizer is needed.
+run fails with one line naming the config key. The tokenizer is not converted to a HF tokenizer; the folder also
+holds the run's config and SentencePiece model (`vlmjax_config.json`, `vlmjax_spm.model`), so that
+`vlmjax.load(folder)` gives the run back with its verbs.
 `big_vision`: the two towers' params in one `.npz` under the names of big_vision's released SigLIP checkpoints
 ('params/img/Transformer/encoderblock_0/...', layers unrolled), which `config.init_from` (format 'big_vision') reads.
 Exit code 2 on bad input.
@@ -34,8 +35,12 @@ def export(workdir: str, fmt: str, out: str, step: int = None) -> list:
                          f"contrastive run")
     weight_export.check_exportable(raw.model, fmt)  # before the checkpoint is read
     task, variables, _ = load_task(workdir, ("contrastive",), keys=("params",), step=step)
-    save = weight_export.save_hf_siglip if fmt == "hf_siglip" else weight_export.save_big_vision
-    return save(variables["params"], task.config.model, out)
+    if fmt == "big_vision":
+        return weight_export.save_big_vision(variables["params"], task.config.model, out)
+    from vlmjax.api import save_export_config
+
+    return weight_export.save_hf_siglip(variables["params"], task.config.model, out) + save_export_config(
+        task.config, out)
 
 
 def parser() -> argparse.ArgumentParser:
