@@ -61,15 +61,20 @@ def test_workers_keep_each_hosts_share(monkeypatch):
     def ids(process_index, workers, n=10):
         it = TrainIterator(src, pre, batch_size=4, seed=7, process_index=process_index, process_count=2,
                            worker_count=workers)
-        out = np.concatenate([next(it)["id"] for _ in range(n)])
+        batches = [next(it) for _ in range(n)]
         it.close()
-        return out
+        kinds.update(type(b["id"]).__name__ for b in batches)
+        return np.concatenate([b["id"] for b in batches])
+
+    kinds = set()
 
     a0, b0 = ids(0, 0), ids(1, 0)
     assert not set(a0[:20].tolist()) & set(b0[:20].tolist())  # one epoch: the hosts' halves are disjoint
     np.testing.assert_array_equal(ids(1, 1), b0)
     monkeypatch.setattr(pipeline, "_shared_memory_room", lambda: False)  # (the other test runs with it)
+    kinds.clear()
     np.testing.assert_array_equal(np.sort(ids(0, 2)), np.sort(a0))
+    assert kinds == {"ndarray"}  # pickled, not grain's SharedMemoryArray
 
 
 def test_auto_worker_count():

@@ -238,7 +238,7 @@ class _IndexedBatches(grain.IterDataset):
         self._parents = (self._parent.slice(sl),)
 
     def enable_shared_memory_output(self) -> None:
-        self._shared_memory = _shared_memory_room()
+        self._shared_memory = True
 
     def __iter__(self):
         return _IndexedBatchesIterator(self._parent, self._batch_size, self._name,
@@ -303,9 +303,12 @@ class TrainIterator:
             # (benchmarks/input_pipeline.py). Each worker process runs the same reader.
             if self.worker_count > 0:
                 _absl_flags_parsed()
-                ds = _IndexedBatches(self._examples, self._batch, self._name).mp_prefetch(
-                    grain.MultiprocessingOptions(num_workers=self.worker_count,
-                                                 per_worker_buffer_size=self._worker_buffer))
+                ds = _IndexedBatches(self._examples, self._batch, self._name)
+                if not _shared_memory_room():  # every array is pickled, none goes through /dev/shm
+                    ds = grain.experimental.WithOptionsIterDataset(
+                        ds, grain.experimental.DatasetOptions(min_shm_size=1 << 62))
+                ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.worker_count,
+                                                                 per_worker_buffer_size=self._worker_buffer))
             else:
                 ds = _KeptBatches(self._examples.to_iter_dataset(self._read), self._batch, self._name)
             self._it = iter(ds)
