@@ -86,6 +86,9 @@ def test_classifier_against_the_module_by_hand(classifier_run):
     assert [lab for lab, _ in top] == [str(order[0]), str(order[1])]
     np.testing.assert_allclose([p for _, p in top], want[0][order[:2]], atol=1e-5)
     assert [r[0][0] for r in m.classify(imgs)] == [str(i) for i in want.argmax(1)]  # a list -> one list per image
+    # (the calls above padded the 3 images to 4; the padding row never reaches the results) in batches of 2 and 1:
+    m.BATCH = 2
+    np.testing.assert_allclose(m.probabilities(imgs), want, atol=1e-5)
 
 
 def test_classifier_takes_paths_pil_and_any_size(classifier_run, tmp_path):

@@ -116,6 +116,7 @@ class RunModel:
     """A trained run: `task` (its vlmjax task), `variables` (host numpy), `config`, `step`, `workdir`."""
 
     family = ""
+    BATCH = 64  # images per device call
 
     def __init__(self, task, variables, step=None, workdir: str = ""):
         self.task, self.variables, self.step, self.workdir = task, variables, step, workdir
@@ -140,6 +141,17 @@ class RunModel:
             specs = image_input.image_specs(self.config, eval_name)
             self._fns[key] = image_input.preprocess_fn(specs, int(self.config.get("image_size", 0) or 0))
         return image_input.image_batch(images, self._fns[key])
+
+    def _in_batches(self, fn, x: np.ndarray) -> np.ndarray:
+        """fn(variables, float32[b, ...]) over x[N, ...] in batches of at most BATCH, each padded to a power of two
+        (a handful of compiled shapes, bounded memory); returns the N rows of the outputs, concatenated."""
+        out = []
+        for start in range(0, len(x), self.BATCH):
+            part = x[start:start + self.BATCH]
+            size = 1 << (len(part) - 1).bit_length()
+            padded = np.concatenate([part, np.zeros((size - len(part),) + part.shape[1:], part.dtype)])
+            out.append(np.asarray(fn(self.variables, padded))[:len(part)])
+        return np.concatenate(out)
 
 
 @_family("classification")
@@ -170,8 +182,8 @@ class Classifier(RunModel):
 
         x, _ = self.preprocess(images)
         logits_fn = self.task.predict_fns()["logits"]
-        logits = self._jit("logits", lambda v, im: jax.nn.softmax(logits_fn(v, im).astype("float32")))
-        return np.asarray(logits(self.variables, x))
+        probs = self._jit("probs", lambda v, im: jax.nn.softmax(logits_fn(v, im).astype("float32")))
+        return self._in_batches(probs, x)
 
     def classify(self, images, top_k: int = 1):
         """[(label name, probability), ...] of the top_k classes, best first: one list per image (one list for
@@ -199,7 +211,7 @@ class TwoTowerModel(RunModel):
         """images -> float32[N, D] (the image tower's L2-normalised embeddings)."""
         x, _ = self.preprocess(images, eval_name)
         fn = self._jit("images", lambda v, im: self.task.model.apply(v, images=im)[0])
-        return np.asarray(fn(self.variables, x), np.float32)
+        return self._in_batches(fn, x).astype(np.float32)
 
     def embed_texts(self, texts) -> np.ndarray:
         """str or list of N str -> float32[N, D] (tokenized like the training text)."""
