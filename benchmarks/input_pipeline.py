@@ -26,6 +26,7 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -321,7 +322,10 @@ def main():
 
     def save(final=False):
         res["wall_s"] = time.perf_counter() - t0
-        res["summary"] = summarize(res)
+        try:
+            res["summary"] = summarize(res)
+        except (KeyError, TypeError, ZeroDivisionError) as e:  # a part cut short: its figures are still written
+            res["summary"] = {"error": f"{type(e).__name__}: {e}"}
         if final:
             common.write_result("input_pipeline", res)
         else:  # quietly, so a run cut short keeps what it measured
@@ -331,11 +335,19 @@ def main():
 
     with tempfile.TemporaryDirectory() as tmp:
         parts = args.parts.split(",")
-        if "demo" in parts:
-            demo(args, res, save, demo_workers, auto_w, tmp)
-        if "jpeg" in parts:
-            jpeg(args, res, save, jpeg_workers, tmp)
+        for part, run in (("demo", lambda: demo(args, res, save, demo_workers, auto_w, tmp)),
+                          ("jpeg", lambda: jpeg(args, res, save, jpeg_workers, tmp))):
+            if part not in parts:
+                continue
+            try:  # one failed part still leaves the other's figures (a device run is one try)
+                run()
+            except Exception as e:  # noqa: BLE001
+                traceback.print_exc()
+                res.setdefault(part, {})["error"] = f"{type(e).__name__}: {e}"
+                save()
     save(final=True)
+    if any("error" in res.get(p, {}) for p in ("demo", "jpeg")):
+        sys.exit(1)
 
 
 if __name__ == "__main__":
