@@ -1,7 +1,7 @@
 """`vlmjax-zeroshot`: label probabilities of an image under a trained contrastive run (SigLIP / CLIP / LiT).
 
     vlmjax-zeroshot --workdir workdirs/siglip_scenes --image a.png --labels "red circle,blue square"
-    vlmjax-zeroshot ... --eval zeroshot_grammar   # that evaluator's prompts and aggregation
+    vlmjax-zeroshot ... --eval caption_retrieval   # that evaluator's prompts and aggregation
 
 Loads `<workdir>/config.json` and the latest checkpoint's params. Each label is embedded through the prompts of one
 of the run's zero-shot evaluators (`--eval NAME`; default: the first one; the CLIP-style ensemble if there is
