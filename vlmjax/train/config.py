@@ -7,6 +7,7 @@ Free-form sections (`model`, `evals`) are checked by the task against the module
 """
 import difflib
 import json
+import math
 
 import ml_collections
 
@@ -152,15 +153,21 @@ def check_runtime(config, num_devices: int, process_count: int = 1) -> tuple:
             f"(mesh data={shape[0]} x fsdp={shape[1]})" + (f" x grad_accum_steps={accum}" if accum > 1 else ""))
     if config.batch_size % process_count:
         raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the {process_count} processes")
-    for name, ev in config.evals.items():
-        if ev.data.batch_size % dp:
-            raise ValueError(f"config.evals.{name}.data.batch_size={ev.data.batch_size} is not divisible by the "
-                             f"data-parallel size {dp}")
+    for name, ev in config.evals.items():  # one that dp does not divide is padded (eval_batch_size)
+        if ev.data.batch_size < 1:
+            raise ValueError(f"config.evals.{name}.data.batch_size={ev.data.batch_size}: must be >= 1")
     if config.nan_policy not in ("stop", "skip"):
         raise ValueError(f"config.nan_policy={config.nan_policy!r}: expected 'stop' or 'skip'")
     if config.total_steps < 1:
         raise ValueError(f"config.total_steps={config.total_steps}: must be >= 1")
     return shape
+
+
+def eval_batch_size(batch_size: int, data_parallel: int, process_count: int = 1) -> int:
+    """An eval batch size rounded up to a multiple of the data-parallel size (and of the processes, which each read
+    an equal share): the extra rows are padding marked invalid (`_valid`), so no metric changes."""
+    m = math.lcm(int(data_parallel), int(process_count))
+    return -(-int(batch_size) // m) * m
 
 
 def set_dotted(config, over: dict):

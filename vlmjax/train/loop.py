@@ -60,6 +60,7 @@ class Trainer:
         self.mesh = make_mesh(cfg.mesh, devices)
         self.rules = rules_from_config(cfg.sharding_rules)
         self.evaluators = self.task.evaluators()
+        self._log_eval_padding()
         self._eval_sources = {}
         if open_data:  # a missing split fails now, not after an hour of training
             self.train_source = make_source(cfg.data, cfg.data.split)
@@ -204,11 +205,26 @@ class Trainer:
             self._eval_sources[key] = make_source(data_cfg, data_cfg.split)
         return self._eval_sources[key]
 
+    def _eval_batch_size(self, data_cfg) -> int:
+        from vlmjax.train.mesh import data_parallel_size
+
+        return config_lib.eval_batch_size(data_cfg.batch_size, data_parallel_size(self.mesh), jax.process_count())
+
+    def _log_eval_padding(self):
+        """Says once, when the trainer is built, which eval batches are padded to the data-parallel size."""
+        from vlmjax.train.mesh import data_parallel_size
+
+        for name, ev in self.config.evals.items():
+            size = self._eval_batch_size(ev.data)
+            if size != ev.data.batch_size:
+                log(f"config.evals.{name}.data.batch_size={ev.data.batch_size} is padded to {size}, a multiple of "
+                    f"the data-parallel size {data_parallel_size(self.mesh)}; padding rows are not counted")
+
     def batches(self, data_cfg):
-        """Global eval batches for a data config (with `_valid`)."""
+        """Global eval batches for a data config (with `_valid`), padded to a multiple of the data-parallel size."""
         source = self._eval_source(data_cfg)
         pre = self.task.preprocess_fn(data_cfg, train=False)
-        local = data_cfg.batch_size // jax.process_count()
+        local = self._eval_batch_size(data_cfg) // jax.process_count()
         for b in eval_batches(source, pre, batch_size=local, process_index=jax.process_index(),
                               process_count=jax.process_count(), max_examples=data_cfg.max_examples or None):
             yield self._global_batch(b)
