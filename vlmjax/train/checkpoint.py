@@ -20,6 +20,13 @@ from vlmjax.train.restore_check import (StateMismatchError, UnreadableCheckpoint
                                          state_mismatch)
 
 
+_TS_WRITE_ERROR = re.compile(r"RESOURCE_EXHAUSTED|PERMISSION_DENIED|No space left on device|Read-only file system")
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, read-only or unwritable directory)."""
+
+
 def multihost_sync(name: str) -> None:
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
@@ -36,13 +43,25 @@ class Checkpointer:
         self.mngr = ocp.CheckpointManager(self.directory, options=options,
                                           item_handlers={"state": ocp.StandardCheckpointHandler(),
                                                          "data": ocp.JsonCheckpointHandler()})
+        self._in_flight, self._reported = None, False
+        _drop_orphaned_callback_reports()  # before any failure: the reports can come before the exception
 
     def latest_step(self):
         return self.mngr.latest_step()
 
     def save(self, step: int, state, data_state: dict, force: bool = False) -> bool:
-        return self.mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                            data=ocp.args.JsonSave(data_state)), force=force)
+        """Start saving `step` (async). A failed write -- of this step or of the one still in flight -- raises
+        CheckpointWriteError naming the step and the last complete checkpoint, which is left intact."""
+        if not (force or self.mngr.should_save(step)):
+            return False
+        self.wait()  # orbax would wait for the save in flight here anyway; its failure is that step's
+        try:
+            saved = self.mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                                 data=ocp.args.JsonSave(data_state)), force=force)
+        except Exception as e:  # noqa: BLE001 -- only file-system failures are rewritten, see _write_error
+            raise self._write_error(e, step) from e
+        self._in_flight = step if saved else None
+        return saved
 
     def restore(self, step: int, abstract_state):
         """abstract_state: tree of jax.ShapeDtypeStruct with `.sharding` -> (state placed on those shardings, data)."""
@@ -83,7 +102,6 @@ class Checkpointer:
                 error = None
             except Exception as e:  # noqa: BLE001 -- sorted below: damage falls back, anything else is raised
                 error = e
-                _drop_orphaned_read_reports()
             unreadable = error is not None and is_unreadable(error)
             any_unreadable, any_other = _any_process([unreadable, error is not None and not unreadable])
             if any_other:
@@ -111,37 +129,82 @@ class Checkpointer:
         return None
 
     def wait(self):
-        self.mngr.wait_until_finished()
+        try:
+            self.mngr.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            raise self._write_error(e, self._in_flight) from e
+        self._in_flight = None
 
     def close(self):
         """Wait for a save in flight, then stop orbax's threads and event loop (also after an error: without this
-        an exit prints asyncio 'Event loop is closed' tracebacks)."""
+        an exit prints asyncio 'Event loop is closed' tracebacks). A write failure already raised by `save` is
+        not raised again."""
         try:
-            self.mngr.wait_until_finished()
+            self.wait()
+        except CheckpointWriteError:
+            if not self._reported:
+                raise
         finally:
             self.mngr.close()
 
+    def _write_error(self, e: BaseException, step):
+        """CheckpointWriteError when the file system refused the write (disk full, read-only, permissions: an
+        OSError, or tensorstore's RESOURCE_EXHAUSTED / PERMISSION_DENIED with the OS error); else `e` itself."""
+        if isinstance(e, CheckpointWriteError):
+            return e
+        cause, reason = e, None
+        while cause is not None and reason is None:
+            if isinstance(cause, OSError):
+                reason = (cause.errno, cause.strerror or str(cause))
+            else:
+                m = _TS_WRITE_ERROR.search(str(cause))
+                if m:
+                    code = re.search(r"os_error_code='(\d+)'", str(cause))
+                    errno_ = int(code.group(1)) if code else None
+                    reason = (errno_, os.strerror(errno_) if errno_ else m.group(0))
+            cause = cause.__cause__ or cause.__context__
+        if reason is None:
+            return e
+        self._reported = True
+        done = [int(d) for d in os.listdir(self.directory) if d.isdigit()] if os.path.isdir(self.directory) else []
+        last = f"step {max(done)} in {self.directory}, intact" if done else "none"
+        return CheckpointWriteError(
+            reason[0], f"checkpoint step {step} could not be written to {self.directory} ({reason[1]}); the last "
+            f"complete checkpoint is {last}. Free space or fix the permissions, then re-run the same command to "
+            f"resume from it")
 
-def _drop_orphaned_read_reports() -> None:
-    """After a failed restore, tensorstore still finishes the checkpoint's other reads and posts each result to the
-    event loop orbax has already closed; asyncio reports every one as an unraisable 'RuntimeError: Event loop is
-    closed' traceback, often at exit. No one awaits those reads any more: drop exactly these reports (raised in
-    `call_soon_threadsafe`), pass everything else to the previous hook."""
-    previous = sys.unraisablehook
-    if getattr(previous, "drops_orphaned_reads", False):
+
+def _orphaned_callback(exc, tb) -> bool:
+    """Whether `exc` is asyncio's 'Event loop is closed' raised in `call_soon_threadsafe`: a tensorstore read or
+    write of a failed checkpoint operation finishing after orbax closed its event loop, with no one awaiting it."""
+    if not (isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"):
+        return False
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "call_soon_threadsafe":
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _drop_orphaned_callback_reports() -> None:
+    """After a failed restore or save, tensorstore still finishes the operation's other reads/writes and posts
+    each result to the event loop orbax has already closed; asyncio then prints a 'RuntimeError: Event loop is
+    closed' traceback for each (through sys.unraisablehook or sys.excepthook, often at exit). Drop exactly these
+    reports; everything else goes to the previous hooks."""
+    if getattr(sys.unraisablehook, "drops_orphaned_callbacks", False):
         return
+    previous_unraisable, previous_except = sys.unraisablehook, sys.excepthook
 
-    def hook(unraisable):
-        tb, frames = unraisable.exc_traceback, []
-        while tb is not None:
-            frames.append(tb.tb_frame.f_code.co_name)
-            tb = tb.tb_next
-        if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"
-                and "call_soon_threadsafe" in frames):
-            previous(unraisable)
+    def unraisable_hook(u):
+        if not _orphaned_callback(u.exc_value, u.exc_traceback):
+            previous_unraisable(u)
 
-    hook.drops_orphaned_reads = True
-    sys.unraisablehook = hook
+    def except_hook(kind, value, tb):
+        if not _orphaned_callback(value, tb):
+            previous_except(kind, value, tb)
+
+    unraisable_hook.drops_orphaned_callbacks = True
+    sys.unraisablehook, sys.excepthook = unraisable_hook, except_hook
 
 
 def _first_line(e: BaseException) -> str:

@@ -32,6 +32,7 @@ def _main(argv):
     del argv
     from vlmjax.train import config as config_lib
     from vlmjax.train import distributed
+    from vlmjax.train.checkpoint import CheckpointWriteError
     from vlmjax.train.loop import train
 
     distributed.initialize(_COORD.value, _NPROC.value, _PID.value, _DIST.value)
@@ -43,8 +44,9 @@ def _main(argv):
             dry_run(config, _TARGET.value, _MAXUNSH.value)
             return
         metrics = train(config, _WORKDIR.value, allow_config_change=_ALLOW.value)
-    except (ValueError, FileNotFoundError, KeyError, FloatingPointError) as e:
-        # Configuration and data errors carry a message naming the key/file: print it, not a traceback.
+    except (ValueError, FileNotFoundError, KeyError, FloatingPointError, CheckpointWriteError) as e:
+        # Configuration, data and checkpoint-write errors carry a message naming the key/file: print it, not a
+        # traceback.
         if os.environ.get("VLMJAX_TRACEBACK"):
             raise
         print(f"error: {e}", file=sys.stderr)
