@@ -19,9 +19,11 @@ $(VENV)/.installed: setup.py
 
 venv: $(VENV)/.installed
 
-# Builds the `scenes` dataset (tfds, ArrayRecord) and trains its SentencePiece tokenizer; both are idempotent.
+# Builds the `scenes` dataset (tfds, ArrayRecord; `tiny` for the experiments' `:runlocal` variants) and trains its
+# SentencePiece tokenizer; all idempotent.
 data: venv
 	$(BIN)/python -m vlmjax.data.scenes --data_dir $(DATA_DIR) --config default
+	$(BIN)/python -m vlmjax.data.scenes --data_dir $(DATA_DIR) --config tiny
 	@test -f $(DATA_DIR)/scenes_spm.model || $(BIN)/python -m vlmjax.data.tokenizer --data_dir $(DATA_DIR) \
 		--dataset scenes/default --out $(DATA_DIR)/scenes_spm.model
 

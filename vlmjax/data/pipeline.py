@@ -62,8 +62,7 @@ def _tfds_source(cfg, split):
     except Exception as e:  # tfds raises several types; the user needs the key and the path
         raise FileNotFoundError(
             f"config.data.name={cfg.name!r} split {split!r}: dataset not found in data_dir={cfg.data_dir!r} "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Build the built-in one with "
-            f"`make data` or `python -m vlmjax.data.scenes --data_dir {cfg.data_dir}`.") from None
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). {_build_hint(cfg)}") from None
     features = builder.info.features
     missing = [k for k in wanted if k not in features]
     if missing:
@@ -71,6 +70,17 @@ def _tfds_source(cfg, split):
                          f"{sorted(features)}")
     return _SelectedFeatures(raw, tfds.features.FeaturesDict({k: features[k] for k in wanted}),
                              {k: v for k, v in skip.items() if k in wanted})
+
+
+def _build_hint(cfg) -> str:
+    """The command that builds a missing dataset: the built-in `scenes/<config>`, or where to read for others."""
+    name, _, config = cfg.name.partition("/")
+    if name != "scenes":
+        return ("Prepare it with tfds into that data_dir; a TFRecord dataset must be converted to ArrayRecord "
+                "(docs/data.md)")
+    config = config.split(":")[0] or "default"
+    make = "`make data` or " if config in ("default", "tiny") else ""
+    return f"Build it with {make}`python -m vlmjax.data.scenes --data_dir {cfg.data_dir} --config {config}`"
 
 
 class _SelectedFeatures:

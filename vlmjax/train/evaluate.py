@@ -21,10 +21,12 @@ def _define_flags():
 
 
 def load_run_config(workdir: str, spec: str = None):
-    """The experiment config of a run: `spec` if given, else the resolved config.json saved in the workdir."""
+    """The experiment config of a run: `spec` if given, else the resolved config.json saved in the workdir, its
+    relative paths resolved against the directory the run was launched from (vlmjax/train/run_paths.py)."""
     import ml_collections
 
     from vlmjax.train import config as config_lib
+    from vlmjax.train.run_paths import absolute_paths, launch_dir
 
     if spec:
         return config_lib.load_experiment(spec)
@@ -32,7 +34,7 @@ def load_run_config(workdir: str, spec: str = None):
     if not os.path.exists(path):
         raise FileNotFoundError(f"--workdir {workdir!r}: no config.json (not a vlmjax run directory?)")
     with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+        return absolute_paths(ml_collections.ConfigDict(json.load(f)), launch_dir(workdir))
 
 
 def eval_devices(mesh_cfg, devices):
@@ -70,7 +72,7 @@ def evaluate_workdir(workdir: str, config, step: int = None, devices=None) -> tu
 
     if devices is None:
         devices = eval_devices(config.mesh, jax.devices())
-    trainer = Trainer(config, workdir, devices)
+    trainer = Trainer(config, workdir, devices, open_data="eval")  # the train split stays closed
     ckpt = Checkpointer(workdir, 1, None, async_save=False)
     step = ckpt.latest_step() if step is None else step
     if step is None:

@@ -29,6 +29,7 @@ from vlmjax.train.mesh import (batch_sharding, like_params_shardings, logical_sh
 from vlmjax.train.metrics import MetricWriter, Progress
 from vlmjax.train.optim import make_optimizer
 from vlmjax.train.restore_check import check_resume_config
+from vlmjax.train.run_paths import record_launch_dir
 
 
 def log(msg: str) -> None:
@@ -41,7 +42,9 @@ class Trainer:
 
     allow_config_change = False  # resume a workdir under a changed lr, total_steps, ... (restore_check.WITH_FLAG)
 
-    def __init__(self, config, workdir: str, devices=None, open_data: bool = True):
+    def __init__(self, config, workdir: str, devices=None, open_data=True):
+        """`open_data`: True opens the train and eval splits now, 'eval' only the eval splits, False none (the
+        eval splits open when first read)."""
         task_cls = get_task_class(config.get("task", ""))
         self.config = cfg = config_lib.resolve(config, getattr(task_cls, "config_defaults", dict)())
         config_lib.fill_eval_data(cfg)
@@ -63,7 +66,8 @@ class Trainer:
         self._log_eval_padding()
         self._eval_sources = {}
         if open_data:  # a missing split fails now, not after an hour of training
-            self.train_source = make_source(cfg.data, cfg.data.split)
+            if open_data != "eval":
+                self.train_source = make_source(cfg.data, cfg.data.split)
             for name, ev in cfg.evals.items():
                 self._eval_source(ev.data)
         self.tx, self.schedule = make_optimizer(cfg.optimizer, cfg.schedule, cfg.total_steps)
@@ -291,6 +295,7 @@ class Trainer:
         if jax.process_index() == 0:  # once the checkpoints it describes are known to fit it
             with open(os.path.join(self.workdir, "config.json"), "w") as f:
                 f.write(config_lib.to_json(cfg))
+            record_launch_dir(self.workdir)  # its relative paths resolve against it from anywhere (run_paths.py)
         if self._train_step is None:
             self._train_step = self.train_step_fn()
         progress = Progress(cfg.total_steps, cfg.batch_size, start)
