@@ -54,6 +54,11 @@ def test_sharding_invariance(one_device_run, tmp_path, mesh):
     got = losses(str(tmp_path))
     np.testing.assert_allclose(got, ref, rtol=1e-5)
     assert final["eval/test/accuracy"] == pytest.approx(one_device_run[1]["eval/test/accuracy"])
+    # The gradients too, not only the losses: their global norm at every step (a gradient all-reduced over the
+    # wrong axis, or not at all, changes it; the loss is the same mean either way at step 1).
+    norms = lambda wd: [r["train/grad_norm"] for r in read_metrics(wd) if "train/grad_norm" in r]  # noqa: E731
+    assert len(norms(str(tmp_path))) == 20
+    np.testing.assert_allclose(norms(str(tmp_path)), norms(one_device_run[0]), rtol=1e-4)
 
 
 def test_learns_and_is_deterministic(one_device_run, tmp_path):
