@@ -1,5 +1,6 @@
 """The train input pipeline with worker processes: bit-exact resume, drops, host sharding, the auto worker count."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -87,3 +88,17 @@ def test_auto_worker_count():
     assert auto_worker_count(3, "gpu", cpu_count=16) == 3
     with pytest.raises(ValueError, match=r"config.data.worker_count=-2"):
         auto_worker_count(-2, "gpu")
+
+
+def test_auto_worker_count_shares_the_host_between_a_launchers_processes(monkeypatch):
+    machine = os.cpu_count()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(machine)), raising=False)
+    for var in ("SLURM_NTASKS_PER_NODE", "LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    assert auto_worker_count(-1, "gpu") == max(1, min(machine - 2, 32))
+    monkeypatch.setattr(os, "cpu_count", lambda: 192)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(192)))
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "8(x2)")  # one process per GPU, 8 on each of 2 nodes
+    assert auto_worker_count(-1, "gpu") == 22  # 192 / 8 - 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(12)))  # the launcher bound 12 CPUs to us
+    assert auto_worker_count(-1, "gpu") == 10

@@ -143,10 +143,29 @@ def _stack(rows, where: str, make_batch=None) -> dict:
     return out
 
 
+# Launchers' count of processes on this host (SLURM: one per GPU; torchrun; Open MPI).
+_LOCAL_PROCESS_VARS = ("SLURM_NTASKS_PER_NODE", "LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE")
+
+
+def _host_cores() -> int:
+    """Cores this process may use: its CPU affinity (a launcher that binds CPUs per task leaves each its own), or,
+    when the whole machine is visible, the machine's cores split over the launcher's processes on this host."""
+    machine = os.cpu_count() or 1
+    mine = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else machine
+    if mine < machine:
+        return mine
+    for var in _LOCAL_PROCESS_VARS:
+        value = os.environ.get(var, "").split("(")[0]  # SLURM may write e.g. '8(x2)'
+        if value.isdigit() and int(value) > 0:
+            return max(1, machine // int(value))
+    return machine
+
+
 def auto_worker_count(requested: int, backend: str, cpu_count: Optional[int] = None) -> int:
     """Worker processes for `config.data.worker_count`: `requested` if >= 0; for -1 (auto): 0 on a CPU-only host
-    (`backend == 'cpu'`: its cores run the train step, and one reader thread measured faster there, docs/scale.md),
-    else min(cores - 2, 32) (one core each for the main process and the device feeding), at least 1."""
+    (`backend == 'cpu'`: its cores run the train step; the whole vit_scenes run measured no faster with a worker on 2
+    cores, docs/scale.md), else min(cores - 2, 32) (one core each for the main process and the device feeding), at
+    least 1. `cpu_count` defaults to this process's share of the host (`_host_cores`)."""
     if requested >= 0:
         return int(requested)
     if requested != -1:
@@ -154,9 +173,7 @@ def auto_worker_count(requested: int, backend: str, cpu_count: Optional[int] = N
                          f"positive number of worker processes")
     if backend == "cpu":
         return 0
-    if cpu_count is None:
-        cpu_count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(cpu_count - 2, 32))
+    return max(1, min((_host_cores() if cpu_count is None else cpu_count) - 2, 32))
 
 
 class _BatchedReads:
