@@ -38,11 +38,33 @@ def _committed_steps(workdir):
     return sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
 
 
-def test_sigkill_mid_run_then_resume_is_bit_exact(scenes_tiny_dir, tmp_path):
+@pytest.fixture(scope="module")
+def uninterrupted(scenes_tiny_dir, tmp_path_factory):
+    ref = str(tmp_path_factory.mktemp("ref"))
+    _run(_cmd(ref, scenes_tiny_dir, 0))
+    return ref
+
+
+def _resume_and_compare(killed, ref, data_dir, latest, rows_before):
+    """Re-run; it must say it resumed from `latest`, log only later steps, and end bitwise like `ref`."""
+    out = _run(_cmd(killed, data_dir, 0))
+    assert f"resumed from {os.path.join(killed, 'checkpoints')}/{latest} (step {latest} done" in out.stdout
+    resumed_rows = _rows(killed)[rows_before:]
+    assert [r["step"] for r in resumed_rows if "train/loss" in r] == list(range(latest + 1, 21))
+    assert not os.path.exists(os.path.join(killed, "checkpoints_corrupt"))
+    want = [r["train/loss"] for r in read_metrics(ref)]
+    got = [r["train/loss"] for r in read_metrics(killed)]
+    assert len(want) == len(got) == 20
+    np.testing.assert_array_equal(got, want)  # bitwise: same data, same order, same arithmetic
+    p_ref, p_got = load_params_numpy(ref), load_params_numpy(killed)
+    for a, b in zip(jax_leaves(p_ref), jax_leaves(p_got)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_sigkill_mid_run_then_resume_is_bit_exact(uninterrupted, scenes_tiny_dir, tmp_path):
     """Checkpoints every 5 steps, killed after the step-10 one (not the first): the re-run says it resumed from the
     latest committed step k, writes only steps k+1..20, and ends bitwise where an uninterrupted run ends."""
-    ref, killed = str(tmp_path / "ref"), str(tmp_path / "killed")
-    _run(_cmd(ref, scenes_tiny_dir, 0))
+    ref, killed = uninterrupted, str(tmp_path / "killed")
 
     proc = subprocess.Popen(_cmd(killed, scenes_tiny_dir, 0.5), cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
@@ -59,18 +81,29 @@ def test_sigkill_mid_run_then_resume_is_bit_exact(scenes_tiny_dir, tmp_path):
     rows_before = len(_rows(killed))
     assert 10 <= max(r["step"] for r in _rows(killed)) < 20  # killed between the step-10 checkpoint and the end
 
-    out = _run(_cmd(killed, scenes_tiny_dir, 0))
-    assert f"resumed from {os.path.join(killed, 'checkpoints')}/{latest} (step {latest} done" in out.stdout
-    resumed_rows = _rows(killed)[rows_before:]
-    assert [r["step"] for r in resumed_rows if "train/loss" in r] == list(range(latest + 1, 21))
-    assert not os.path.exists(os.path.join(killed, "checkpoints_corrupt"))
-    want = [r["train/loss"] for r in read_metrics(ref)]
-    got = [r["train/loss"] for r in read_metrics(killed)]
-    assert len(want) == len(got) == 20
-    np.testing.assert_array_equal(got, want)  # bitwise: same data, same order, same arithmetic
-    p_ref, p_got = load_params_numpy(ref), load_params_numpy(killed)
-    for a, b in zip(jax_leaves(p_ref), jax_leaves(p_got)):
-        np.testing.assert_array_equal(a, b)
+    _resume_and_compare(killed, ref, scenes_tiny_dir, latest, rows_before)
+
+
+def test_sigkill_while_an_async_checkpoint_commits(uninterrupted, scenes_tiny_dir, tmp_path):
+    """Killed while a checkpoint is still being written (its `<step>.orbax-checkpoint-tmp` folder exists): that
+    half-written step is never used; the re-run resumes from the last committed one, bitwise."""
+    killed = str(tmp_path / "killed")
+    proc = subprocess.Popen(_cmd(killed, scenes_tiny_dir, 0.3), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    directory = os.path.join(killed, "checkpoints")
+    deadline, caught = time.time() + 240, None
+    while proc.poll() is None and time.time() < deadline:  # orbax writes <step>.orbax-checkpoint-tmp, then renames
+        tmp = [d for d in (os.listdir(directory) if os.path.isdir(directory) else []) if d.endswith("-tmp")]
+        if tmp and int(tmp[0].split(".")[0]) >= 10:
+            proc.send_signal(signal.SIGKILL)
+            caught = int(tmp[0].split(".")[0])
+            break
+        time.sleep(0.005)
+    proc.wait()
+    assert caught is not None, "never saw a checkpoint in flight: " + proc.stderr.read()[-2000:]
+    latest = _committed_steps(killed)[-1]
+    assert latest < caught  # the one in flight did not commit
+    _resume_and_compare(killed, uninterrupted, scenes_tiny_dir, latest, len(_rows(killed)))
 
 
 def jax_leaves(tree):
