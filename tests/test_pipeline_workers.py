@@ -102,3 +102,24 @@ def test_auto_worker_count_shares_the_host_between_a_launchers_processes(monkeyp
     assert auto_worker_count(-1, "gpu") == 22  # 192 / 8 - 2
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(12)))  # the launcher bound 12 CPUs to us
     assert auto_worker_count(-1, "gpu") == 10
+
+
+def test_trainer_resumes_bit_exact_with_workers(tmp_path, capsys):
+    """A run with 2 worker processes, its last checkpoint removed and re-run, ends where the uninterrupted run ended
+    (train state and input position both come back from step 3's checkpoint)."""
+    import shutil
+
+    import jax
+
+    from test_core import tiny_config
+    from vlmjax.train.loop import train
+
+    cfg = tiny_config(**{"mesh.data": 1, "data.worker_count": 2, "total_steps": 6, "checkpoint.every_steps": 3})
+    wd = str(tmp_path / "run")
+    first = train(cfg, wd, devices=jax.devices()[:1])
+    capsys.readouterr()
+    shutil.rmtree(os.path.join(wd, "checkpoints", "6"))
+    again = train(cfg, wd, devices=jax.devices()[:1])
+    assert again["train/loss"] == first["train/loss"] and again["train/grad_norm"] == first["train/grad_norm"]
+    assert again["train/param_norm"] == first["train/param_norm"]
+    assert "checkpoints/3 (step 3 done" in capsys.readouterr().out  # resumed, not trained again from scratch
