@@ -102,9 +102,12 @@ def reference_rate(source, preprocess, batch_size, min_batches):
 
 
 def step_rate(trainer, host_batches, steps):
-    """Train-step examples/s on batches already on the device (the rate the accelerator consumes)."""
+    """Train-step examples/s on batches already on the device (the rate the accelerator consumes); the host batches
+    are cycled (an accelerator step takes ~ms: `steps` x 10 steps there)."""
     import jax
 
+    if jax.default_backend() != "cpu":
+        steps *= 10
     step, state = trainer.train_step_fn(), trainer.init_state()
     with jax.set_mesh(trainer.mesh):
         gb = [trainer._global_batch(b) for b in host_batches[:steps]]
@@ -113,6 +116,9 @@ def step_rate(trainer, host_batches, steps):
         state, m = step(state, gb[0])
         jax.block_until_ready(m)
         compile_s = time.perf_counter() - t
+        for b in gb[:3]:  # warm
+            state, m = step(state, b)
+        jax.block_until_ready(m)
         t = time.perf_counter()
         for b in gb:
             state, m = step(state, b)
@@ -122,7 +128,8 @@ def step_rate(trainer, host_batches, steps):
 
 
 def end_to_end_rate(trainer, step_state, source, preprocess, batch_size, workers, steps):
-    """examples/s of next(pipeline) -> device -> step, as the train loop runs them."""
+    """examples/s of next(pipeline) -> device -> step, as the train loop runs them; steady state as in
+    `pipeline_rate` (the second half of enough steps that the workers' buffered batches are spent)."""
     import jax
 
     from vlmjax.data.pipeline import TrainIterator
@@ -130,17 +137,17 @@ def end_to_end_rate(trainer, step_state, source, preprocess, batch_size, workers
     step, state = step_state
     it = TrainIterator(source, preprocess, batch_size=batch_size, seed=1, worker_count=workers,
                        worker_buffer=WORKER_BUFFER)
+    n = max(steps, 4 * workers * (WORKER_BUFFER + 1))
     with jax.set_mesh(trainer.mesh):
-        for _ in range(workers + 1):
-            state, m = step(state, trainer._global_batch(next(it)))
-        jax.block_until_ready(m)
-        t = time.perf_counter()
-        for _ in range(steps):
+        for i in range(workers + 1 + n):
+            if i == workers + 1 + n // 2:
+                jax.block_until_ready(m)
+                t = time.perf_counter()
             state, m = step(state, trainer._global_batch(next(it)))
         jax.block_until_ready(m)
         dt = time.perf_counter() - t
     it.close()
-    return steps * batch_size / dt, (step, state)  # the state passed in was donated
+    return (n - n // 2) * batch_size / dt, (step, state)  # the state passed in was donated
 
 
 def _without_value_range(specs):
