@@ -1,5 +1,7 @@
 """Model and hardware FLOPs (jaxpr counts) and XLA's cost analysis against analytic counts; the dry run report;
 the CPU peak used for MFU."""
+import os
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -127,8 +129,12 @@ def test_dry_run_reports_and_catches_unsharded_params(capsys):
 
 
 def test_measured_cpu_peak_is_plausible():
+    """Bounds from the hardware, not from a past reading: no x86 core retires more than two 16-lane float32 FMAs
+    per cycle (64 FLOP) at 6 GHz, so more than that on every core is a timing or FLOP-count bug (e.g. a unit slip);
+    a single core doing one scalar FMA per cycle at 1 GHz (2 GFLOP/s) is the floor of a working BLAS-backed matmul,
+    even shared with other jobs (the loaded 2-core CI machine measured 31+ GFLOP/s)."""
     peak = measured_cpu_peak(256)
-    assert 1e8 < peak < 1e13  # between 0.1 GFLOP/s and 10 TFLOP/s for one CPU device
+    assert 2e9 <= peak <= os.cpu_count() * 64 * 6e9, peak
 
 
 def test_evaluators_can_be_dropped_from_the_command_line():
