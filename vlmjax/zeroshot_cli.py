@@ -18,6 +18,7 @@ import numpy as np
 from absl import app, flags
 
 from vlmjax import image_input
+from vlmjax.train import cli_setup
 
 
 def _define_flags():
@@ -67,9 +68,7 @@ def run_cli(workdir: str, image_paths, labels, eval_name: str = "") -> list:
 
 def _main(argv):
     del argv
-    from absl import logging as absl_logging
-
-    absl_logging.set_verbosity(absl_logging.ERROR)  # orbax logs every restore step
+    cli_setup.quiet_logging("error")  # orbax logs every restore step, some at WARNING
     F = flags.FLAGS
     labels = [s.strip() for s in (F.labels or "").split(",") if s.strip()]
     if not labels:
@@ -91,8 +90,9 @@ def _main(argv):
 
 def run():
     _define_flags()
+    argv = cli_setup.prepare(sys.argv, __name__, __doc__)
     flags.mark_flags_as_required(["workdir", "image", "labels"])
-    app.run(_main)
+    app.run(_main, argv=argv)
 
 
 if __name__ == "__main__":

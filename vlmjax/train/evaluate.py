@@ -4,12 +4,15 @@
     vlmjax-eval --workdir W --config experiments/vit_scenes.py --config.evals.test.data.split=validation
 
 Prints `eval/<evaluator>/<metric>=value` lines; `--json` also writes them to `<workdir>/eval_<step>.json`.
+Library logs stay at WARNING; `-v` (`--verbosity=1`) shows their INFO lines.
 """
 import json
 import os
 import sys
 
 from absl import app, flags
+
+from vlmjax.train import cli_setup
 
 
 def _define_flags():
@@ -85,6 +88,7 @@ def evaluate_workdir(workdir: str, config, step: int = None, devices=None) -> tu
 
 def _main(argv):
     del argv
+    cli_setup.quiet_logging()
     from vlmjax.tasks import get_task_class
     from vlmjax.train import config as config_lib
 
@@ -113,6 +117,7 @@ def run():
     argv, overrides = split_overrides(sys.argv)
     _OVERRIDES[:] = overrides
     _define_flags()
+    argv = cli_setup.prepare(argv, __name__, __doc__)
     flags.mark_flags_as_required(["workdir"])
     app.run(_main, argv=argv)
 

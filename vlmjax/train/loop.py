@@ -316,6 +316,7 @@ class Trainer:
                     gbatch = self._global_batch(batch)
                     if self._compiled is None:  # compile once, ahead of time, to read its FLOPs for MFU
                         self.compile_step(state, gbatch)
+                        progress.restart(step - 1)  # the ETA excludes compilation
                         log(f"train step: {self.step_flops['model']:.4g} model FLOPs per device "
                             f"({self.step_flops['hardware']:.4g} with recomputation); peak "
                             f"{self.peak_flops:.4g} FLOP/s ({peak_src})")

@@ -5,11 +5,14 @@
 
 Re-running with the same workdir resumes from its latest checkpoint; with a changed config only if the change is
 safe (`--allow_config_change` for total_steps, lr, evals, ...; see vlmjax/train/restore_check.py), else exit 2.
+Library logs (absl, orbax, tfds) stay at WARNING; `-v` (`--verbosity=1`) shows their INFO lines.
 """
 import os
 import sys
 
 from absl import app, flags
+
+from vlmjax.train import cli_setup
 
 _CONFIG = flags.DEFINE_string("config", None, "Experiment file, e.g. experiments/vit_scenes.py[:arg]; "
                               "override any key with --config.<key>=<value>.")
@@ -30,6 +33,7 @@ _DIST = flags.DEFINE_enum("distributed", "", ["", "auto"], "'auto': let jax dete
 
 def _main(argv):
     del argv
+    cli_setup.quiet_logging()
     from vlmjax.train import config as config_lib
     from vlmjax.train import distributed
     from vlmjax.train.checkpoint import CheckpointWriteError
@@ -70,6 +74,7 @@ def run():
         if n:
             os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                        f" --xla_force_host_platform_device_count={int(n)}").strip()
+    argv = cli_setup.prepare(argv, __name__, __doc__)
     flags.mark_flags_as_required(["config", "workdir"])
     app.run(_main, argv=argv)
 

@@ -90,8 +90,12 @@ class Progress:
         self.total, self.batch = total_steps, batch_size
         self._t, self._s = time.time(), first_step
 
+    def restart(self, step: int) -> None:
+        """Counts from `step`, now: what came before (the train step's compilation) stays out of rate and ETA."""
+        self._t, self._s = time.time(), step
+
     def rate(self, step: int) -> float:
-        """Steps/s since the previous call."""
+        """Steps/s since the previous call (or `restart`)."""
         now = time.time()
         rate = (step - self._s) / max(now - self._t, 1e-9)
         self._t, self._s = now, step
