@@ -78,6 +78,8 @@ class Task:
         """Called by the core inside the jitted train step on the global train batch ({key: Array[B, ...]}, as the
         host pipeline made it), before `loss`; returns the batch the loss sees (`dummy_batch`'s shapes and dtypes).
         Default: the ops of `config.data.device_preprocess` in order (`vlmjax.data.device_ops`); none: unchanged."""
+        if getattr(self, "_device_fn", None) is None:  # a subclass whose __init__ skipped Task's
+            self._device_fn = _device_preprocess_fn(self.config)
         return self._device_fn(batch, rng)
 
     def loss(self, params, state, batch, rngs, step):
