@@ -72,8 +72,24 @@ def _tfds_source(cfg, split):
                              {k: v for k, v in skip.items() if k in wanted})
 
 
+def _tfrecord_dir(cfg):
+    """The version folder of `cfg.name` in its data_dir when the dataset is there as TFRecord shards, else None."""
+    import glob
+
+    root = os.path.join(os.path.expanduser(cfg.data_dir or "~/tensorflow_datasets"), *cfg.name.replace(":", "/")
+                        .split("/"))
+    found = sorted(glob.glob(os.path.join(root, "*.tfrecord-*-of-*")) +
+                   glob.glob(os.path.join(root, "*", "*.tfrecord-*-of-*")))
+    return os.path.dirname(found[-1]) if found else None
+
+
 def _build_hint(cfg) -> str:
-    """The command that builds a missing dataset: the built-in `scenes/<config>`, or where to read for others."""
+    """The command that builds a missing dataset (the built-in `scenes/<config>`), or converts one stored as
+    TFRecord, or where to read for others."""
+    tfrecord = _tfrecord_dir(cfg)
+    if tfrecord:
+        return (f"It is stored as TFRecord in {tfrecord}; grain reads ArrayRecord: convert it with "
+                f"`python -m vlmjax.data.to_array_record --dataset_dir {tfrecord}`")
     name, _, config = cfg.name.partition("/")
     if name != "scenes":
         return ("Prepare it with tfds into that data_dir; a TFRecord dataset must be converted to ArrayRecord "
