@@ -26,6 +26,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import traceback
 
@@ -50,6 +51,11 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
+def _close_later(it):
+    """Stops an iterator's workers in the background: grain waits ~1 s per close for them to see the stop."""
+    threading.Thread(target=it.close, daemon=False).start()
+
+
 def pipeline_rate(source, preprocess, batch_size, workers, min_batches, keep=0):
     """(steady examples/s, seconds to the first batch, the first `keep` batches) of a TrainIterator with `workers`
     processes. Batches are not held (a worker's batch lives in /dev/shm until it is dropped)."""
@@ -70,7 +76,7 @@ def pipeline_rate(source, preprocess, batch_size, workers, min_batches, keep=0):
         if len(kept) < keep:
             kept.append(b)
         stamps.append(time.perf_counter())
-    it.close()
+    _close_later(it)
     half = n // 2
     return (n - 1 - half) * batch_size / (stamps[-1] - stamps[half]), startup, kept
 
@@ -146,7 +152,7 @@ def end_to_end_rate(trainer, step_state, source, preprocess, batch_size, workers
             state, m = step(state, trainer._global_batch(next(it)))
         jax.block_until_ready(m)
         dt = time.perf_counter() - t
-    it.close()
+    _close_later(it)
     return (n - n // 2) * batch_size / dt, (step, state)  # the state passed in was donated
 
 
