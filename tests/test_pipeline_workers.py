@@ -74,7 +74,7 @@ def test_workers_keep_each_hosts_share(monkeypatch):
     a0, b0 = ids(0, 0), ids(1, 0)
     assert not set(a0[:20].tolist()) & set(b0[:20].tolist())  # one epoch: the hosts' halves are disjoint
     np.testing.assert_array_equal(ids(1, 1), b0)
-    monkeypatch.setattr(pipeline, "_shared_memory_room", lambda: False)  # (the other test runs with it)
+    monkeypatch.setattr(pipeline, "shared_memory_room", lambda: False)  # (the other test runs with it)
     kinds.clear()
     np.testing.assert_array_equal(np.sort(ids(0, 2)), np.sort(a0))
     assert kinds == {"ndarray"}  # pickled, not grain's SharedMemoryArray

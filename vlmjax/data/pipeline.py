@@ -16,18 +16,17 @@ example from the stream; each reason is counted and reported as `data/dropped/<r
 Eval: one ordered pass over the split, padded to whole batches; `_valid` marks real rows.
 """
 import collections
-import functools
 import os
-import shutil
 import warnings
 from typing import Callable, Iterator, Optional
 
 import grain
 import numpy as np
 
+from vlmjax.data.batching import (DROP_KEY, IndexedBatches, KeptBatches, auto_worker_count, batched_reads,
+                                   shared_memory_room, stack_rows)
 from vlmjax.data.ops import DropExample
 
-DROP_KEY = "_dropped"
 VALID_KEY = "_valid"
 
 _SOURCES = {}
@@ -141,174 +140,6 @@ def _safe(preprocess: Callable) -> Callable:
     return fn
 
 
-def _stack(rows, where: str, make_batch=None) -> dict:
-    """dict of [len(rows), ...] arrays; `make_batch` (grain's, into shared memory) when given."""
-    if make_batch is not None:
-        try:
-            return make_batch(rows)
-        except ValueError:
-            pass  # shapes differ: the loop below names the feature
-    out = {}
-    for k in rows[0]:
-        try:
-            out[k] = np.stack([r[k] for r in rows])
-        except ValueError as e:
-            shapes = sorted({np.shape(r[k]) for r in rows})
-            raise ValueError(f"{where}: feature {k!r} has different shapes across examples {shapes}; "
-                             f"add a resize/pad op to config.data.preprocess ({e})") from None
-    return out
-
-
-# Launchers' count of processes on this host (SLURM: one per GPU; torchrun; Open MPI).
-_LOCAL_PROCESS_VARS = ("SLURM_NTASKS_PER_NODE", "LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE")
-
-
-def _host_cores() -> int:
-    """Cores this process may use: its CPU affinity (a launcher that binds CPUs per task leaves each its own), or,
-    when the whole machine is visible, the machine's cores split over the launcher's processes on this host."""
-    machine = os.cpu_count() or 1
-    mine = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else machine
-    if mine < machine:
-        return mine
-    for var in _LOCAL_PROCESS_VARS:
-        value = os.environ.get(var, "").split("(")[0]  # SLURM may write e.g. '8(x2)'
-        if value.isdigit() and int(value) > 0:
-            return max(1, machine // int(value))
-    return machine
-
-
-def auto_worker_count(requested: int, backend: str, cpu_count: Optional[int] = None) -> int:
-    """Worker processes for `config.data.worker_count`: `requested` if >= 0; for -1 (auto): 0 on a CPU-only host
-    (`backend == 'cpu'`: its cores run the train step; the whole vit_scenes run measured no faster with a worker on 2
-    cores, docs/scale.md), else min(cores - 2, 32) (one core each for the main process and the device feeding), at
-    least 1. `cpu_count` defaults to this process's share of the host (`_host_cores`)."""
-    if requested >= 0:
-        return int(requested)
-    if requested != -1:
-        raise ValueError(f"config.data.worker_count={requested}: expected -1 (auto), 0 (no worker processes) or a "
-                         f"positive number of worker processes")
-    if backend == "cpu":
-        return 0
-    return max(1, min((_host_cores() if cpu_count is None else cpu_count) - 2, 32))
-
-
-class _BatchedReads:
-    """A source with tfds' `__getitems__`, shown to grain as one that reads many records per call (`_getitems`):
-    ArrayRecord reads a batch of records ~20x faster per record than one at a time."""
-
-    def __init__(self, source):
-        self._source = source
-
-    def __len__(self) -> int:
-        return len(self._source)
-
-    def __getitem__(self, index):
-        return self._source[index]
-
-    def _getitems(self, indices):
-        return self._source.__getitems__(list(indices))
-
-
-def _kept_batch(pull: Callable[[int], list], batch_size: int, name: str, make_batch) -> dict:
-    """A batch of exactly `batch_size` kept examples, pulling `pull(n)` -> n more examples as needed; examples marked
-    dropped (DROP_KEY) are skipped and counted into the batch's DROP_KEY entry, a {reason: count} dict."""
-    rows, dropped = [], collections.Counter()
-    while len(rows) < batch_size:
-        for ex in pull(batch_size - len(rows)):
-            if DROP_KEY in ex:
-                dropped[ex[DROP_KEY]] += 1
-            else:
-                rows.append(ex)
-    batch = _stack(rows, name, make_batch)
-    batch[DROP_KEY] = dict(dropped)
-    return batch
-
-
-def _shared_memory_room(need: int = 1 << 30) -> bool:
-    """Whether /dev/shm has room for the workers' batches in flight; containers often mount a 64 MiB one, and then
-    batches are pickled through the workers' pipes instead."""
-    try:
-        return shutil.disk_usage("/dev/shm").free >= need
-    except OSError:
-        return False
-
-
-def _shared_memory_batcher():
-    # grain's own batching into shared memory (what `.batch()` does under mp_prefetch); grain is pinned.
-    from grain._src.python.dataset.transformations.batch import make_batch
-
-    return functools.partial(make_batch, output_to_shared_memory=True)
-
-
-class _KeptBatches(grain.IterDataset):
-    """`_kept_batch`es from an iterator of examples; the state is the parent's (a batch is built whole)."""
-
-    def __init__(self, parent, batch_size: int, name: str):
-        super().__init__(parent)
-        self._batch_size, self._name = batch_size, name
-
-    def __iter__(self):
-        return _KeptBatchesIterator(self._parent.__iter__(), self._batch_size, self._name)
-
-
-class _KeptBatchesIterator(grain.DatasetIterator):
-    def __init__(self, parent, batch_size: int, name: str):
-        super().__init__(parent)
-        self._batch_size, self._name = batch_size, name
-
-    def __next__(self) -> dict:
-        return _kept_batch(lambda n: [next(self._parent) for _ in range(n)], self._batch_size, self._name, None)
-
-    def get_state(self):
-        return self._parent.get_state()
-
-    def set_state(self, state):
-        self._parent.set_state(state)
-
-
-class _IndexedBatches(grain.IterDataset):
-    """`_kept_batch`es read from a MapDataset of examples in order, each batch's records in one batched read (what
-    runs in every worker process). State {'next_index': position}, as grain's own reader's. Under mp_prefetch,
-    grain gives worker i `examples[i::W]` (`set_slice`) and batches cross processes in shared memory."""
-
-    def __init__(self, examples, batch_size: int, name: str):
-        super().__init__(examples)
-        self._batch_size, self._name, self._shared_memory = batch_size, name, False
-
-    def set_slice(self, sl: slice, sequential_slice: bool = False) -> None:
-        if sequential_slice:
-            raise ValueError("sequential_slice is not supported")
-        self._parents = (self._parent.slice(sl),)
-
-    def enable_shared_memory_output(self) -> None:
-        self._shared_memory = True
-
-    def __iter__(self):
-        return _IndexedBatchesIterator(self._parent, self._batch_size, self._name,
-                                       _shared_memory_batcher() if self._shared_memory else None)
-
-
-class _IndexedBatchesIterator(grain.DatasetIterator):
-    def __init__(self, examples, batch_size: int, name: str, make_batch):
-        super().__init__()
-        self._examples, self._batch_size, self._name, self._make_batch = examples, batch_size, name, make_batch
-        self._next = 0
-
-    def _pull(self, n: int) -> list:
-        out = self._examples._getitems(list(range(self._next, self._next + n)))  # one batched read; grain pinned
-        self._next += n
-        return out
-
-    def __next__(self) -> dict:
-        return _kept_batch(self._pull, self._batch_size, self._name, self._make_batch)
-
-    def get_state(self):
-        return {"next_index": self._next}
-
-    def set_state(self, state):
-        self._next = int(state["next_index"])
-
-
 def _absl_flags_parsed() -> None:
     """grain's worker processes read absl flags; a program that never ran absl.app (vlmjax's CLIs use argparse)
     has not parsed them."""
@@ -326,9 +157,7 @@ class TrainIterator:
     def __init__(self, source, preprocess: Callable, *, batch_size: int, seed: int, process_index: int = 0,
                  process_count: int = 1, worker_count: int = 0, shuffle: bool = True, name: str = "train",
                  read_threads: int = 1, prefetch_buffer: int = 16, worker_buffer: int = 2, backend: str = "cpu"):
-        if hasattr(source, "__getitems__") and not hasattr(source, "_getitems"):
-            source = _BatchedReads(source)
-        ds = grain.MapDataset.source(source).seed(seed)
+        ds = grain.MapDataset.source(batched_reads(source)).seed(seed)
         if shuffle:
             ds = ds.shuffle()
         ds = ds.repeat()[process_index::process_count]
@@ -346,14 +175,14 @@ class TrainIterator:
             # (benchmarks/input_pipeline.py). Each worker process runs the same reader.
             if self.worker_count > 0:
                 _absl_flags_parsed()
-                ds = _IndexedBatches(self._examples, self._batch, self._name)
-                if not _shared_memory_room():  # every array is pickled, none goes through /dev/shm
+                ds = IndexedBatches(self._examples, self._batch, self._name)
+                if not shared_memory_room():  # every array is pickled, none goes through /dev/shm
                     ds = grain.experimental.WithOptionsIterDataset(
                         ds, grain.experimental.DatasetOptions(min_shm_size=1 << 62))
                 ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.worker_count,
                                                                  per_worker_buffer_size=self._worker_buffer))
             else:
-                ds = _KeptBatches(self._examples.to_iter_dataset(self._read), self._batch, self._name)
+                ds = KeptBatches(self._examples.to_iter_dataset(self._read), self._batch, self._name)
             self._it = iter(ds)
         return self._it
 
@@ -419,7 +248,7 @@ def eval_batches(source, preprocess: Callable, *, batch_size: int, process_index
         if template is None:
             continue  # nothing decodable yet on this host; no example lost
         rows = [template if ex is None else ex for ex in rows]
-        batch = _stack(rows, "eval")
+        batch = stack_rows(rows, "eval")
         batch[VALID_KEY] = np.asarray(valid)
         yield batch
 
