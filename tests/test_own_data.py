@@ -4,8 +4,10 @@ import glob
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
+import sys
 
 import ml_collections
 import numpy as np
@@ -14,6 +16,8 @@ from PIL import Image
 
 from vlmjax.data import to_array_record
 from vlmjax.data.pipeline import make_source
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _to_tfrecord(version_dir):
@@ -87,3 +91,55 @@ def test_image_folder_with_captions_as_webdataset(tmp_path):
         ex = source[i]
         seen[ex["key"]] = (ex["caption"], ex["height"])
     assert seen == {f"img{i}": (f"a photo number {i}", 20 + i) for i in range(5)}
+
+
+def _doc_block(marker):
+    """The shell block of docs/data.md whose first line is `marker`."""
+    text = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "data.md")).read()
+    for block in re.findall(r"```sh\n(.*?)```", text, re.S):
+        if block.startswith(marker):
+            return block
+    raise AssertionError(f"docs/data.md has no ```sh block starting with {marker!r}")
+
+
+def test_docs_folder_to_siglip_run(tmp_path, monkeypatch):
+    """docs/data.md's commands, as written: pack a folder of images + captions, train a tokenizer on the captions,
+    then experiments/siglip_webdataset.py:runlocal on the shards (in-process; same config as the command line)."""
+    import jax
+
+    from vlmjax.train.config import load_with_overrides
+    from vlmjax.train.loop import Trainer
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    colours = {"red": (220, 30, 30), "blue": (30, 30, 220)}
+    for i in range(40):
+        name = list(colours)[i % 2]
+        img = rng.integers(0, 40, (24 + i % 5, 40, 3), dtype=np.uint8)
+        img[6:18, 10:30] = colours[name]
+        Image.fromarray(img).save(photos / f"p{i:03d}.png")
+        (photos / f"p{i:03d}.txt").write_text(f"a {name} box on a dark background")
+    block = _doc_block("# images + captions -> shards")
+    bin_dir = os.path.dirname(sys.executable)
+    out = subprocess.run(["bash", "-c", "set -e\n" + block], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"]}, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path / "shards")) == ["00000.tar"]
+    assert (tmp_path / "my_spm.model").exists()
+
+    monkeypatch.chdir(tmp_path)  # the command's relative paths: shards/*.tar, my_spm.model
+    config = load_with_overrides(os.path.join(ROOT, "experiments/siglip_webdataset.py:runlocal"), [
+        ("data.name", "webdataset:shards/*.tar"), ("tokenizer", "my_spm.model"), ("total_steps", "4"),
+        ("checkpoint.async_save", "false")])
+    trainer = Trainer(config, str(tmp_path / "run"), devices=jax.devices()[:1])
+    final = trainer.run()
+    assert np.isfinite(final["train/loss"]) and 0 <= final["eval/retrieval/img2txt_r@1"] <= 1
+    # The retrieval evaluator reads webdataset's one caption per image as one caption (not its characters).
+    data = trainer.evaluators["retrieval"].data
+    example = make_source(data, data.split)[0]
+    ex = trainer.task.preprocess_fn(data, train=False)(example, np.random.default_rng(0))
+    tok = trainer.task.tokenizer()
+    ids = tok.encode(example["caption"]) + [tok.eos_id]
+    np.testing.assert_array_equal(ex["captions"][0, :len(ids)], ids)
+    assert ex["captions_valid"].tolist() == [True]

@@ -3,7 +3,8 @@
 Ids: pad 0, unk 1, bos 2, eos 3, then the chat-template symbols (each one piece, matched anywhere in the text).
 Byte fallback (default) makes any text encodable without unk, at the cost of 256 byte pieces.
 
-Train one: `python -m vlmjax.data.tokenizer --data_dir DIR --dataset scenes/default --out PATH.model`.
+Train one: `python -m vlmjax.data.tokenizer --data_dir DIR --dataset scenes/default --out PATH.model`, or on your
+own captions (one per line) with `--text_file captions.txt` instead of `--data_dir`/`--dataset`.
 """
 import argparse
 import os
@@ -111,15 +112,22 @@ def dataset_texts(data_dir: str, dataset: str, split: str = "train", max_example
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="Train a SentencePiece model on a dataset's captions and QA text.")
-    p.add_argument("--data_dir", required=True)
+    p.add_argument("--data_dir", help="tfds data_dir of --dataset")
     p.add_argument("--dataset", default="scenes/default")
+    p.add_argument("--text_file", help="instead of a tfds dataset: a text file, one caption per line")
     p.add_argument("--out", required=True, help="output path, ending in .model")
     p.add_argument("--vocab_size", type=int, default=512)
     p.add_argument("--max_examples", type=int, default=0, help="0 = the whole train split")
     p.add_argument("--no_byte_fallback", action="store_true")
     args = p.parse_args(argv)
-    tok = train_from_texts(dataset_texts(args.data_dir, args.dataset, max_examples=args.max_examples), args.out,
-                           args.vocab_size, byte_fallback=not args.no_byte_fallback)
+    if args.text_file:
+        with open(args.text_file, encoding="utf-8") as f:
+            texts = [line.strip() for line in f if line.strip()]
+    elif args.data_dir:
+        texts = dataset_texts(args.data_dir, args.dataset, max_examples=args.max_examples)
+    else:
+        p.error("give --data_dir (with --dataset) or --text_file")
+    tok = train_from_texts(texts, args.out, args.vocab_size, byte_fallback=not args.no_byte_fallback)
     print(f"wrote {tok.path} (vocab_size={tok.vocab_size}); e.g. 'what color is the circle?' -> "
           f"{[tok.id_to_piece(i) for i in tok.encode('what color is the circle?')]}")
 

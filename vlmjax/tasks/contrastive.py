@@ -231,7 +231,9 @@ class ContrastiveTask(Task):
                 if captions.key not in ex:
                     raise KeyError(f"retrieval: the preprocessed example has no {captions.key!r} (it has "
                                    f"{sorted(ex)}); keep it in config.evals.<name>.data.preprocess")
-                texts = [t for t in list(ex.pop(captions.key))[:captions.max] if as_text(t).strip()]
+                texts = ex.pop(captions.key)
+                texts = [texts] if isinstance(texts, (str, bytes)) else list(texts)  # one caption (webdataset)
+                texts = [t for t in texts[:captions.max] if as_text(t).strip()]
                 ids, mask = tokenize_texts(tokenize, texts) if texts else (None, None)
                 pad = captions.max - len(texts)
                 shape = (captions.max, int(self.config.text_len))
