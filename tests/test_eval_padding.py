@@ -43,3 +43,8 @@ def test_padded_eval_equals_one_device(tmp_path, capsys):
     assert 0.05 < want["eval/test/accuracy"] < 0.95  # not a constant prediction that padding could not disturb
     assert got["eval/test/accuracy"] == pytest.approx(want["eval/test/accuracy"], abs=1e-9)
     assert got["eval/test/loss"] == pytest.approx(want["eval/test/loss"], rel=1e-5)
+
+
+def test_eval_batch_below_one_named(tmp_path):
+    with pytest.raises(ValueError, match=r"config.evals.test.data.batch_size=-4: must be >= 1"):
+        Trainer(tiny_config(**{"evals.test.data.batch_size": -4}), str(tmp_path), open_data=False)
