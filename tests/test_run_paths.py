@@ -82,3 +82,20 @@ def test_missing_dataset_names_the_command(tmp_path, name, command):
         make_source(cfg, "train")
     assert command.format(d=tmp_path) in str(e.value)
     assert f"config.data.name={name!r}" in str(e.value)
+
+
+def test_run_without_launch_record_found_above_its_workdir(tmp_path, monkeypatch):
+    from vlmjax.train.evaluate import load_run_config
+
+    project = tmp_path / "project"
+    (project / "data/tfds").mkdir(parents=True)
+    (project / "data/tfds/spm.model").write_text("x")
+    workdir = project / "workdirs/old_run"  # written before launch.json existed
+    workdir.mkdir(parents=True)
+    (workdir / "config.json").write_text(json.dumps(
+        {"data": {"data_dir": "data/tfds"}, "tokenizer": "data/tfds/spm.model"}))
+    monkeypatch.chdir(tmp_path)
+    config = load_run_config(str(workdir.relative_to(tmp_path)))
+    assert config.data.data_dir == str(project / "data/tfds")
+    assert config.tokenizer == str(project / "data/tfds/spm.model")
+    assert launch_dir(str(tmp_path / "nowhere"), config) is None  # an absolute data_dir needs no base

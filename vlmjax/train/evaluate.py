@@ -37,7 +37,8 @@ def load_run_config(workdir: str, spec: str = None):
     if not os.path.exists(path):
         raise FileNotFoundError(f"--workdir {workdir!r}: no config.json (not a vlmjax run directory?)")
     with open(path) as f:
-        return absolute_paths(ml_collections.ConfigDict(json.load(f)), launch_dir(workdir))
+        config = ml_collections.ConfigDict(json.load(f))
+    return absolute_paths(config, launch_dir(workdir, config))
 
 
 def eval_devices(mesh_cfg, devices):

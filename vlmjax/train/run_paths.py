@@ -18,13 +18,24 @@ def record_launch_dir(workdir: str) -> None:
         json.dump({"cwd": os.getcwd()}, f)
 
 
-def launch_dir(workdir: str):
-    """The directory the run in `workdir` was launched from, or None for a run that did not record it."""
+def launch_dir(workdir: str, config=None):
+    """The directory the run in `workdir` was launched from. A run that did not record it (written before
+    launch.json existed): the nearest folder above the workdir holding `config`'s relative `data.data_dir` (runs
+    kept under their project, `workdirs/<name>`), else None."""
     try:
         with open(os.path.join(workdir, LAUNCH_FILE)) as f:
             return json.load(f).get("cwd") or None
     except (OSError, ValueError):
+        pass
+    data_dir = (config or {}).get("data", {}).get("data_dir", "")
+    if not _relative(data_dir):
         return None
+    here = os.path.abspath(workdir)
+    while os.path.dirname(here) != here:
+        here = os.path.dirname(here)
+        if os.path.isdir(os.path.join(here, data_dir)):
+            return here
+    return None
 
 
 def _relative(path) -> bool:
