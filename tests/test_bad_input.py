@@ -22,7 +22,7 @@ VARIANTS = {"vit_scenes": ["runlocal"], "siglip_b16": ["runlocal"], "clip_b32": 
             "paligemma_like": ["pretrain", "chat", "runlocal"], "prefixlm_scenes": ["pretrain", "chat", "runlocal"],
             "prefixlm_vq_scenes": ["vqvae", "pretrain", "chat", "runlocal"],
             "siglip_scenes": ["runlocal", "baseline", "softmax", "runlocal,hardneg", "no_order", "phrases"],
-            "clip_scenes": ["runlocal", "baseline"], "lit_scenes": ["runlocal"]}
+            "clip_scenes": ["runlocal", "baseline"], "lit_scenes": ["runlocal"], "siglip_webdataset": ["runlocal"]}
 
 
 def _experiment(path):

@@ -1,8 +1,9 @@
 """What every absl CLI of vlmjax (`vlmjax-train`, `-eval`, `-zeroshot`) does around flag parsing.
 
-- `--help` (exit 0) lists the CLI's own flags and its module docstring. absl's short help shows the key flags of the module
-  named by `sys.argv[0]`, which for an installed console script (`.venv/bin/vlmjax-train`) is not the module that
-  defined them, so it printed only `USAGE: vlmjax-train [flags]`; `--helpfull` still lists every library's flags.
+- `--help` (exit 0) lists the CLI's own flags and its module docstring. absl's short help shows the key flags of
+  the module named by `sys.argv[0]`, which for an installed console script (`.venv/bin/vlmjax-train`) is not the
+  module that defined them, so it printed only `USAGE: vlmjax-train [flags]`; `--helpfull` still lists every
+  library's flags.
 - Logs are quiet: absl (orbax, tfds, grain) and TensorFlow's C++ logs stay at WARNING unless `--verbosity=1` (or
   `-v`, `-v 1`) asks for INFO; `--verbosity=2` and above give absl's debug levels. The CLIs' own lines (progress,
   evaluation results, warnings) are printed regardless.
