@@ -196,8 +196,9 @@ def main():
                  "so the ratios are the figures to read. The peak is a float32 matmul's; this CPU has no bf16 "
                  "matrix unit, so bf16 compute is converted and measures XLA's CPU bf16 path, not what a TPU/GPU "
                  "gains. temp_bytes is XLA's temporary allocation of the compiled step (activations kept for the "
-                 "backward pass and workspace): the memory remat trades for recompute. FLOPs per step include "
-                 "remat's recomputed forward (the work done), as XLA counts it. At these widths remat adds its "
+                 "backward pass and workspace): the memory remat trades for recompute. FLOPs per step are model "
+                 "FLOPs (the jaxpr's matmuls without remat's recomputed forward, as train/mfu counts them), so "
+                 "remat shows as a lower MFU for the same model FLOPs. At these widths remat adds its "
                  "recompute but barely moves temp_bytes (the blocks' saved activations are a small part of the "
                  "step's temporaries), so the memory side of remat is not measured here."),
     })
