@@ -278,7 +278,8 @@ class Trainer:
                                    process_index=jax.process_index(), process_count=jax.process_count(),
                                    worker_count=cfg.data.worker_count, backend=jax.default_backend(),
                                    shuffle=cfg.data.shuffle,
-                                   read_threads=cfg.data.read_threads, prefetch_buffer=cfg.data.prefetch_buffer)
+                                   read_threads=cfg.data.read_threads, prefetch_buffer=cfg.data.prefetch_buffer,
+                                   on_corrupt_record=cfg.data.on_corrupt_record)
         ckpt = Checkpointer(self.workdir, cfg.checkpoint.every_steps, cfg.checkpoint.keep, cfg.checkpoint.async_save)
         try:  # a failed restore is raised (never a fresh start), with orbax closed first: no asyncio tracebacks
             restored = ckpt.restore_latest(self.abstract_state, warn=log)
@@ -317,6 +318,8 @@ class Trainer:
                     if self._compiled is None:  # compile once, ahead of time, to read its FLOPs for MFU
                         self.compile_step(state, gbatch)
                         progress.restart(step - 1)  # the ETA excludes compilation
+                        # ... and the input-bound measure both compilation and the pipeline's start-up.
+                        data_wait, t_interval = 0.0, time.perf_counter()
                         log(f"train step: {self.step_flops['model']:.4g} model FLOPs per device "
                             f"({self.step_flops['hardware']:.4g} with recomputation); peak "
                             f"{self.peak_flops:.4g} FLOP/s ({peak_src})")
