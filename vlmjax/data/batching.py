@@ -67,21 +67,66 @@ def auto_worker_count(requested: int, backend: str, cpu_count: Optional[int] = N
     return max(1, min((_host_cores() if cpu_count is None else cpu_count) - 2, 32))
 
 
-class _BatchedReads:
-    """A source with tfds' `__getitems__`, shown to grain as one that reads many records per call (`_getitems`):
-    ArrayRecord reads a batch of records ~20x faster per record than one at a time."""
+ON_CORRUPT_RECORD = ("stop", "skip")
+CORRUPT_RECORD = "corrupt_record"  # the drop reason of a record the source could not read
 
-    def __init__(self, source):
-        self._source = source
+
+class CorruptRecordError(RuntimeError):
+    """A record of the train source could not be read (config.data.on_corrupt_record='stop')."""
+
+
+def _record_location(source, index: int) -> str:
+    """Where record `index` is stored: the shard file and the record's position in it for an ArrayRecord source
+    (tfds' `data_source` is array_record's ArrayRecordDataSource; its index-to-shard mapping is private, array_record
+    is pinned), else ''."""
+    while hasattr(source, "data_source"):
+        source = source.data_source
+    try:
+        shard, position = source._reader_idx_and_position(index)
+        return f"shard {source._read_instructions[shard].filename}, record {position} of that shard"
+    except Exception:  # another kind of source: the dataset index alone
+        return ""
+
+
+class _CheckedReads:
+    """The source as the train pipeline reads it: a record that cannot be read (array_record raises RuntimeError
+    'Corrupted Riegeli/records file: chunk data hash mismatch ...' for a damaged chunk; OSError for a failed read)
+    becomes an example marked dropped (DROP_KEY) as CORRUPT_RECORD with on_corrupt='skip', and stops the run with
+    CorruptRecordError naming the shard file and the record with 'stop'."""
+
+    def __init__(self, source, on_corrupt: str, name: str):
+        if on_corrupt not in ON_CORRUPT_RECORD:
+            raise ValueError(f"config.data.on_corrupt_record={on_corrupt!r}: expected one of {ON_CORRUPT_RECORD}")
+        self._source, self._on_corrupt, self._name = source, on_corrupt, name
 
     def __len__(self) -> int:
         return len(self._source)
 
     def __getitem__(self, index):
-        return self._source[index]
+        try:
+            return self._source[index]
+        except (RuntimeError, OSError) as e:
+            if self._on_corrupt == "skip":
+                return {DROP_KEY: CORRUPT_RECORD}
+            where = _record_location(self._source, index)
+            raise CorruptRecordError(
+                f"{self._name} data: record {index} of {len(self._source)} cannot be read"
+                f"{' (' + where + ')' if where else ''}: {type(e).__name__}: {e}. Replace the shard, or set "
+                f"config.data.on_corrupt_record='skip' to drop unreadable records (counted as "
+                f"data/dropped/{CORRUPT_RECORD}) and resume.") from e
+
+
+class _BatchedReads(_CheckedReads):
+    """A source with tfds' `__getitems__`, shown to grain as one that reads many records per call (`_getitems`):
+    ArrayRecord reads a batch of records ~20x faster per record than one at a time. A batch with an unreadable
+    record is read again one record at a time, to find it."""
 
     def _getitems(self, indices):
-        return self._source.__getitems__(list(indices))
+        read = getattr(self._source, "_getitems", None) or self._source.__getitems__
+        try:
+            return read(list(indices))
+        except (RuntimeError, OSError):
+            return [self[i] for i in indices]
 
 
 def _kept_batch(pull: Callable[[int], list], batch_size: int, name: str, make_batch) -> dict:
@@ -184,6 +229,8 @@ class _IndexedBatchesIterator(grain.DatasetIterator):
         self._next = int(state["next_index"])
 
 
-def batched_reads(source):
-    """`source` as grain sees a batched-read source when it has tfds' `__getitems__`; else unchanged."""
-    return _BatchedReads(source) if hasattr(source, "__getitems__") and not hasattr(source, "_getitems") else source
+def checked_reads(source, on_corrupt: str = "stop", name: str = "train"):
+    """`source` with unreadable records handled by `on_corrupt` (`_CheckedReads`), shown to grain as a batched-read
+    source when it has tfds' `__getitems__`."""
+    batched = hasattr(source, "__getitems__") or hasattr(source, "_getitems")
+    return (_BatchedReads if batched else _CheckedReads)(source, on_corrupt, name)

@@ -12,6 +12,8 @@ the saved W. `worker_count=-1` picks W from the host (`auto_worker_count`).
 
 Bad records: an op raising `DropExample(reason)` (corrupt image, empty caption, the web-data filters) removes the
 example from the stream; each reason is counted and reported as `data/dropped/<reason>` in the train metrics.
+A record the source cannot read (a corrupt ArrayRecord chunk) is dropped as `corrupt_record` with
+`on_corrupt_record='skip'`, and stops the run naming its shard file with 'stop' (`batching._CheckedReads`).
 
 Eval: one ordered pass over the split, padded to whole batches; `_valid` marks real rows.
 """
@@ -23,7 +25,7 @@ from typing import Callable, Iterator, Optional
 import grain
 import numpy as np
 
-from vlmjax.data.batching import (DROP_KEY, IndexedBatches, KeptBatches, auto_worker_count, batched_reads,
+from vlmjax.data.batching import (DROP_KEY, IndexedBatches, KeptBatches, auto_worker_count, checked_reads,
                                    shared_memory_room, stack_rows)
 from vlmjax.data.ops import DropExample
 
@@ -104,6 +106,7 @@ class _SelectedFeatures:
 
     def __init__(self, raw_source, features, decoders):
         self._raw, self._features, self._decoders = raw_source, features, decoders or None
+        self.data_source = raw_source  # as tfds' sources: where a record is stored (batching._record_location)
 
     def __len__(self) -> int:
         return len(self._raw)
@@ -132,6 +135,8 @@ def make_source(cfg, split: str):
 
 def _safe(preprocess: Callable) -> Callable:
     def fn(example, rng):
+        if isinstance(example, dict) and DROP_KEY in example:  # a record the source could not read ('skip')
+            return example
         try:
             return preprocess(example, rng)
         except DropExample as e:
@@ -156,8 +161,9 @@ class TrainIterator:
 
     def __init__(self, source, preprocess: Callable, *, batch_size: int, seed: int, process_index: int = 0,
                  process_count: int = 1, worker_count: int = 0, shuffle: bool = True, name: str = "train",
-                 read_threads: int = 1, prefetch_buffer: int = 16, worker_buffer: int = 2, backend: str = "cpu"):
-        ds = grain.MapDataset.source(batched_reads(source)).seed(seed)
+                 read_threads: int = 1, prefetch_buffer: int = 16, worker_buffer: int = 2, backend: str = "cpu",
+                 on_corrupt_record: str = "stop"):
+        ds = grain.MapDataset.source(checked_reads(source, on_corrupt_record, name)).seed(seed)
         if shuffle:
             ds = ds.shuffle()
         ds = ds.repeat()[process_index::process_count]

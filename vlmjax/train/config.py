@@ -32,7 +32,11 @@ def defaults() -> ml_collections.ConfigDict:
         # the host's cores: vlmjax.data.pipeline.auto_worker_count). read_threads / prefetch_buffer: each reader.
         # device_preprocess: per-batch ops run inside the jitted train step (vlmjax.data.device_ops).
         # read_features: top-level tfds features to deserialize (empty: all), e.g. ['image', 'label'].
-        worker_count=-1, read_threads=1, prefetch_buffer=16, device_preprocess=[], read_features=[]))
+        # on_corrupt_record: a train record the source cannot read (a corrupt ArrayRecord chunk): 'stop' (default:
+        # damaged storage is reported, not silently trained around; the error names the shard and record, and the
+        # run resumes from its last checkpoint with 'skip') or 'skip' (dropped, counted as data/dropped/corrupt_record).
+        worker_count=-1, read_threads=1, prefetch_buffer=16, device_preprocess=[], read_features=[],
+        on_corrupt_record="stop"))
 
     c.eval = ml_collections.ConfigDict(dict(every_steps=500, batch_size=256))
     c.evals = ml_collections.ConfigDict()

@@ -34,6 +34,7 @@ _DIST = flags.DEFINE_enum("distributed", "", ["", "auto"], "'auto': let jax dete
 def _main(argv):
     del argv
     cli_setup.quiet_logging()
+    from vlmjax.data.batching import CorruptRecordError
     from vlmjax.train import config as config_lib
     from vlmjax.train import distributed
     from vlmjax.train.checkpoint import CheckpointWriteError
@@ -48,7 +49,7 @@ def _main(argv):
             dry_run(config, _TARGET.value, _MAXUNSH.value)
             return
         metrics = train(config, _WORKDIR.value, allow_config_change=_ALLOW.value)
-    except (ValueError, FileNotFoundError, KeyError, FloatingPointError, CheckpointWriteError) as e:
+    except (ValueError, FileNotFoundError, KeyError, FloatingPointError, CheckpointWriteError, CorruptRecordError) as e:
         # Configuration, data and checkpoint-write errors carry a message naming the key/file: print it, not a
         # traceback.
         if os.environ.get("VLMJAX_TRACEBACK"):
