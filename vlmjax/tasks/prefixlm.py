@@ -218,6 +218,11 @@ class PrefixLMTask(Task):
         seq = join_segments(self.image_segment(params, state, batch, gen),
                             self.text_segment(params, txt["tokens"], txt["input_mask"], txt["mask_ar"],
                                               txt["mask_loss"]), swap=gen)
+        if gen is not None:  # image after padded text: real tokens first, so <|boi|> is predicted from the last
+            # text token, not from a padding slot (stable: the order of the real tokens is kept)
+            order = jnp.argsort(1 - seq["input_mask"], axis=1, stable=True)
+            seq = {k: jnp.take_along_axis(v, order.reshape(order.shape + (1,) * (v.ndim - 2)), axis=1)
+                   for k, v in seq.items()}
         nb = next_token_batch(seq["ids"], seq["input_mask"], self._ar(seq["mask_ar"]), seq["mask_loss"])
         logits, _ = self.model.apply({"params": params}, seq["x"][:, :-1],
                                      make_attn_mask(nb["input_mask"], nb["mask_ar"]),
