@@ -347,10 +347,9 @@ def trainer(scenes_tiny_dir, tok_path, tmp_path_factory):
     return t, t.init_state()
 
 
-def run_eval(trainer, name):
+def run_eval(t, params, name):
     """One evaluator as Trainer.evaluate runs it: batches from the pipeline, predict jitted over the mesh, reduce."""
-    t, state = trainer
-    return t.evaluators[name].run({"params": state["params"], **state["model_state"]}, t)
+    return t.evaluators[name].run({"params": params}, t)
 
 
 def _image_prefix(model, params, images):
@@ -376,40 +375,63 @@ def test_perplexity_evaluator_is_exp_of_the_token_mean_nll(trainer):
             nll += row
             per_row.append(np.mean(row))
     assert len(per_row) == N_PPL
-    got = run_eval(trainer, "ppl")
+    got = run_eval(t, state["params"], "ppl")
     np.testing.assert_allclose(got["ce"], np.mean(nll), rtol=1e-5)
     np.testing.assert_allclose(got["perplexity"], np.exp(np.mean(nll)), rtol=1e-5)
     assert abs(np.mean(per_row) - np.mean(nll)) > 1e-3  # the token mean is not the row mean: the check can tell
 
 
-def test_caption_evaluator_scores_the_decoded_captions(trainer):
-    """eval/caption: greedy captions decoded here without the KV cache (full forward passes over [image; prompt;
-    tokens so far]) and the evaluator's CIDEr-D / exact match against references written so that every other image
-    has its own decoded caption among them: exact == 0.5 and CIDEr-D == the independent implementation's mean."""
-    from vlmjax.data import scenes
-
-    t, state = trainer
-    task, model, params = t.task, t.task.model, jax.device_get(state["params"])
-    imgs = [scenes.render_scene(scenes.example_seed("test", i), 32)[0] for i in range(N_CAPTION)]
-    x_img = np.stack(imgs).astype(np.float32) * np.float32(2 / 255) + np.float32(-1)  # value_range(-1, 1)
-    ids = task.ids
-    prompt = [ids["user"], *task.tok.encode("caption"), ids["end"], ids["assistant"]]
+def _greedy_captions(task, params, x_img, prompt):
+    """int[N, CAPTION_STEPS] greedy tokens after [image; prompt], each step a full forward pass (no KV cache)."""
+    model = task.model
     img = _image_prefix(model, params, x_img)
     p = img.shape[1] + len(prompt)
-    text = np.full((N_CAPTION, len(prompt) + CAPTION_STEPS), task.tok.pad_id, np.int32)
+    text = np.full((len(x_img), len(prompt) + CAPTION_STEPS), task.tok.pad_id, np.int32)
     text[:, :len(prompt)] = prompt
-    ar = np.array([[0] * p + [1] * CAPTION_STEPS] * N_CAPTION, np.int32)
+    ar = np.array([[0] * p + [1] * CAPTION_STEPS] * len(x_img), np.int32)
     for step in range(CAPTION_STEPS):
         x = np.concatenate([img, np.asarray(_embed(model, params, text))], 1)
         logits = hand_logits(model, params, x, np.ones_like(ar), ar)
         text[:, len(prompt) + step] = np.argmax(logits[:, p - 1 + step], -1)
-    hyps = []
-    for row in text[:, len(prompt):].tolist():
-        hyps.append(task.tok.decode(row[:row.index(ids["end"])] if ids["end"] in row else row).strip())
-    assert len(set(hyps)) > 1 and all(hyps), hyps  # the captions depend on the image: a row mix-up shows
+    return text[:, len(prompt):]
+
+
+def test_caption_evaluator_scores_the_decoded_captions(trainer):
+    """eval/caption: greedy captions decoded here without the KV cache (full forward passes over [image; prompt;
+    tokens so far], cut at <|end|>) and the evaluator's CIDEr-D / exact match against references written so that
+    every other image has its own decoded caption among them: exact == 0.5 and CIDEr-D == the independent
+    implementation's mean. The untrained model is made to say different things about different images (its blocks'
+    outputs and the projector scaled up, so that the residual stream does not just copy the last token) and to end
+    some captions early (<|end|>'s embedding row swapped with a token it says only after the first step)."""
+    from vlmjax.data import scenes
+
+    t, state = trainer
+    task, end = t.task, t.task.ids["end"]
+    params = jax.tree.map(np.array, jax.device_get(state["params"]))
+    params["proj"]["linear"]["kernel"] *= 10
+    for block in ("blocks_0", "blocks_1"):
+        params["lm"][block]["attn"]["out_kernel"] *= 10
+        params["lm"][block]["mlp"]["down_kernel"] *= 10
+    imgs = [scenes.render_scene(scenes.example_seed("test", i), 32)[0] for i in range(N_CAPTION)]
+    x_img = np.stack(imgs).astype(np.float32) * np.float32(2 / 255) + np.float32(-1)  # value_range(-1, 1)
+    prompt = [task.ids["user"], *task.tok.encode("caption"), end, task.ids["assistant"]]
+    gen = _greedy_captions(task, params, x_img, prompt)
+    for x in sorted(set(gen[:, 1:].ravel().tolist()) - set(gen[:, 0].tolist()) - {end}):
+        trial = jax.tree.map(np.array, params)
+        emb = trial["lm"]["embedding"]
+        emb[[end, x]] = emb[[x, end]]
+        g = _greedy_captions(task, trial, x_img, prompt)
+        stops = [r.index(end) if end in r else -1 for r in g.tolist()]
+        if 0 < sum(s > 0 for s in stops) < N_CAPTION // 2 and 0 not in stops:
+            params, gen = trial, g
+            break
+    else:
+        pytest.fail("no variant of the model ends some captions early")
+    hyps = [task.tok.decode(r[:r.index(end)] if end in r else r).strip() for r in gen.tolist()]
+    assert len(set(hyps)) >= N_CAPTION // 2 and all(hyps), hyps  # the captions depend on the image
     refs = [[h, "zebra quilt"] if i % 2 == 0 else ["a violin on the ocean", "marmalade"] for i, h in enumerate(hyps)]
     CAPTION_EXAMPLES[:] = [{"image": im, "captions": r} for im, r in zip(imgs, refs)]
-    got = run_eval(trainer, "caption")
+    got = run_eval(t, params, "caption")
     exact = np.mean([any(h.lower() == r.lower() for r in rs) for h, rs in zip(hyps, refs)])
     assert exact == 0.5
     assert got["exact"] == exact
