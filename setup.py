@@ -29,7 +29,9 @@ setup(
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     # torch + transformers only for the HF SigLIP parity test and the PyTorch speed benchmark (CPU wheel).
-    extras_require={"test": ["pytest==9.2.0", "pytest-xdist==3.8.0"],
+    # pycocoevalcap / dm-pix / scikit-image: reference implementations for tests/test_library_crosschecks.py.
+    extras_require={"test": ["pytest==9.2.0", "pytest-xdist==3.8.0",
+                             "pycocoevalcap==1.2", "dm-pix==0.4.5", "scikit-image==0.26.0"],
                     "hf": ["torch==2.13.0", "transformers==5.23.0", "safetensors==0.8.0"]},
     entry_points={
         "console_scripts": [
