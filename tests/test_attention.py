@@ -51,22 +51,24 @@ def test_attend_matches_the_einsum_implementation_in_value_and_gradients(mask_na
     lq, lk, mask = _masks()[mask_name]
     q, k, v = _qkv(0, 2, lq, lk, *HEADS[heads], 8)
     mask = None if mask is None else jnp.asarray(mask)
-    np.testing.assert_allclose(attend(q, k, v, mask, impl="xla"), einsum_attention(q, k, v, mask),
-                               atol=1e-5, rtol=1e-5)
     w = jax.random.normal(jax.random.key(1), q.shape)  # a loss that weights every output element differently
-    grads = [jax.grad(lambda q, k, v: jnp.sum(w * f(q, k, v)), argnums=(0, 1, 2))(q, k, v)
-             for f in (lambda q, k, v: attend(q, k, v, mask), lambda q, k, v: einsum_attention(q, k, v, mask))]
-    for got, want in zip(*grads):
-        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+    grad = lambda f: jax.grad(lambda q, k, v: jnp.sum(w * f(q, k, v)), argnums=(0, 1, 2))(q, k, v)  # noqa: E731
+    want = grad(lambda q, k, v: einsum_attention(q, k, v, mask))
+    for impl in ("xla", "einsum"):  # jax.nn's formula (GPU/TPU) and the CPU one ('auto' on CPU)
+        np.testing.assert_allclose(attend(q, k, v, mask, impl=impl), einsum_attention(q, k, v, mask),
+                                   atol=1e-5, rtol=1e-5)
+        for got, w_ in zip(grad(lambda q, k, v: attend(q, k, v, mask, impl=impl)), want):
+            np.testing.assert_allclose(got, w_, atol=1e-5, rtol=1e-5)
 
 
-def test_a_row_that_may_attend_to_nothing_gets_the_mean_of_the_values():
+@pytest.mark.parametrize("impl", ["xla", "einsum"])
+def test_a_row_that_may_attend_to_nothing_gets_the_mean_of_the_values(impl):
     q, k, v = _qkv(2, 1, 3, 5, 2, 2, 4)
     mask = jnp.ones((1, 3, 5), bool).at[0, 1].set(False)
-    out = attend(q, k, v, mask)
+    out = attend(q, k, v, mask, impl=impl)
     np.testing.assert_allclose(out[0, 1], v[0].mean(0), atol=1e-6)
     np.testing.assert_allclose(out, einsum_attention(q, k, v, mask), atol=1e-6)
-    g = jax.grad(lambda q: attend(q, k, v, mask).sum())(q)
+    g = jax.grad(lambda q: attend(q, k, v, mask, impl=impl).sum())(q)
     assert np.all(np.isfinite(g)) and np.allclose(g[0, 1], 0.0, atol=1e-7)  # no gradient through a uniform row
 
 

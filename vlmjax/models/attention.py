@@ -9,7 +9,8 @@ Implementations (`impl`):
   'cudnn' - cuDNN's fused flash attention (GPU, bf16/f16): no float[B, H, Lq, Lk] logits are ever stored, so
             neither memory nor the backward pass scale with them. A boolean mask reaches it as an additive bias,
             at even lengths (`pad_to_even`).
-  'auto'  - 'cudnn' when `cudnn_supported` says the call qualifies, else 'xla'.
+  'einsum'- the same formula written for XLA:CPU (`einsum_attention`).
+  'auto'  - 'cudnn' when `cudnn_supported` says the call qualifies, 'einsum' on CPU, else 'xla'.
 
 A query row that may attend to nothing gets the mean of the values (every logit is the same large negative), as
 the earlier einsum implementation did; such rows are padding and carry no loss.
@@ -19,7 +20,24 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-IMPLS = ("auto", "xla", "cudnn")
+IMPLS = ("auto", "xla", "cudnn", "einsum")
+
+
+def einsum_attention(q, k, v, mask, scale):
+    """The CPU formulation (shapes as `attend`): q scaled instead of the logits, float32 softmax normalised after
+    the value matmul (dividing out[B, Lq, H, Dh] by the row sums costs Dh/Lk of dividing the probabilities), query
+    heads grouped over the kv heads. Why a second formula: on XLA:CPU jax.nn's (which normalises the
+    probabilities) made the SigLIP step at the scenes widths measurably slower (docs/accelerator.md)."""
+    b, lq, h, dh = q.shape
+    hkv = k.shape[2]
+    q = (q * jnp.asarray(scale, q.dtype)).reshape(b, lq, hkv, h // hkv, dh)
+    logits = jnp.einsum("blkgd,bskd->bkgls", q, k).astype(jnp.float32)
+    if mask is not None:
+        logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
+    e = jnp.exp(logits - jax.lax.stop_gradient(logits.max(-1, keepdims=True)))
+    out = jnp.einsum("bkgls,bskd->blkgd", e.astype(q.dtype), v)
+    norm = jnp.moveaxis(e.sum(-1), 3, 1)[..., None]  # [B, Lq, Hkv, G, 1]
+    return (out / norm).astype(q.dtype).reshape(b, lq, h, dh)
 
 
 def cudnn_supported(q, k) -> bool:
@@ -51,9 +69,11 @@ def attend(q, k, v, mask=None, *, scale: Optional[float] = None, impl: str = "au
     if impl not in IMPLS:
         raise ValueError(f"attention_impl {impl!r}: expected one of {', '.join(IMPLS)}")
     if impl == "auto":
-        impl = "cudnn" if cudnn_supported(q, k) else "xla"
+        impl = "cudnn" if cudnn_supported(q, k) else "einsum" if jax.default_backend() == "cpu" else "xla"
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     lq = q.shape[1]
+    if impl == "einsum":
+        return einsum_attention(q, k, v, None if mask is None else jnp.asarray(mask, bool), scale)
     if mask is not None:
         mask = jnp.broadcast_to(jnp.asarray(mask, bool), (q.shape[0], lq, k.shape[1]))[:, None]
         if impl == "cudnn":
