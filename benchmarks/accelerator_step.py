@@ -22,6 +22,7 @@ priority order within `--budget_s`, and the JSON is rewritten after every phase,
 reports what it measured. Writes benchmarks/results/accelerator_step_<platform>.json (or under --out).
 """
 import argparse
+import functools
 import json
 import os
 import sys
@@ -48,15 +49,14 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import RESULTS  # noqa: E402
+from common import RESULTS, timing_setup  # noqa: E402
 
-from vlmjax.data import pipeline  # noqa: E402
-from vlmjax.data.tokenizer import train_from_texts  # noqa: E402
 from vlmjax.models import weight_import  # noqa: E402
 from vlmjax.train.flops import memory_of, peak_flops  # noqa: E402
 from vlmjax.train.loop import Trainer  # noqa: E402
 
 T0 = time.time()
+tokenizer = functools.cache(timing_setup)  # one SentencePiece model for every variant
 PLATFORM = jax.default_backend()
 DEVICE = jax.devices()[0]
 try:
@@ -171,16 +171,6 @@ def block(x):
 def row(examples, sec, flops, **extra):
     return dict(examples_per_s=examples / sec, step_s=sec, model_flops_per_step=flops,
                 mfu=flops / sec / PEAK if PEAK == PEAK else None, **extra)
-
-
-@pipeline.register_source("bench")
-def _bench_source(cfg, split):  # the Trainer opens a source; the timed steps get their batch directly
-    return [{"image": np.zeros((8, 8, 3), np.uint8), "text": "x"}]
-
-
-def tokenizer(workdir):
-    return train_from_texts([f"a photo of thing {i}" for i in range(200)], os.path.join(workdir, "spm.model"),
-                            vocab_size=300).path
 
 
 # ------------------------------------------------------------------------------------------------------ SigLIP

@@ -19,6 +19,20 @@ def timed(fn, repeats: int = 5, warmup: int = 1) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def timing_setup(workdir: str) -> str:
+    """For benchmarks that time a Trainer's step on batches they build themselves: registers the `bench:` data
+    source (the Trainer opens its source; the timed steps never read it) and trains a tiny SentencePiece model in
+    `workdir` (the contrastive and prefix-LM tasks need one). Returns the model's path."""
+    import numpy as np
+
+    from vlmjax.data import pipeline
+    from vlmjax.data.tokenizer import train_from_texts
+
+    pipeline.register_source("bench")(lambda cfg, split: [{"image": np.zeros((8, 8, 3), np.uint8), "text": "x"}])
+    return train_from_texts([f"a photo of thing {i}" for i in range(200)], os.path.join(workdir, "spm.model"),
+                            vocab_size=300).path
+
+
 def write_result(name: str, result: dict) -> str:
     import jax
 

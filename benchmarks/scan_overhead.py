@@ -26,10 +26,8 @@ import ml_collections
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import write_result  # noqa: E402
+from common import timing_setup, write_result  # noqa: E402
 
-from vlmjax.data import pipeline  # noqa: E402
-from vlmjax.data.tokenizer import train_from_texts  # noqa: E402
 from vlmjax.train.flops import _sub_jaxprs  # noqa: E402
 from vlmjax.train.loop import Trainer  # noqa: E402
 
@@ -46,11 +44,6 @@ VARIANTS = {  # name -> tower settings
     "scan/full": dict(scan_layers=True, remat_policy="full"),
     "scan/dots_no_batch/unroll2": dict(scan_layers=True, remat_policy="dots_no_batch", scan_unroll=2),
 }
-
-
-@pipeline.register_source("bench")
-def _bench_source(cfg, split):  # the Trainer opens a source; the timed steps get their batch directly
-    return [{"image": np.zeros((8, 8, 3), np.uint8), "text": "x"}]
 
 
 def stacked_residual_bytes(jaxpr) -> int:
@@ -111,8 +104,7 @@ def main():
     ap.add_argument("--variants", default=",".join(VARIANTS))
     a = ap.parse_args()
     workdir = tempfile.mkdtemp()
-    tok = train_from_texts([f"a photo of thing {i}" for i in range(200)], os.path.join(workdir, "spm.model"),
-                           vocab_size=300).path
+    tok = timing_setup(workdir)
     names = a.variants.split(",")
     built = {}
     for name in names:

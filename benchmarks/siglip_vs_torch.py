@@ -49,10 +49,8 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import write_result  # noqa: E402
+from common import timing_setup, write_result  # noqa: E402
 
-from vlmjax.data import pipeline  # noqa: E402
-from vlmjax.data.tokenizer import train_from_texts  # noqa: E402
 from vlmjax.models import weight_import  # noqa: E402
 from vlmjax.train.flops import matmul_flops, measured_cpu_peak  # noqa: E402
 from vlmjax.train.loop import Trainer  # noqa: E402
@@ -70,11 +68,6 @@ SIZES = {
                   num_attention_heads=3, max_position_embeddings=16)),
 }
 LR, WD = 1e-3, 1e-4
-
-
-@pipeline.register_source("bench")
-def _bench_source(cfg, split):  # the Trainer opens a source; the timed steps get their batch directly
-    return [{"image": np.zeros((8, 8, 3), np.uint8), "text": "x"}]
 
 
 def torch_setup(hf_config, batch):
@@ -99,10 +92,9 @@ def torch_setup(hf_config, batch):
 
 def jax_setup(hf_config, torch_model, batch, workdir):
     spec = weight_import.siglip_model_config(hf_config)
-    tok = train_from_texts([f"a photo of thing {i}" for i in range(200)], os.path.join(workdir, "spm.model"),
-                           vocab_size=300)
+    tok = timing_setup(workdir)
     c = ml_collections.ConfigDict()
-    c.task, c.tokenizer, c.loss, c.loss_impl = "contrastive", tok.path, "sigmoid", "dense"
+    c.task, c.tokenizer, c.loss, c.loss_impl = "contrastive", tok, "sigmoid", "dense"
     c.image_size, c.text_len = spec["image_size"], spec["text_len"]
     c.batch_size, c.total_steps = len(batch["image"]), 1000
     c.model = spec["model"]
