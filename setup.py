@@ -35,12 +35,12 @@ setup(
                     "hf": ["torch==2.13.0", "transformers==5.23.0", "safetensors==0.8.0"]},
     entry_points={
         "console_scripts": [
-            "vlmjax-train=vlmjax.train.main:run",
-            "vlmjax-eval=vlmjax.train.evaluate:run",
-            "vlmjax-zeroshot=vlmjax.zeroshot_cli:run",
-            "vlmjax-vq=vlmjax.vq_cli:run",
-            "vlmjax-predict=vlmjax.predict_cli:run",
-            "vlmjax-export=vlmjax.export_cli:run",
+            "vlmjax-train=vlmjax.cli.train:run",
+            "vlmjax-eval=vlmjax.cli.evaluate:run",
+            "vlmjax-zeroshot=vlmjax.cli.zeroshot:run",
+            "vlmjax-vq=vlmjax.cli.vq:run",
+            "vlmjax-predict=vlmjax.cli.predict:run",
+            "vlmjax-export=vlmjax.cli.export:run",
         ],
     },
 )

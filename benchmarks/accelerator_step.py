@@ -52,8 +52,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import RESULTS, timing_setup  # noqa: E402
 
 from vlmjax.models import weight_import  # noqa: E402
-from vlmjax.train.flops import memory_of, peak_flops  # noqa: E402
-from vlmjax.train.loop import Trainer  # noqa: E402
+from vlmjax.core.flops import memory_of, peak_flops  # noqa: E402
+from vlmjax.core.loop import Trainer  # noqa: E402
 
 T0 = time.time()
 tokenizer = functools.cache(timing_setup)  # one SentencePiece model for every variant

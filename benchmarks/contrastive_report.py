@@ -37,7 +37,7 @@ COLORS = {"sigmoid": (31, 119, 180), "softmax": (214, 39, 40)}
 def run_config(loss: str, batch: int, examples: int, args):
     """The siglip_scenes recipe at 32 px with tiny towers; steps = examples // batch, warmup 10% of them. The
     towers are spelled out in full so that the report does not move when siglip_scenes' model changes."""
-    from vlmjax.train.config import load_experiment
+    from vlmjax.core.config import load_experiment
 
     c = load_experiment(os.path.join(ROOT, "experiments", "siglip_scenes.py") + (":baseline,softmax"
                                                                                  if loss == "softmax" else ":baseline"))
@@ -70,7 +70,7 @@ def run_config(loss: str, batch: int, examples: int, args):
 def sweep(args) -> list:
     import jax
 
-    from vlmjax.train.loop import train
+    from vlmjax.core.loop import train
 
     rows = []
     for batch in args.batches:

@@ -177,7 +177,7 @@ def demo(args, res, save, workers, auto_w, tmp):
 
     from vlmjax.data.ops import get_preprocess_fn
     from vlmjax.data.pipeline import make_source
-    from vlmjax.train.loop import Trainer
+    from vlmjax.core.loop import Trainer
 
     import generated_data
 

@@ -8,7 +8,7 @@ loaded 2-core machine; the committed run took 3 with a warm cache); the persiste
 too, makes re-runs much faster. Each variant is
 the Trainer's own jitted train step (optimizer included, state donated) on one CPU device, fed one fixed random
 batch. Per variant: steps/s (median over rounds; the rounds alternate between all variants so that machine load
-hits them alike), model FLOPs per step (`vlmjax.train.flops.step_flops`, counted on the jaxpr, as the trainer logs it),
+hits them alike), model FLOPs per step (`vlmjax.core.flops.step_flops`, counted on the jaxpr, as the trainer logs it),
 MFU against the measured float32 matmul peak of this CPU, and XLA's temporaries (the activation memory remat
 trades for recompute). Ratios are against the float32 / no-remat step of the same model, measured in the same run.
 
@@ -32,9 +32,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import write_result  # noqa: E402
 
 from vlmjax.models.transformer import REMAT_POLICIES  # noqa: E402
-from vlmjax.train.config import load_experiment  # noqa: E402
-from vlmjax.train.flops import memory_of, peak_flops, step_flops  # noqa: E402
-from vlmjax.train.loop import Trainer  # noqa: E402
+from vlmjax.core.config import load_experiment  # noqa: E402
+from vlmjax.core.flops import memory_of, peak_flops, step_flops  # noqa: E402
+from vlmjax.core.loop import Trainer  # noqa: E402
 
 DTYPES = ("float32", "bfloat16")
 TOKENIZER = os.path.join(ROOT, "data", "tfds", "scenes_spm.model")

@@ -24,7 +24,7 @@ import jax
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import update_doc, write_result  # noqa: E402
-from vlmjax.train.config import set_dotted  # noqa: E402
+from vlmjax.core.config import set_dotted  # noqa: E402
 
 
 def _load(name):
@@ -174,7 +174,7 @@ def main(argv=None):
     p.add_argument("--arms", default="continuous,causal,vq")
     args = p.parse_args(argv)
     from vlmjax.data import scenes
-    from vlmjax.train.loop import train
+    from vlmjax.core.loop import train
 
     t0 = time.time()
     workdirs, results = {}, {}

@@ -13,7 +13,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import update_doc  # noqa: E402
 
-from vlmjax.train.dry_run import local_overrides  # noqa: E402
+from vlmjax.core.dry_run import local_overrides  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The pod tokenizers and evaluation files live in buckets: local_overrides points the tokenizer at the local scenes
@@ -36,7 +36,7 @@ def main():
         raise SystemExit(f"benchmarks/scale_report.py: {TOKENIZER} is missing; run `make data`")
     sections = []
     for config, target, extra in [d for d in DEFAULT if a.only in d[0]]:
-        cmd = [sys.executable, "-m", "vlmjax.train", "--config", config, "--workdir", "/tmp/vlmjax_dry_run",
+        cmd = [sys.executable, "-m", "vlmjax.cli", "--config", config, "--workdir", "/tmp/vlmjax_dry_run",
                "--dry_run", f"--num_devices={a.num_devices}", f"--target={target}", *extra]
         shown = " ".join(["vlmjax-train"] + cmd[3:])
         t = time.time()
@@ -54,7 +54,7 @@ def main():
             f"({a.num_devices} simulated CPU devices; the train step is compiled, never run; needs `make data`). "
             "Memory is per device as reported by XLA's memory analysis of the compiled step. FLOPs are model FLOPs "
             "counted on the step's jaxpr (matmuls, convolutions and fused attention, scanned layers times their "
-            "count, no remat recompute: `vlmjax/train/flops.py:step_flops`, what `train/mfu` uses); XLA's cost "
+            "count, no remat recompute: `vlmjax/core/flops.py:step_flops`, what `train/mfu` uses); XLA's cost "
             "analysis, which counts a loop body once, is shown beside it. The pod tokenizers and "
             "evaluation files live in buckets, so each command points `config.tokenizer` at the local scenes model "
             "(with the pod vocabulary size pinned) and drops the evaluators, which the dry run does not compile."

@@ -28,8 +28,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import timing_setup, write_result  # noqa: E402
 
-from vlmjax.train.flops import _sub_jaxprs  # noqa: E402
-from vlmjax.train.loop import Trainer  # noqa: E402
+from vlmjax.core.flops import _sub_jaxprs  # noqa: E402
+from vlmjax.core.loop import Trainer  # noqa: E402
 
 SIZES = {  # (tower width, depth, heads, image size, patch, text length, batch, dtype)
     "cpu": (192, 6, 3, 64, 8, 32, 64, "float32"),

@@ -52,8 +52,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import timing_setup, write_result  # noqa: E402
 
 from vlmjax.models import weight_import  # noqa: E402
-from vlmjax.train.flops import matmul_flops, measured_cpu_peak  # noqa: E402
-from vlmjax.train.loop import Trainer  # noqa: E402
+from vlmjax.core.flops import matmul_flops, measured_cpu_peak  # noqa: E402
+from vlmjax.core.loop import Trainer  # noqa: E402
 
 # (vision, text) HF config kwargs. 'scenes': the width/depth class of experiments/siglip_scenes.py; 'tiny': ViT-Ti
 # widths (192, 3 heads) at 64 px / patch 8 and a 16-token text, 4 layers per tower.

@@ -22,8 +22,8 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import write_result  # noqa: E402
 
-from vlmjax.train.loop import Trainer  # noqa: E402
-from vlmjax.train.metrics import image_grid, read_metrics  # noqa: E402
+from vlmjax.core.loop import Trainer  # noqa: E402
+from vlmjax.core.metrics import image_grid, read_metrics  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PP = [dict(op="decode", key="image"), dict(op="value_range", key="image", vmin=-1, vmax=1),

@@ -29,7 +29,7 @@ def main(argv=None):
     import tensorflow_datasets as tfds
 
     from vlmjax.data.ops import _text
-    from vlmjax.predict_cli import load_run
+    from vlmjax.cli.predict import load_run
 
     task, variables = load_run(args.workdir)
     size = int(task.config.image_size)

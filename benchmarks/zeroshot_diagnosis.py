@@ -51,9 +51,9 @@ def main(argv=None):
     from vlmjax.data import scenes
     from vlmjax.tasks.contrastive import zeroshot_prompts
     from vlmjax.tasks.retrieval_metrics import class_scores, l2_normalize
-    from vlmjax.train.config import load_experiment
-    from vlmjax.train.mesh import make_mesh
-    from vlmjax.zeroshot_cli import load_run
+    from vlmjax.core.config import load_experiment
+    from vlmjax.core.mesh import make_mesh
+    from vlmjax.cli.zeroshot import load_run
 
     task, params = load_run(args.workdir)
     variables, size = {"params": params}, task.config.image_size

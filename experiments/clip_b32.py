@@ -13,7 +13,7 @@ to 64 here (scenes and COCO captions fit).
 import importlib.util
 import os
 
-from vlmjax.train.variants import check_variant
+from vlmjax.core.variants import check_variant
 
 _spec = importlib.util.spec_from_file_location(
     "siglip_b16", os.path.join(os.path.dirname(os.path.abspath(__file__)), "siglip_b16.py"))

@@ -8,7 +8,7 @@ for neither). Not measured at the default budget with this recipe.
 import importlib.util
 import os
 
-from vlmjax.train.variants import check_variant
+from vlmjax.core.variants import check_variant
 
 _spec = importlib.util.spec_from_file_location(
     "siglip_scenes", os.path.join(os.path.dirname(os.path.abspath(__file__)), "siglip_scenes.py"))

@@ -23,7 +23,7 @@ features are exactly the classifier's pre-logits). `optimizer.freeze` keeps ever
 import importlib.util
 import os
 
-from vlmjax.train.variants import check_variant
+from vlmjax.core.variants import check_variant
 
 
 def _experiment(name):

@@ -15,7 +15,7 @@ is padded to a multiple of 256 so the head splits over the tensor axis.
 """
 import ml_collections
 
-from vlmjax.train.variants import check_variant
+from vlmjax.core.variants import check_variant
 
 IMAGE = 224
 TEXT_LEN = 128

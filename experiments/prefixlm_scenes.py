@@ -18,7 +18,7 @@ The measured accuracy of this recipe is in docs/prefixlm.md.
 """
 import ml_collections
 
-from vlmjax.train.variants import check_variant
+from vlmjax.core.variants import check_variant
 
 TYPES = ["color", "shape", "count", "relation"]
 TRAIN_KEYS = ["image", "tokens", "input_mask", "mask_ar", "mask_loss"]

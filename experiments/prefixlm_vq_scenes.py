@@ -20,7 +20,7 @@ import os
 
 import ml_collections
 
-from vlmjax.train.variants import check_variant
+from vlmjax.core.variants import check_variant
 
 _spec = importlib.util.spec_from_file_location("prefixlm_scenes",
                                                os.path.join(os.path.dirname(__file__), "prefixlm_scenes.py"))

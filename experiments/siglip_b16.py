@@ -17,7 +17,7 @@ zero-shot evaluator reads human-readable names (one per line, in label order, e.
 """
 import ml_collections
 
-from vlmjax.train.variants import check_variant
+from vlmjax.core.variants import check_variant
 
 TEXT_LEN = 64
 

@@ -23,7 +23,7 @@ smoke test without hard negatives (add `hardneg` for the K=3 ones).
 import ml_collections
 
 from vlmjax.data.scenes import COLORS, OBJECT_NAME, SHAPES, SIZES
-from vlmjax.train.variants import check_variant
+from vlmjax.core.variants import check_variant
 
 # Zero-shot prompts in the style of the captions. The label is the MAIN (largest, then leftmost) object; captions
 # of multi-object scenes say "<main object> with <others> to its left/right", so "a large red circle with" names

@@ -12,7 +12,7 @@ point for a few hundred thousand pairs on one accelerator, not a measured recipe
 """
 import ml_collections
 
-from vlmjax.train.variants import check_variant
+from vlmjax.core.variants import check_variant
 
 HELD_OUT = 1000
 

@@ -9,7 +9,7 @@ The default is the `make demo` experiment. Measured on 2 idle CPU cores: 97.1% t
 """
 import ml_collections
 
-from vlmjax.train.variants import check_variant
+from vlmjax.core.variants import check_variant
 
 
 def get_config(arg=None):

@@ -14,7 +14,7 @@ codebook is replicated, the conv kernels' output channels follow `conv_out -> te
 """
 import ml_collections
 
-from vlmjax.train.variants import check_variant
+from vlmjax.core.variants import check_variant
 
 IMAGE = 256
 

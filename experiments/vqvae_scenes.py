@@ -28,7 +28,7 @@ Any variant can add the VQGAN patch adversarial loss (off by default), e.g.
 """
 import ml_collections
 
-from vlmjax.train.variants import check_variant
+from vlmjax.core.variants import check_variant
 
 
 ARGS = ("vit", "runlocal")

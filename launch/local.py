@@ -4,7 +4,7 @@
     python launch/local.py --num_processes 2 --devices_per_process 4 -- \\
         --config experiments/vit_scenes.py:runlocal --workdir /tmp/w
 
-Every process runs `python -m vlmjax.train <args> --coordinator_address 127.0.0.1:PORT --num_processes N
+Every process runs `python -m vlmjax.cli <args> --coordinator_address 127.0.0.1:PORT --num_processes N
 --process_id i` with `XLA_FLAGS=--xla_force_host_platform_device_count=M` and gloo CPU collectives. Logs go to
 `<workdir>/logs/process_<i>.log` (process 0 is also echoed). SIGTERM/SIGINT are forwarded to every process (so a
 preemption drill works), and the exit code is the first non-zero one.
@@ -37,7 +37,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--num_processes", type=int, default=2)
     ap.add_argument("--devices_per_process", type=int, default=4)
-    ap.add_argument("--module", default="vlmjax.train", help="python -m target")
+    ap.add_argument("--module", default="vlmjax.cli", help="python -m target")
     ap.add_argument("rest", nargs=argparse.REMAINDER, help="-- then the trainer's arguments")
     a = ap.parse_args(argv)
     rest = a.rest[1:] if a.rest[:1] == ["--"] else a.rest

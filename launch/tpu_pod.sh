@@ -8,7 +8,7 @@
 #    travel too, data/ and .venv/ do not) and copies it to ~/vlmjax on every worker.
 # 2. On every worker: creates ~/vlmjax/.venv and installs vlmjax with jax[tpu] at the version setup.py pins.
 #    VLMJAX_SKIP_SETUP=1 skips steps 1-2 (a re-run on the same slice, e.g. to resume after a preemption).
-# 3. Runs `python -m vlmjax.train --distributed=auto ARGS` on all workers at once (`--worker=all`); jax finds the
+# 3. Runs `python -m vlmjax.cli --distributed=auto ARGS` on all workers at once (`--worker=all`); jax finds the
 #    other hosts from the TPU metadata. Each worker writes ~/vlmjax/logs/<its hostname>.log; the output of all of
 #    them also streams here into $VLMJAX_LOG_DIR/<TPU_NAME>-<date>.log (default logs/tpu_pod in this checkout).
 #
@@ -68,7 +68,7 @@ fi
 
 # %q quotes every argument for the workers' bash, so values with spaces or globs arrive unchanged.
 printf -v QUOTED ' %q' "${TRAIN_ARGS[@]}"
-TRAIN=".venv/bin/python -m vlmjax.train --distributed=auto$QUOTED"
+TRAIN=".venv/bin/python -m vlmjax.cli --distributed=auto$QUOTED"
 if [ "${VLMJAX_DETACH:-0}" = "1" ]; then
   on_all_workers "cd $REMOTE_DIR && mkdir -p logs && \
 nohup $TRAIN > logs/\$(hostname).log 2>&1 < /dev/null & echo \"\$(hostname): started pid \$!\""

@@ -15,8 +15,8 @@ import fake_data
 import vlmjax
 from test_core import tiny_config
 from vlmjax.api import Classifier, TwoTowerModel
-from vlmjax.train.checkpoint import load_params_numpy
-from vlmjax.train.loop import train
+from vlmjax.core.checkpoint import load_params_numpy
+from vlmjax.core.loop import train
 
 PP = [dict(op="decode", key="image"), dict(op="value_range", key="image", vmin=-1, vmax=1)]
 
@@ -139,7 +139,7 @@ def test_two_towers_against_the_towers_by_hand(contrastive_run):
 
 
 def test_zeroshot_cli_any_size_and_bad_files(contrastive_run, tmp_path):
-    from vlmjax import zeroshot_cli
+    from vlmjax.cli import zeroshot as zeroshot_cli
 
     wd, _ = contrastive_run
     img = np.asarray(Image.fromarray(fake_images(1)[0]).resize((33, 50)))  # the run trained at 16 x 16
@@ -154,7 +154,7 @@ def test_zeroshot_cli_any_size_and_bad_files(contrastive_run, tmp_path):
         zeroshot_cli.run_cli(wd, [str(tmp_path / "nope.png")], ["red"])
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG truncated")
-    out = subprocess.run([sys.executable, "-m", "vlmjax.zeroshot_cli", "--workdir", wd, "--image", str(bad),
+    out = subprocess.run([sys.executable, "-m", "vlmjax.cli.zeroshot", "--workdir", wd, "--image", str(bad),
                           "--labels", "red"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and out.stderr.strip().splitlines() == [
         f"error: --image {str(bad)!r}: cannot decode as an image (UnidentifiedImageError: cannot identify image "
@@ -162,7 +162,7 @@ def test_zeroshot_cli_any_size_and_bad_files(contrastive_run, tmp_path):
 
 
 def test_predict_cli_classifies_and_names_a_bad_image_file(classifier_run, contrastive_run, tmp_path, capsys):
-    from vlmjax import predict_cli
+    from vlmjax.cli import predict as predict_cli
 
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff not a jpeg")
@@ -195,7 +195,7 @@ def test_load_names_what_is_wrong(tmp_path):
 def test_label_names_are_the_datasets_class_labels(scenes_tiny_dir):
     from vlmjax.data import scenes
     from vlmjax.tasks.classification import ClassificationTask
-    from vlmjax.train.config import resolve
+    from vlmjax.core.config import resolve
 
     cfg = tiny_config(**{"data.name": "scenes/tiny", "data.data_dir": scenes_tiny_dir, "num_classes": 24})
     task = ClassificationTask(resolve(cfg, ClassificationTask.config_defaults()))

@@ -12,7 +12,7 @@ from PIL import Image
 
 from test_core import tiny_config
 from vlmjax import image_input
-from vlmjax.train.loop import Trainer
+from vlmjax.core.loop import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = sorted(glob.glob(os.path.join(ROOT, "experiments", "*.py")))
@@ -63,7 +63,7 @@ def _cli(*args):
      "error: config.optimizer.lr=-1.0: must be >= 0 (a negative lr ascends the loss)"),
 ])
 def test_train_cli_bad_input_one_line_exit_2(tmp_path, args, message):
-    out = _cli("-m", "vlmjax.train", "--workdir", str(tmp_path / "w"), *args)
+    out = _cli("-m", "vlmjax.cli", "--workdir", str(tmp_path / "w"), *args)
     assert out.returncode == 2, out.stderr[-3000:]
     assert out.stderr.strip().splitlines() == [message]  # one line; no compile was logged before it
     assert not os.path.exists(tmp_path / "w" / "checkpoints")

@@ -10,7 +10,7 @@ import pytest
 
 from test_restore_guard import ROOT
 
-from vlmjax.train.restore_check import checkpoint_steps
+from vlmjax.core.restore_check import checkpoint_steps
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def small_disk(tmp_path):
 
 
 def _cmd(workdir, data_dir):
-    return [sys.executable, "-m", "vlmjax.train", "--config", "experiments/vit_scenes.py:runlocal",
+    return [sys.executable, "-m", "vlmjax.cli", "--config", "experiments/vit_scenes.py:runlocal",
             f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", "--config.total_steps=20",
             "--config.checkpoint.every_steps=2", "--config.checkpoint.keep=100", "--config.checkpoint.async_save=false",
             "--config.eval.every_steps=0"]

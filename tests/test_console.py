@@ -9,7 +9,7 @@ import jax
 import pytest
 
 from test_core import tiny_config
-from vlmjax.train.loop import Trainer, train
+from vlmjax.core.loop import Trainer, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -31,7 +31,7 @@ def test_help_lists_own_flags(cli, own):
 
 
 def _workdir_without_checkpoint(tmp_path, data_dir):
-    from vlmjax.train import config as config_lib
+    from vlmjax.core import config as config_lib
 
     config = config_lib.load_with_overrides(os.path.join(ROOT, "experiments/vit_scenes.py:runlocal"),
                                             [("data.data_dir", data_dir)])

@@ -15,14 +15,14 @@ import pytest
 from PIL import Image
 
 from test_core import losses
-from vlmjax.train.config import set_dotted
+from vlmjax.core.config import set_dotted
 from vlmjax.data import scenes
 from vlmjax.losses.contrastive import sigmoid_loss
 from vlmjax.tasks.contrastive import build_two_towers
-from vlmjax.train.checkpoint import load_params_numpy
-from vlmjax.train.config import load_experiment
-from vlmjax.train.loop import Trainer, train
-from vlmjax.train.optim import param_path
+from vlmjax.core.checkpoint import load_params_numpy
+from vlmjax.core.config import load_experiment
+from vlmjax.core.loop import Trainer, train
+from vlmjax.core.optim import param_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 150
@@ -121,8 +121,8 @@ def test_evaluators_end_to_end(siglip_run, tmp_path):
     import tensorflow_datasets as tfds
 
     from vlmjax.tasks.contrastive import tokenize_texts
-    from vlmjax.train.evaluate import evaluate_workdir
-    from vlmjax.zeroshot_cli import load_run
+    from vlmjax.cli.evaluate import evaluate_workdir
+    from vlmjax.cli.zeroshot import load_run
 
     wd, cfg = siglip_run[0], run_config(siglip_run)
     task, params = load_run(wd)
@@ -302,14 +302,14 @@ def test_hard_negatives_without_their_op_are_named(scenes_tiny_dir, tokenizer_pa
 
 
 def test_zeroshot_cli_on_png(siglip_run, tmp_path):
-    from vlmjax.zeroshot_cli import label_probabilities, load_run, prompts_of
+    from vlmjax.cli.zeroshot import label_probabilities, load_run, prompts_of
 
     wd, cfg = siglip_run[0], run_config(siglip_run)
     img, _ = scenes.render_scene(scenes.example_seed("test", 0), 32)
     path = str(tmp_path / "a.png")
     Image.fromarray(img).save(path)
     labels = list(scenes.CLASS_NAMES[:3])
-    out = subprocess.run([sys.executable, "-m", "vlmjax.zeroshot_cli", "--workdir", wd, "--image", path,
+    out = subprocess.run([sys.executable, "-m", "vlmjax.cli.zeroshot", "--workdir", wd, "--image", path,
                           "--labels", ",".join(labels), "--json"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     probs = json.loads(out.stdout.strip().splitlines()[-1])["probabilities"]
@@ -386,7 +386,7 @@ def test_zeroshot_prompt_sources_and_their_errors(tmp_path):
 
 def test_zeroshot_cli_defines_flags_only_when_run():
     """Importable next to the other CLIs: absl refuses a flag name (`workdir`, `json`) defined twice."""
-    code = ("import vlmjax.train.main, vlmjax.train.evaluate, vlmjax.zeroshot_cli; from absl import flags; "
+    code = ("import vlmjax.cli.train, vlmjax.cli.evaluate, vlmjax.cli.zeroshot; from absl import flags; "
             "assert 'labels' not in flags.FLAGS")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -403,7 +403,7 @@ def test_tfds_datasets_named_in_the_config(siglip_run, tmp_path):
     with the blank dropped, its retrieval metrics must equal the scenes retrieval evaluator's on the same images."""
     import tensorflow_datasets as tfds
 
-    from vlmjax.train.evaluate import evaluate_workdir
+    from vlmjax.cli.evaluate import evaluate_workdir
 
     wd, cfg = siglip_run[0], run_config(siglip_run)
     n = 16

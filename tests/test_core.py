@@ -7,9 +7,9 @@ import pytest
 
 import fake_data
 from vlmjax.data.pipeline import TrainIterator
-from vlmjax.train.config import set_dotted
-from vlmjax.train.loop import Trainer, train
-from vlmjax.train.metrics import read_metrics
+from vlmjax.core.config import set_dotted
+from vlmjax.core.loop import Trainer, train
+from vlmjax.core.metrics import read_metrics
 
 PP = [dict(op="decode", key="image"), dict(op="value_range", key="image", vmin=-1, vmax=1),
       dict(op="keep", keys=["image", "label"])]

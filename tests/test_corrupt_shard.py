@@ -98,8 +98,8 @@ def test_skip_with_workers(corrupt):
 
 def test_training_stops_keeping_its_checkpoints_then_resumes_with_skip(corrupt, tmp_path, capsys):
     from test_core import tiny_config
-    from vlmjax.train.loop import train
-    from vlmjax.train.metrics import read_metrics
+    from vlmjax.core.loop import train
+    from vlmjax.core.metrics import read_metrics
 
     data_dir, shard, bad, _ = corrupt
     bs = 256  # unshuffled: the first unreadable record is in step bad[0] // bs + 1

@@ -7,7 +7,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import fake_data
 from test_core import PP, tiny_config
 from vlmjax.data import device_ops, ops
-from vlmjax.train.loop import Trainer
+from vlmjax.core.loop import Trainer
 
 VR = dict(op="value_range", key="image", vmin=-1, vmax=1)
 

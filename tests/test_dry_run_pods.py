@@ -1,7 +1,7 @@
 """Dry run of every pod config on the 8 simulated CPU devices of conftest.py (issue 6, "Must show": dry-run of each
 pod config on 8 simulated devices prints its report).
 
-What runs: each experiment of `vlmjax.train.dry_run.POD_CONFIGS` (siglip_b16, clip_b32, vqvae_imagenet,
+What runs: each experiment of `vlmjax.core.dry_run.POD_CONFIGS` (siglip_b16, clip_b32, vqvae_imagenet,
 paligemma_like: the experiments sized for a pod; the others are the CPU-sized scenes configs) at its full pod size
 -- widths, depths, vocabularies, image size, text length and global batch as in the file -- through the CLI's own
 path: `config.load_with_overrides` then `dry_run.dry_run`, which `vlmjax-train --dry_run` calls. Two sets of
@@ -38,8 +38,8 @@ import re
 
 import pytest
 
-from vlmjax.train.config import load_with_overrides, split_overrides
-from vlmjax.train.dry_run import POD_CONFIGS, dry_run, local_overrides
+from vlmjax.core.config import load_with_overrides, split_overrides
+from vlmjax.core.dry_run import POD_CONFIGS, dry_run, local_overrides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESH = {"data": 2, "fsdp": 2, "tensor": 2}

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from test_core import tiny_config
-from vlmjax.train.config import eval_batch_size
-from vlmjax.train.loop import Trainer
+from vlmjax.core.config import eval_batch_size
+from vlmjax.core.loop import Trainer
 
 
 def test_eval_batch_size_rounds_up():

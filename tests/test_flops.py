@@ -10,8 +10,8 @@ import pytest
 from test_core import tiny_config
 from vlmjax.models.lm import DecoderLM
 from vlmjax.models.vit import ViT
-from vlmjax.train.dry_run import dry_run
-from vlmjax.train.flops import cost_of, matmul_flops, measured_cpu_peak
+from vlmjax.core.dry_run import dry_run
+from vlmjax.core.flops import cost_of, matmul_flops, measured_cpu_peak
 
 
 def vit_forward_flops(image, patch, width, depth, mlp, classes, batch):
@@ -140,7 +140,7 @@ def test_measured_cpu_peak_is_plausible():
 def test_evaluators_can_be_dropped_from_the_command_line():
     # What benchmarks/scale_report.py does for pod configs whose evaluation files are not on this machine.
     from vlmjax.tasks import get_task_class
-    from vlmjax.train.config import apply_overrides
+    from vlmjax.core.config import apply_overrides
 
     defaults = get_task_class("classification").config_defaults()
     assert list(apply_overrides(tiny_config(), [], defaults).evals) == ["test"]
@@ -151,7 +151,7 @@ def test_evaluators_can_be_dropped_from_the_command_line():
 
 def test_eval_every_steps_from_the_command_line_reaches_the_evaluators():
     from vlmjax.tasks import get_task_class
-    from vlmjax.train.config import apply_overrides
+    from vlmjax.core.config import apply_overrides
 
     defaults = get_task_class("classification").config_defaults()
     cfg = tiny_config()

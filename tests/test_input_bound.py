@@ -7,8 +7,8 @@ import jax
 import fake_data
 from test_core import tiny_config
 from vlmjax.data import pipeline
-from vlmjax.train.loop import train
-from vlmjax.train.metrics import read_metrics
+from vlmjax.core.loop import train
+from vlmjax.core.metrics import read_metrics
 
 SLEEP_S = 0.01  # per record: 16 records a batch = 0.16 s a batch, against a tiny step of a few ms
 

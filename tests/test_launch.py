@@ -1,5 +1,5 @@
 """launch/tpu_pod.sh and launch/slurm.sbatch, run against fake gcloud / srun / scontrol, and the SLURM settings
-that vlmjax/train/distributed.py reads.
+that vlmjax/core/distributed.py reads.
 
 The fakes execute what the real tools would run on each worker (a shell command for `gcloud ... ssh`, an argv for
 `srun`) in a per-worker home directory whose python is a stub recording its argv, so the tests check the exact
@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from vlmjax.train.distributed import explicit_settings
+from vlmjax.core.distributed import explicit_settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TPU_POD = os.path.join(ROOT, "launch", "tpu_pod.sh")
@@ -117,7 +117,7 @@ def test_tpu_pod_sets_up_and_runs_the_same_command_on_every_worker(tmp_path):
         (pip_up, _), (pip, _), (train, _) = calls(home)
         assert pip_up[:3] == ["-m", "pip", "install"] and "--upgrade" in pip_up
         assert pip[:3] == ["-m", "pip", "install"] and "-e" in pip and f"jax[tpu]=={jax_pin[5:]}" in pip
-        assert train == ["-m", "vlmjax.train", "--distributed=auto", *TRAIN_ARGS]
+        assert train == ["-m", "vlmjax.cli", "--distributed=auto", *TRAIN_ARGS]
         assert (home / "vlmjax" / "logs" / f"worker-{i}.log").is_file()  # named by the worker's hostname
     assert len(list((tmp_path / "logs").glob("my-tpu-*.log"))) == 1  # everything, streamed here
     assert not (tmp_path / "vlmjax-src.tgz").exists() and not list(tmp_path.glob("vlmjax.*"))  # tarball removed
@@ -133,7 +133,7 @@ def test_tpu_pod_skip_setup_and_no_project(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     gcloud = [json.loads(line) for line in (tmp_path / "gcloud.log").read_text().splitlines()]
     assert [g[3] for g in gcloud] == ["ssh"] and not any(a.startswith("--project") for a in gcloud[0])
-    assert [argv for argv, _ in calls(homes[0])] == [["-m", "vlmjax.train", "--distributed=auto", *TRAIN_ARGS]]
+    assert [argv for argv, _ in calls(homes[0])] == [["-m", "vlmjax.cli", "--distributed=auto", *TRAIN_ARGS]]
 
 
 def test_tpu_pod_detach_starts_in_background_and_returns(tmp_path):
@@ -151,7 +151,7 @@ def test_tpu_pod_detach_starts_in_background_and_returns(tmp_path):
     while time.time() < deadline and not all((h / "calls").exists() for h in homes):
         time.sleep(0.1)
     for i, home in enumerate(homes):
-        assert [argv for argv, _ in calls(home)] == [["-m", "vlmjax.train", "--distributed=auto", *TRAIN_ARGS]]
+        assert [argv for argv, _ in calls(home)] == [["-m", "vlmjax.cli", "--distributed=auto", *TRAIN_ARGS]]
         assert (home / "vlmjax" / "logs" / f"worker-{i}.log").exists()
 
 
@@ -199,7 +199,7 @@ def test_slurm_runs_every_task_with_coordinator_and_process_ids(tmp_path):
     got = calls(tmp_path)
     assert len(got) == 4
     for i, (argv, task_env) in enumerate(got):
-        assert argv == ["-m", "vlmjax.train", *TRAIN_ARGS, "--coordinator_address=gpu-07:23456",
+        assert argv == ["-m", "vlmjax.cli", *TRAIN_ARGS, "--coordinator_address=gpu-07:23456",
                         "--num_processes=4", f"--process_id={i}"]
         assert task_env == {"SLURM_PROCID": str(i), "SLURM_NTASKS": "4"}
     assert (submit / "logs" / "slurm").is_dir()

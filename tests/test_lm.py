@@ -9,7 +9,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from vlmjax.losses.lm import check_supervised, next_token_batch, next_token_loss
 from vlmjax.models.lm import DecoderLM, apply_rope
 from vlmjax.models.masks import make_attn_mask, positions_from_mask
-from vlmjax.train.mesh import DEFAULT_RULES, make_mesh
+from vlmjax.core.mesh import DEFAULT_RULES, make_mesh
 
 CFG = dict(vocab_size=64, width=32, depth=2, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64)
 

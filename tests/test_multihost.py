@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from vlmjax.train.metrics import read_metrics
+from vlmjax.core.metrics import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,7 +21,7 @@ def trainer_args(workdir, data_dir, *extra):
 def test_two_processes_match_one_process(scenes_tiny_dir, tmp_path):
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    r = subprocess.run([sys.executable, "-m", "vlmjax.train", *trainer_args(one, scenes_tiny_dir)], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "vlmjax.cli", *trainer_args(one, scenes_tiny_dir)], cwd=ROOT,
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     r = subprocess.run([sys.executable, "launch/local.py", "--num_processes", "2", "--devices_per_process", "4",
@@ -42,7 +42,7 @@ def test_two_processes_match_one_process(scenes_tiny_dir, tmp_path):
 
 def test_sigterm_saves_exits_zero_and_resumes_bit_exact(scenes_tiny_dir, tmp_path):
     ref, pre = str(tmp_path / "ref"), str(tmp_path / "pre")
-    cmd = [sys.executable, "-m", "vlmjax.train"]
+    cmd = [sys.executable, "-m", "vlmjax.cli"]
     r = subprocess.run(cmd + trainer_args(ref, scenes_tiny_dir), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     proc = subprocess.Popen(cmd + trainer_args(pre, scenes_tiny_dir, "--config.debug.sleep_per_step=0.3"), cwd=ROOT,

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from test_core import tiny_config
-from vlmjax.train.loop import Trainer
-from vlmjax.train.metrics import read_metrics
-from vlmjax.train.optim import make_optimizer, param_path
+from vlmjax.core.loop import Trainer
+from vlmjax.core.metrics import read_metrics
+from vlmjax.core.optim import make_optimizer, param_path
 
 SGD = {"optimizer.name": "sgd", "optimizer.lr": 0.5, "optimizer.clip_norm": 0.0, "optimizer.momentum": 0.0,
        "optimizer.weight_decay": 0.0, "schedule.name": "constant", "schedule.warmup_steps": 0, "evals": {},
@@ -73,7 +73,7 @@ def test_lr_mults_scale_each_group_update(name):
 
 
 def _sched(name, warmup=10, end_frac=0.1, timescale=20):
-    from vlmjax.train.optim import make_schedule
+    from vlmjax.core.optim import make_schedule
 
     cfg = ml_collections.ConfigDict(dict(name=name, warmup_steps=warmup, end_lr_frac=end_frac, timescale=timescale))
     return lambda step: float(make_schedule(cfg, 110, 2.0)(step))

@@ -107,8 +107,8 @@ def test_docs_folder_to_siglip_run(tmp_path, monkeypatch):
     then experiments/siglip_webdataset.py:runlocal on the shards (in-process; same config as the command line)."""
     import jax
 
-    from vlmjax.train.config import load_with_overrides
-    from vlmjax.train.loop import Trainer
+    from vlmjax.core.config import load_with_overrides
+    from vlmjax.core.loop import Trainer
 
     photos = tmp_path / "photos"
     photos.mkdir()

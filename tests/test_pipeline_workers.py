@@ -112,7 +112,7 @@ def test_trainer_resumes_bit_exact_with_workers(tmp_path, capsys):
     import jax
 
     from test_core import tiny_config
-    from vlmjax.train.loop import train
+    from vlmjax.core.loop import train
 
     cfg = tiny_config(**{"mesh.data": 1, "data.worker_count": 2, "total_steps": 6, "checkpoint.every_steps": 3})
     wd = str(tmp_path / "run")

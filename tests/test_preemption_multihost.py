@@ -8,7 +8,7 @@ import sys
 import time
 
 from test_multihost import ROOT, trainer_args
-from vlmjax.train.metrics import read_metrics
+from vlmjax.core.metrics import read_metrics
 
 
 def _child(parent: int, process_id: int) -> int:

@@ -13,7 +13,7 @@ import pytest
 from test_prefixlm_task import PRE_LEN, _cider_reference, exp, tiny_config, tok_path  # noqa: F401  (fixture)
 from vlmjax.data.ops import get_preprocess_fn
 from vlmjax.tasks import prefixlm
-from vlmjax.train.config import set_dotted
+from vlmjax.core.config import set_dotted
 
 # A tiny VQ-VAE (f2, 16 codes): 8 px images are 4 x 4 codes, `<|boi|> 16 codes <|eoi|>` = 18 image tokens.
 VQ_MODEL = dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, z_channels=8, norm_groups=4, num_codes=16, code_dim=4)
@@ -59,7 +59,7 @@ def pad_rows(rows, fill=0):
 # ---- the VQ task, without a trained VQ-VAE ------------------------------------------------------------------------
 def vq_config(scenes_tiny_dir, tok_path, vq_dir, **over):
     from vlmjax.tasks.prefixlm import PrefixLMTask
-    from vlmjax.train import config as config_lib
+    from vlmjax.core import config as config_lib
 
     c = tiny_config("pretrain", scenes_tiny_dir, tok_path)
     set_dotted(c, {"image_input": "vq", "vq_workdir": vq_dir, "image_size": VQ_SIZE, "text_len": TEXT_LEN,
@@ -334,7 +334,7 @@ def trainer(scenes_tiny_dir, tok_path, tmp_path_factory):
     references the test writes, and a perplexity evaluator over 20 scenes/tiny test captions (batches of 16: the
     second one 4 real rows, 12 padding)."""
     from vlmjax.data.pipeline import register_source
-    from vlmjax.train.loop import Trainer
+    from vlmjax.core.loop import Trainer
 
     register_source(SOURCE)(lambda cfg, split: CAPTION_EXAMPLES)
     c = tiny_config("pretrain", scenes_tiny_dir, tok_path, z_loss=0.0)

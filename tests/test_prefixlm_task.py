@@ -13,9 +13,9 @@ from PIL import Image
 from vlmjax.data.ops import get_preprocess_fn
 from vlmjax.models.masks import make_attn_mask
 from vlmjax.tasks import cider
-from vlmjax.train.config import set_dotted
-from vlmjax.train.loop import Trainer, train
-from vlmjax.train.metrics import read_metrics
+from vlmjax.core.config import set_dotted
+from vlmjax.core.loop import Trainer, train
+from vlmjax.core.metrics import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _spec = importlib.util.spec_from_file_location("prefixlm_scenes", os.path.join(ROOT, "experiments", "prefixlm_scenes.py"))
@@ -175,7 +175,7 @@ def test_loss_only_on_mask_loss_positions(scenes_tiny_dir, tok_path):
     """task.loss == the mean cross-entropy of the answer tokens, computed from the model's logits over
     [image tokens; text] with our own indexing; tokens outside mask_loss never change it."""
     from vlmjax.tasks.prefixlm import PrefixLMTask
-    from vlmjax.train import config as config_lib
+    from vlmjax.core import config as config_lib
 
     cfg = config_lib.resolve(tiny_config("chat", scenes_tiny_dir, tok_path, z_loss=0.0),
                              PrefixLMTask.config_defaults())
@@ -272,7 +272,7 @@ def test_two_stage_answers_questions_from_the_image(two_stage, scenes_tiny_dir):
 def test_predict_cli_answers_about_a_png(two_stage, tmp_path, capsys):
     """The CLI's answers about PNG files equal the in-process answers on the rendered arrays, for two scenes the
     model answers differently: a CLI that dropped or garbled the image could not match both."""
-    from vlmjax import predict_cli
+    from vlmjax.cli import predict as predict_cli
     from vlmjax.data import scenes
 
     question = "what color is the circle?"

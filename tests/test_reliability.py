@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from test_core import losses, tiny_config
-from vlmjax.train.loop import Trainer, train
+from vlmjax.core.loop import Trainer, train
 
 CONST = {"schedule.name": "constant", "schedule.warmup_steps": 0, "checkpoint.every_steps": 10}
 

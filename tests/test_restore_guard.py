@@ -13,12 +13,12 @@ import ml_collections
 import numpy as np
 import pytest
 
-from vlmjax.train import config as config_lib
-from vlmjax.train import restore_check
-from vlmjax.train.checkpoint import Checkpointer
-from vlmjax.train.metrics import read_metrics
-from vlmjax.train.optim import make_optimizer
-from vlmjax.train.restore_check import StateMismatchError, leaf_shapes
+from vlmjax.core import config as config_lib
+from vlmjax.core import restore_check
+from vlmjax.core.checkpoint import Checkpointer
+from vlmjax.core.metrics import read_metrics
+from vlmjax.core.optim import make_optimizer
+from vlmjax.core.restore_check import StateMismatchError, leaf_shapes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -184,7 +184,7 @@ def test_refused_optimizer_changes_do_change_the_state(key, value):
 # -- the CLI: a changed config on a real run ---------------------------------------------------------------------
 
 def _cmd(workdir, data_dir, *extra):
-    return [sys.executable, "-m", "vlmjax.train", "--config", "experiments/vit_scenes.py:runlocal",
+    return [sys.executable, "-m", "vlmjax.cli", "--config", "experiments/vit_scenes.py:runlocal",
             f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", "--config.total_steps=4",
             "--config.checkpoint.every_steps=2", "--config.eval.every_steps=0", *extra]
 

@@ -9,14 +9,14 @@ import time
 import numpy as np
 import pytest
 
-from vlmjax.train.checkpoint import load_params_numpy
-from vlmjax.train.metrics import read_metrics
+from vlmjax.core.checkpoint import load_params_numpy
+from vlmjax.core.metrics import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _cmd(workdir, data_dir, sleep):
-    return [sys.executable, "-m", "vlmjax.train", "--config", "experiments/vit_scenes.py:runlocal",
+    return [sys.executable, "-m", "vlmjax.cli", "--config", "experiments/vit_scenes.py:runlocal",
             f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", "--config.total_steps=20",
             "--config.checkpoint.every_steps=5", "--config.log_every_steps=1", "--config.eval.every_steps=0",
             f"--config.debug.sleep_per_step={sleep}"]
@@ -115,7 +115,7 @@ def jax_leaves(tree):
 def test_eval_cli_reproduces_final_metrics(scenes_tiny_dir, tmp_path):
     wd = str(tmp_path / "run")
     _run(_cmd(wd, scenes_tiny_dir, 0)[:-1] + ["--config.total_steps=5"])
-    out = subprocess.run([sys.executable, "-m", "vlmjax.train.evaluate", f"--workdir={wd}", "--json"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "vlmjax.cli.evaluate", f"--workdir={wd}", "--json"], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     want = [r for r in read_metrics(wd) if "eval/test/accuracy" in r][-1]["eval/test/accuracy"]
@@ -130,7 +130,7 @@ def test_eval_cli_reproduces_final_metrics(scenes_tiny_dir, tmp_path):
     ("--config.mesh.data=3", "error: config.mesh (data=3, fsdp=1, tensor=1): axis sizes multiply to 3, but there are 8"),
 ])
 def test_cli_reports_bad_overrides_in_one_line(tmp_path, override, message):
-    out = subprocess.run([sys.executable, "-m", "vlmjax.train", "--config", "experiments/vit_scenes.py:runlocal",
+    out = subprocess.run([sys.executable, "-m", "vlmjax.cli", "--config", "experiments/vit_scenes.py:runlocal",
                           f"--workdir={tmp_path}", override], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert message in out.stderr

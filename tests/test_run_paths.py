@@ -11,7 +11,7 @@ import jax
 import ml_collections
 import pytest
 
-from vlmjax.train.run_paths import absolute_paths, launch_dir
+from vlmjax.core.run_paths import absolute_paths, launch_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,8 +37,8 @@ def test_absolute_paths(tmp_path):
 
 
 def test_eval_from_another_directory_reads_only_eval_splits(scenes_tiny_dir, tmp_path, monkeypatch):
-    from vlmjax.train.config import load_with_overrides
-    from vlmjax.train.loop import train
+    from vlmjax.core.config import load_with_overrides
+    from vlmjax.core.loop import train
 
     launch = tmp_path / "project"
     shutil.copytree(os.path.join(scenes_tiny_dir, "scenes"), launch / "tfds" / "scenes")
@@ -60,7 +60,7 @@ def test_eval_from_another_directory_reads_only_eval_splits(scenes_tiny_dir, tmp
         json.dump(info, f)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    out = subprocess.run([sys.executable, "-m", "vlmjax.train.evaluate", "--workdir", workdir],
+    out = subprocess.run([sys.executable, "-m", "vlmjax.cli.evaluate", "--workdir", workdir],
                          cwd=elsewhere, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     line = [x for x in out.stdout.splitlines() if x.startswith("eval/test/accuracy=")]
@@ -85,7 +85,7 @@ def test_missing_dataset_names_the_command(tmp_path, name, command):
 
 
 def test_run_without_launch_record_found_above_its_workdir(tmp_path, monkeypatch):
-    from vlmjax.train.evaluate import load_run_config
+    from vlmjax.cli.evaluate import load_run_config
 
     project = tmp_path / "project"
     (project / "data/tfds").mkdir(parents=True)

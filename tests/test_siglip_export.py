@@ -11,7 +11,7 @@ transformers = pytest.importorskip("transformers")
 import vlmjax  # noqa: E402
 from test_api import contrastive_run, fake_images  # noqa: E402,F401  (the tiny trained SigLIP-layout run)
 from test_siglip_import import TEXT, VISION, hf  # noqa: E402,F401  (a random tiny HF SiglipModel)
-from vlmjax import export_cli  # noqa: E402
+from vlmjax.cli import export as export_cli  # noqa: E402
 from vlmjax.models import weight_export as we  # noqa: E402
 from vlmjax.models import weight_import as wi  # noqa: E402
 from vlmjax.tasks.contrastive import tokenize_texts  # noqa: E402

@@ -12,7 +12,7 @@ import pytest
 
 from vlmjax.models.transformer import REMAT_POLICIES
 from vlmjax.models.vit import ViT
-from vlmjax.train.flops import _sub_jaxprs
+from vlmjax.core.flops import _sub_jaxprs
 
 CFG = dict(patch_size=(4, 4), width=32, depth=3, num_heads=2, mlp_dim=64, num_classes=5, pool_type="map",
            head_zeroinit=False)

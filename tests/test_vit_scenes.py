@@ -4,8 +4,8 @@ import os
 import jax
 import numpy as np
 
-from vlmjax.train.config import load_experiment
-from vlmjax.train.loop import train
+from vlmjax.core.config import load_experiment
+from vlmjax.core.loop import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 600

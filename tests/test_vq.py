@@ -14,7 +14,7 @@ from vlmjax.losses.vq import reconstruction_loss, vqvae_loss
 from vlmjax.models.quantizer import (VectorQuantizer, codebook_usage, nearest_code, nearest_code_naive, perplexity,
                                      quantize)
 from vlmjax.models.vqvae import VQVAE
-from vlmjax.train.mesh import DEFAULT_RULES, batch_sharding, logical_shardings, make_mesh
+from vlmjax.core.mesh import DEFAULT_RULES, batch_sharding, logical_shardings, make_mesh
 
 N, D, K = 48, 4, 16
 

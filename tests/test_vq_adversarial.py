@@ -13,8 +13,8 @@ from vlmjax.losses.adversarial import adversarial_gate, hinge_d_loss, hinge_g_lo
 from vlmjax.losses.vq import vqvae_loss
 from vlmjax.models.discriminator import PatchDiscriminator
 from vlmjax.tasks.vqvae import VQVAETask, generator_params
-from vlmjax.train import config as config_lib
-from vlmjax.train.loop import Trainer
+from vlmjax.core import config as config_lib
+from vlmjax.core.loop import Trainer
 
 WEIGHT, START = 0.7, 5
 

@@ -10,7 +10,7 @@ import pytest
 
 from vlmjax.losses.vq import vqvae_loss
 from vlmjax.models.vqvae import VQVAE, unpatchify
-from vlmjax.train.mesh import DEFAULT_RULES, logical_shardings, make_mesh
+from vlmjax.core.mesh import DEFAULT_RULES, logical_shardings, make_mesh
 
 VIT = dict(vit_width=16, vit_depth=1, vit_heads=2, num_codes=16, code_dim=4)
 CONV = dict(ch=4, num_res_blocks=0, z_channels=4, norm_groups=2)

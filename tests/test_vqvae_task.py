@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlmjax import vq_cli
+from vlmjax.cli import vq as vq_cli
 from vlmjax.tasks.image_metrics import psnr, ssim, to_uint8
 from vlmjax.tasks.vqvae import VQVAETask, reduce_codebook
-from vlmjax.train import config as config_lib
-from vlmjax.train.loop import Trainer
+from vlmjax.core import config as config_lib
+from vlmjax.core.loop import Trainer
 
 PP = [dict(op="decode", key="image"), dict(op="value_range", key="image", vmin=-1, vmax=1),
       dict(op="keep", keys=["image"])]

@@ -39,9 +39,9 @@ def load_task(workdir: str, tasks=None, keys=("params", "model_state"), step: in
 
     `tasks`: the `config.task` values the caller accepts (ValueError naming the workdir otherwise)."""
     from vlmjax.tasks import get_task_class
-    from vlmjax.train import config as config_lib
-    from vlmjax.train.checkpoint import load_state_numpy
-    from vlmjax.train.evaluate import load_run_config
+    from vlmjax.core import config as config_lib
+    from vlmjax.core.checkpoint import load_state_numpy
+    from vlmjax.cli.evaluate import load_run_config
 
     raw = load_run_config(workdir)
     name = raw.get("task", "")
@@ -56,7 +56,7 @@ def load_task(workdir: str, tasks=None, keys=("params", "model_state"), step: in
 def load(path: str, step: int = None):
     """The run in `path` as its family's model object (see the module docstring): a `vlmjax-train` workdir
     (checkpoint `step`, default: the latest) or a folder written by `vlmjax-export --format hf_siglip`."""
-    from vlmjax.train.evaluate import load_run_config
+    from vlmjax.cli.evaluate import load_run_config
 
     if os.path.isfile(os.path.join(path, EXPORT_CONFIG)):
         return _load_export(path)
@@ -78,7 +78,7 @@ def save_export_config(config, out_dir: str) -> list:
     import json
     import shutil
 
-    from vlmjax.train.config import to_json
+    from vlmjax.core.config import to_json
 
     paths = [os.path.join(out_dir, EXPORT_CONFIG), os.path.join(out_dir, EXPORT_TOKENIZER)]
     shutil.copyfile(os.path.expanduser(config.tokenizer), paths[1])
@@ -98,7 +98,7 @@ def _load_export(folder: str):
     from vlmjax.models.weight_export import flatten
     from vlmjax.models.weight_import import load_siglip, nest, stack_blocks
     from vlmjax.tasks import get_task_class
-    from vlmjax.train import config as config_lib
+    from vlmjax.core import config as config_lib
 
     with open(os.path.join(folder, EXPORT_CONFIG)) as f:
         raw = ml_collections.ConfigDict(json.load(f))
@@ -201,7 +201,7 @@ class TwoTowerModel(RunModel):
     def _mesh(self):
         import jax
 
-        from vlmjax.train.mesh import make_mesh
+        from vlmjax.core.mesh import make_mesh
 
         if "mesh" not in self._fns:
             self._fns["mesh"] = make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
@@ -262,7 +262,7 @@ def zeroshot_probabilities(task, variables, images, prompts, aggregate: str = "m
     import jax
 
     from vlmjax.tasks.retrieval_metrics import class_scores
-    from vlmjax.train.mesh import make_mesh
+    from vlmjax.core.mesh import make_mesh
 
     mesh = mesh or make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
     zimg, _, out = jax.jit(lambda v, x: task.model.apply(v, images=x))(variables, images)

@@ -1,6 +1,6 @@
 """Pre-LayerNorm transformer encoder blocks shared by the ViT image tower and the text tower.
 
-Every parameter carries logical axis names (see `vlmjax/train/mesh.py` for the rules that map them onto the
+Every parameter carries logical axis names (see `vlmjax/core/mesh.py` for the rules that map them onto the
 `data`/`fsdp`/`tensor` mesh axes) and activations are constrained at block boundaries, so the same module runs
 unsharded on a laptop and FSDP + tensor-parallel on a pod.
 """

@@ -2,7 +2,7 @@
 
 A task says how to build the model, what its variables look like, how to compute the loss and train metrics,
 and which evaluators and predict functions it offers. The core owns everything else: mesh, sharding, optimizer,
-loop, checkpoints, input pipeline, logging. Tasks never import `vlmjax.train`.
+loop, checkpoints, input pipeline, logging. Tasks never import `vlmjax.core`.
 
 Batches are dicts of arrays whose leading dimension is the (global) batch. Model variables are
 `{'params': ..., **collections}`: any collection other than 'params' (EMA codebooks, ...) is model state that the

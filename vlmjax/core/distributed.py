@@ -4,7 +4,7 @@
 - explicit: `--coordinator_address host:port --num_processes N --process_id i` (or VLMJAX_COORDINATOR_ADDRESS,
   VLMJAX_NUM_PROCESSES, VLMJAX_PROCESS_ID) — what `launch/local.py`, `launch/slurm.sbatch` and custom GPU
   clusters use. Under SLURM, a coordinator address alone is enough: the count and index come from SLURM_NTASKS
-  and SLURM_PROCID (so `VLMJAX_COORDINATOR_ADDRESS=node:port srun python -m vlmjax.train ...` works);
+  and SLURM_PROCID (so `VLMJAX_COORDINATOR_ADDRESS=node:port srun python -m vlmjax.cli ...` works);
 - TPU pods (`launch/tpu_pod.sh`) and SLURM: `--distributed=auto` lets jax detect the cluster (TPU metadata,
   SLURM_* variables).
 On CPU the cross-process collectives go through gloo.

@@ -11,7 +11,7 @@ import math
 
 import ml_collections
 
-from vlmjax.train.mesh import DEFAULT_RULES, resolve_mesh_shape
+from vlmjax.core.mesh import DEFAULT_RULES, resolve_mesh_shape
 
 FREE_FORM = ("model", "evals", "sharding_rules")
 

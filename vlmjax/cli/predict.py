@@ -53,7 +53,7 @@ def main(argv=None) -> int:
 
     absl_logging.set_verbosity(absl_logging.ERROR)  # orbax logs every restore step
     import vlmjax
-    from vlmjax.train.evaluate import load_run_config
+    from vlmjax.cli.evaluate import load_run_config
 
     try:
         family = load_run_config(args.workdir).get("task", "")

@@ -13,9 +13,9 @@ import math
 import jax
 import numpy as np
 
-from vlmjax.train.flops import cost_of, memory_of, per_device_bytes, step_flops
-from vlmjax.train.mesh import batch_sharding, unsharded_fraction
-from vlmjax.train.optim import param_path
+from vlmjax.core.flops import cost_of, memory_of, per_device_bytes, step_flops
+from vlmjax.core.mesh import batch_sharding, unsharded_fraction
+from vlmjax.core.optim import param_path
 
 # The experiments sized for a pod, and what their dry run needs on a machine without the pod's files. The
 # tokenizers and evaluation files live in buckets: the tasks open the tokenizer when they are built and the
@@ -47,7 +47,7 @@ def _gib(n: int) -> str:
 
 
 def dry_run(config, target: str = "", max_unsharded_fraction: float = 0.5, show_params: int = 10_000) -> dict:
-    from vlmjax.train.loop import Trainer
+    from vlmjax.core.loop import Trainer
 
     trainer = Trainer(config, workdir="", open_data=False)
     cfg = trainer.config

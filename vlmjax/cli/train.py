@@ -1,10 +1,10 @@
-"""`vlmjax-train` / `python -m vlmjax.train`: train an experiment.
+"""`vlmjax-train` / `python -m vlmjax.cli`: train an experiment.
 
     vlmjax-train --config experiments/vit_scenes.py --workdir /tmp/vit_scenes
     vlmjax-train --config experiments/vit_scenes.py:runlocal --workdir /tmp/w --config.optimizer.lr=1e-3
 
 Re-running with the same workdir resumes from its latest checkpoint; with a changed config only if the change is
-safe (`--allow_config_change` for total_steps, lr, evals, ...; see vlmjax/train/restore_check.py), else exit 2.
+safe (`--allow_config_change` for total_steps, lr, evals, ...; see vlmjax/core/restore_check.py), else exit 2.
 Library logs (absl, orbax, tfds) stay at WARNING; `-v` (`--verbosity=1`) shows their INFO lines.
 """
 import os
@@ -12,7 +12,7 @@ import sys
 
 from absl import app, flags
 
-from vlmjax.train import cli_setup
+from vlmjax.cli import app as cli_setup
 
 _CONFIG = flags.DEFINE_string("config", None, "Experiment file, e.g. experiments/vit_scenes.py[:arg]; "
                               "override any key with --config.<key>=<value>.")
@@ -27,7 +27,7 @@ _MAXUNSH = flags.DEFINE_float("max_unsharded_fraction", 0.5, "With --dry_run: fa
                                "bytes held whole by every device (meshes with an fsdp or tensor axis).")
 _ALLOW = flags.DEFINE_bool("allow_config_change", False, "Resume a workdir although config keys that leave the "
                            "train state's structure and the data order alone (total_steps, optimizer.lr, schedule, "
-                           "evals, ...) changed; see vlmjax/train/restore_check.py. Others are refused regardless.")
+                           "evals, ...) changed; see vlmjax/core/restore_check.py. Others are refused regardless.")
 _DIST = flags.DEFINE_enum("distributed", "", ["", "auto"], "'auto': let jax detect a TPU pod or SLURM cluster.")
 
 
@@ -35,16 +35,16 @@ def _main(argv):
     del argv
     cli_setup.quiet_logging()
     from vlmjax.data.batching import CorruptRecordError
-    from vlmjax.train import config as config_lib
-    from vlmjax.train import distributed
-    from vlmjax.train.checkpoint import CheckpointWriteError
-    from vlmjax.train.loop import train
+    from vlmjax.core import config as config_lib
+    from vlmjax.core import distributed
+    from vlmjax.core.checkpoint import CheckpointWriteError
+    from vlmjax.core.loop import train
 
     distributed.initialize(_COORD.value, _NPROC.value, _PID.value, _DIST.value)
     try:
         config = config_lib.load_with_overrides(_CONFIG.value, _OVERRIDES)
         if _DRY.value:
-            from vlmjax.train.dry_run import dry_run
+            from vlmjax.core.dry_run import dry_run
 
             dry_run(config, _TARGET.value, _MAXUNSH.value)
             return
@@ -65,7 +65,7 @@ _OVERRIDES = []
 
 
 def run():
-    from vlmjax.train.config import split_overrides
+    from vlmjax.core.config import split_overrides
 
     argv, overrides = split_overrides(sys.argv)
     _OVERRIDES[:] = overrides

@@ -18,7 +18,7 @@ import numpy as np
 from absl import app, flags
 
 from vlmjax import image_input
-from vlmjax.train import cli_setup
+from vlmjax.cli import app as cli_setup
 
 
 def _define_flags():

@@ -27,7 +27,7 @@ def export(workdir: str, fmt: str, out: str, step: int = None) -> list:
         raise ValueError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     from vlmjax.api import load_task
     from vlmjax.models import weight_export
-    from vlmjax.train.evaluate import load_run_config
+    from vlmjax.cli.evaluate import load_run_config
 
     raw = load_run_config(workdir)
     if raw.get("task") != "contrastive":

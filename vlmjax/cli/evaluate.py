@@ -12,7 +12,7 @@ import sys
 
 from absl import app, flags
 
-from vlmjax.train import cli_setup
+from vlmjax.cli import app as cli_setup
 
 
 def _define_flags():
@@ -25,11 +25,11 @@ def _define_flags():
 
 def load_run_config(workdir: str, spec: str = None):
     """The experiment config of a run: `spec` if given, else the resolved config.json saved in the workdir, its
-    relative paths resolved against the directory the run was launched from (vlmjax/train/run_paths.py)."""
+    relative paths resolved against the directory the run was launched from (vlmjax/core/run_paths.py)."""
     import ml_collections
 
-    from vlmjax.train import config as config_lib
-    from vlmjax.train.run_paths import absolute_paths, launch_dir
+    from vlmjax.core import config as config_lib
+    from vlmjax.core.run_paths import absolute_paths, launch_dir
 
     if spec:
         return config_lib.load_experiment(spec)
@@ -51,8 +51,8 @@ def eval_devices(mesh_cfg, devices):
 
     import jax
 
-    from vlmjax.train.config import defaults
-    from vlmjax.train.mesh import MESH_AXES
+    from vlmjax.core.config import defaults
+    from vlmjax.core.mesh import MESH_AXES
 
     default = defaults().mesh  # an unresolved config may leave axes out
     sizes = [int(mesh_cfg.get(a, default[a])) for a in MESH_AXES]
@@ -71,8 +71,8 @@ def evaluate_workdir(workdir: str, config, step: int = None, devices=None) -> tu
     (default: those `config.mesh` asks for, see eval_devices; any mesh works, checkpoints restore onto it)."""
     import jax
 
-    from vlmjax.train.checkpoint import Checkpointer
-    from vlmjax.train.loop import Trainer
+    from vlmjax.core.checkpoint import Checkpointer
+    from vlmjax.core.loop import Trainer
 
     if devices is None:
         devices = eval_devices(config.mesh, jax.devices())
@@ -91,7 +91,7 @@ def _main(argv):
     del argv
     cli_setup.quiet_logging()
     from vlmjax.tasks import get_task_class
-    from vlmjax.train import config as config_lib
+    from vlmjax.core import config as config_lib
 
     try:
         F = flags.FLAGS
@@ -113,7 +113,7 @@ _OVERRIDES = []
 
 
 def run():
-    from vlmjax.train.config import split_overrides
+    from vlmjax.core.config import split_overrides
 
     argv, overrides = split_overrides(sys.argv)
     _OVERRIDES[:] = overrides

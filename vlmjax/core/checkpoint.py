@@ -15,8 +15,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from vlmjax.train.optim import param_path
-from vlmjax.train.restore_check import (StateMismatchError, UnreadableCheckpoint, is_unreadable,
+from vlmjax.core.optim import param_path
+from vlmjax.core.restore_check import (StateMismatchError, UnreadableCheckpoint, is_unreadable,
                                          state_mismatch)
 
 

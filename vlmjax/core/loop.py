@@ -19,17 +19,17 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from vlmjax.data import ops as data_ops
 from vlmjax.data.pipeline import VALID_KEY, TrainIterator, eval_batches, make_source
 from vlmjax.tasks import get_task_class
-from vlmjax.train import config as config_lib
-from vlmjax.train.checkpoint import (Checkpointer, check_init_from, load_imported_params, load_params_numpy,
+from vlmjax.core import config as config_lib
+from vlmjax.core.checkpoint import (Checkpointer, check_init_from, load_imported_params, load_params_numpy,
                                      merge_params)
-from vlmjax.train.distributed import PreemptionWatcher
-from vlmjax.train.flops import peak_flops, step_flops
-from vlmjax.train.mesh import (batch_sharding, like_params_shardings, logical_shardings, make_mesh,
+from vlmjax.core.distributed import PreemptionWatcher
+from vlmjax.core.flops import peak_flops, step_flops
+from vlmjax.core.mesh import (batch_sharding, like_params_shardings, logical_shardings, make_mesh,
                                rules_from_config)
-from vlmjax.train.metrics import MetricWriter, Progress
-from vlmjax.train.optim import make_optimizer
-from vlmjax.train.restore_check import check_resume_config
-from vlmjax.train.run_paths import record_launch_dir
+from vlmjax.core.metrics import MetricWriter, Progress
+from vlmjax.core.optim import make_optimizer
+from vlmjax.core.restore_check import check_resume_config
+from vlmjax.core.run_paths import record_launch_dir
 
 
 def log(msg: str) -> None:
@@ -78,7 +78,7 @@ class Trainer:
 
     # -- state -----------------------------------------------------------------------------------------------------
     def _dummy(self):
-        from vlmjax.train.mesh import data_parallel_size
+        from vlmjax.core.mesh import data_parallel_size
 
         return jax.tree.map(jnp.asarray, self.task.dummy_batch(data_parallel_size(self.mesh)))
 
@@ -193,7 +193,7 @@ class Trainer:
 
     def compile_step(self, state, gbatch):
         """Compile the train step for these shapes ahead of time; sets `step_flops` ({'model', 'hardware'} FLOPs
-        per device per step, counted on the jaxpr: vlmjax.train.flops) and returns the compiled step."""
+        per device per step, counted on the jaxpr: vlmjax.core.flops) and returns the compiled step."""
         if self._train_step is None:
             self._train_step = self.train_step_fn()
         with jax.set_mesh(self.mesh):
@@ -210,13 +210,13 @@ class Trainer:
         return self._eval_sources[key]
 
     def _eval_batch_size(self, data_cfg) -> int:
-        from vlmjax.train.mesh import data_parallel_size
+        from vlmjax.core.mesh import data_parallel_size
 
         return config_lib.eval_batch_size(data_cfg.batch_size, data_parallel_size(self.mesh), jax.process_count())
 
     def _log_eval_padding(self):
         """Says once, when the trainer is built, which eval batches are padded to the data-parallel size."""
-        from vlmjax.train.mesh import data_parallel_size
+        from vlmjax.core.mesh import data_parallel_size
 
         for name, ev in self.config.evals.items():
             size = self._eval_batch_size(ev.data)

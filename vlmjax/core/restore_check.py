@@ -25,8 +25,8 @@ import re
 import jax
 import ml_collections
 
-from vlmjax.train import config as config_lib
-from vlmjax.train.optim import param_path
+from vlmjax.core import config as config_lib
+from vlmjax.core.optim import param_path
 
 # data.worker_count is free: a restored iterator state rebuilds the pipeline with the worker count it was saved
 # with (vlmjax.data.pipeline), so the stream goes on unchanged whatever the new config asks for. read_features

@@ -1,0 +1,4 @@
+"""`python -m vlmjax.cli` is `vlmjax-train`."""
+from vlmjax.cli.train import run
+
+run()

@@ -1,3 +1,0 @@
-from vlmjax.train.main import run
-
-run()
