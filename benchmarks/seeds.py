@@ -1,0 +1,131 @@
+r"""Runs one recipe with several seeds and writes its final eval metrics as mean ± std: the runner every comparison in
+docs/ goes through.
+
+    python benchmarks/seeds.py --name vit_scenes --config experiments/vit_scenes.py --seeds 0,1,2 --split validation
+    python benchmarks/seeds.py --name vit_scenes --config experiments/vit_scenes.py --seeds 0,1,2 --split test
+    python benchmarks/seeds.py ... -- --config.total_steps=1200     # anything after `--` goes to vlmjax-train
+
+Each seed is a fresh `vlmjax-train` process (`--config.seed=<s>`, workdir `<workdir_root>/<name>/seed<s>`; a finished
+workdir only re-evaluates) with every evaluator's split set to `--split`. Choices (steps, recipe, prompts) are made on
+`validation`; `test` is read once per final recipe: a `test` result for the same recipe is never overwritten (exit
+2) unless `--force`. Writes `benchmarks/results/seeds_<name>_<split>.json`: the command, git commit (and whether the
+tree was dirty), seeds, split, each seed's final `eval/*` metrics and wall seconds, and per metric mean, std
+(ddof=1) and n; prints the markdown table `table()` makes from it.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+
+
+def git_commit() -> tuple:
+    """(commit hash, dirty) of the tree the runs come from; ('unknown', True) outside a git checkout."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip() != ""
+        return head.stdout.strip(), dirty
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown", True
+
+
+def summarize(per_seed: dict) -> dict:
+    """{metric: {'mean', 'std', 'n'}} over the seeds' `{seed: {metric: value}}`; std is the sample std (ddof=1),
+    0 for a single seed. A metric missing from some seed is summarised over the seeds that have it."""
+    names = sorted({k for m in per_seed.values() for k in m})
+    out = {}
+    for k in names:
+        v = np.array([m[k] for m in per_seed.values() if k in m], np.float64)
+        out[k] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "n": int(len(v))}
+    return out
+
+
+def table(result: dict, metrics=None) -> str:
+    """Markdown: one row per metric, `mean ± std (n seeds)`, under a line naming split, commit and command."""
+    summary = result["summary"]
+    rows = [f"Split `{result['split']}`, commit `{result['commit'][:10]}`{' (dirty tree)' if result['dirty'] else ''}, "
+            f"seeds {', '.join(map(str, result['seeds']))}: `{result['command']}`", "",
+            "| metric | mean ± std | seeds |", "|---|---|---|"]
+    for k in metrics or sorted(summary):
+        s = summary[k]
+        rows.append(f"| `{k}` | {s['mean']:.4f} ± {s['std']:.4f} | {s['n']} |")
+    return "\n".join(rows)
+
+
+def final_eval(workdir: str) -> dict:
+    """The last logged value of each `eval/*` metric in `workdir/metrics.jsonl`."""
+    last = {}
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        for line in f:
+            row = json.loads(line)
+            last.update({k: v for k, v in row.items() if k.startswith("eval/")})
+    return last
+
+
+def split_overrides(config_spec: str, split: str) -> list:
+    """`--config.evals.<name>.data.split=<split>` for every evaluator of the experiment."""
+    sys.path.insert(0, ROOT)
+    from vlmjax.core.config import load_experiment
+
+    evals = load_experiment(config_spec).get("evals", {}) or {}
+    return [f"--config.evals.{name}.data.split={split}" for name in evals]
+
+
+def run_seed(args, seed: int, extra: list) -> tuple:
+    """(final eval metrics, wall seconds) of one seed's `vlmjax-train` process."""
+    workdir = os.path.join(args.workdir_root, args.name, f"{args.split}_seed{seed}")
+    cmd = [sys.executable, "-m", "vlmjax.cli", "--config", args.config, "--workdir", workdir,
+           f"--config.seed={seed}", *split_overrides(args.config, args.split), *extra]
+    t = time.time()
+    r = subprocess.run(cmd, cwd=ROOT)
+    if r.returncode != 0:
+        raise SystemExit(f"error: seed {seed} failed (exit {r.returncode}): {' '.join(cmd)}")
+    return final_eval(workdir), time.time() - t
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--name", required=True, help="recipe name: results go to seeds_<name>_<split>.json")
+    ap.add_argument("--config", required=True, help="experiment file[:variant] (as vlmjax-train --config)")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--split", default="validation", choices=("validation", "test", "train"))
+    ap.add_argument("--workdir_root", default=os.path.join(ROOT, "workdirs", "seeds"))
+    ap.add_argument("--out_dir", default=RESULTS)
+    ap.add_argument("--force", action="store_true", help="overwrite an existing test-split result")
+    args = ap.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    out = os.path.join(args.out_dir, f"seeds_{args.name}_{args.split}.json")
+    command = " ".join(["python benchmarks/seeds.py", *argv, *(["--", *extra] if extra else [])])
+    if args.split == "test" and os.path.exists(out) and not args.force:
+        with open(out) as f:
+            old = json.load(f)
+        print(f"error: {out} already holds the test result of recipe {args.name!r} (commit {old['commit'][:10]}): "
+              f"test is read once per final recipe; choose on validation, or pass --force", file=sys.stderr)
+        return 2
+    commit, dirty = git_commit()
+    per_seed, wall = {}, {}
+    for s in seeds:
+        per_seed[str(s)], wall[str(s)] = run_seed(args, s, extra)
+    result = {"name": args.name, "command": command, "config": args.config, "overrides": extra, "split": args.split,
+              "commit": commit, "dirty": dirty, "seeds": seeds, "per_seed": per_seed, "wall_s": wall,
+              "summary": summarize(per_seed)}
+    os.makedirs(args.out_dir, exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(result, f, indent=2, sort_keys=True)
+    print(table(result))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

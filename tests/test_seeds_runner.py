@@ -1,0 +1,51 @@
+"""benchmarks/seeds.py: mean ± std against the textbook formula, the test-split guard, and a real two-seed run whose
+evaluators read the split asked for."""
+import json
+import os
+import statistics
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import seeds  # noqa: E402
+
+
+def test_summarize_matches_sample_statistics():
+    per_seed = {"0": {"eval/a": 0.5, "eval/b": 1.0}, "1": {"eval/a": 0.7, "eval/b": 3.0}, "2": {"eval/a": 0.9}}
+    s = seeds.summarize(per_seed)
+    assert s["eval/a"]["mean"] == pytest.approx(statistics.mean([0.5, 0.7, 0.9]))
+    assert s["eval/a"]["std"] == pytest.approx(statistics.stdev([0.5, 0.7, 0.9]))
+    assert s["eval/b"] == {"mean": pytest.approx(2.0), "std": pytest.approx(statistics.stdev([1.0, 3.0])), "n": 2}
+    assert seeds.summarize({"0": {"eval/a": 0.3}})["eval/a"]["std"] == 0.0
+    result = {"split": "validation", "commit": "abc", "dirty": False, "seeds": [0, 1, 2], "command": "x",
+              "summary": s}
+    assert "| `eval/a` | 0.7000 ± 0.2000 | 3 |" in seeds.table(result)
+
+
+def test_test_split_is_read_once(tmp_path, capsys):
+    out = tmp_path / "seeds_r_test.json"
+    out.write_text(json.dumps({"commit": "0123456789ab"}))
+    rc = seeds.main(["--name", "r", "--config", "experiments/vit_scenes.py:runlocal", "--split", "test",
+                     "--out_dir", str(tmp_path)])
+    assert rc == 2
+    assert "read once per final recipe" in capsys.readouterr().err
+    assert json.loads(out.read_text()) == {"commit": "0123456789ab"}  # untouched
+
+
+def test_two_seeds_on_validation(tmp_path, scenes_tiny_dir):
+    rc = seeds.main(["--name", "tiny", "--config", "experiments/vit_scenes.py:runlocal", "--seeds", "0,1",
+                     "--workdir_root", str(tmp_path / "w"), "--out_dir", str(tmp_path),
+                     "--", "--config.total_steps=3", f"--config.data.data_dir={scenes_tiny_dir}",
+                     "--config.checkpoint.every_steps=3"])
+    assert rc == 0
+    result = json.loads((tmp_path / "seeds_tiny_validation.json").read_text())
+    assert result["seeds"] == [0, 1] and result["split"] == "validation"
+    for s in ("0", "1"):
+        cfg = json.loads((tmp_path / "w" / "tiny" / f"validation_seed{s}" / "config.json").read_text())
+        assert cfg["seed"] == int(s)
+        assert all(e["data"]["split"] == "validation" for e in cfg["evals"].values())
+    losses = [result["per_seed"][s]["eval/test/loss"] for s in ("0", "1")]
+    assert losses[0] != losses[1]  # the seed reaches the run
+    assert result["summary"]["eval/test/loss"]["mean"] == pytest.approx(sum(losses) / 2)
