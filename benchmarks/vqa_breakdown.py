@@ -28,7 +28,7 @@ def main(argv=None):
     import jax
     import tensorflow_datasets as tfds
 
-    from vlmjax.data.ops import _text
+    from vlmjax.data.op_registry import as_text as _text
     from vlmjax.cli.predict import load_run
 
     task, variables = load_run(args.workdir)

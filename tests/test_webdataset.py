@@ -107,7 +107,7 @@ def _run(op, ex):
 def test_filter_ops_each_reason_and_boundaries():
     # ALIGN (Jia et al. 2021, section 3): "keep only images whose shorter dimension is larger than 200 pixels and
     # aspect ratio is smaller than 3": 200 px and a ratio of exactly 3 are dropped.
-    size = ops._OPS["filter_image_size"]()
+    size = ops.OPS["filter_image_size"]()
     for w, h in [(201, 201), (201, 602), (602, 201), (1000, 400)]:
         ok = {"image": b"", "width": w, "height": h}
         assert _run(size, ok) == ok
@@ -122,7 +122,7 @@ def test_filter_ops_each_reason_and_boundaries():
     with pytest.raises(DropExample, match="corrupt_image"):
         _run(size, {"image": b"not an image"})
 
-    words = ops._OPS["filter_caption_words"]()
+    words = ops.OPS["filter_caption_words"]()
     assert _run(words, {"caption": "a red circle"})
     assert _run(words, {"caption": " ".join(["w"] * 20)})
     with pytest.raises(DropExample, match="short_caption"):
@@ -130,7 +130,7 @@ def test_filter_ops_each_reason_and_boundaries():
     with pytest.raises(DropExample, match="long_caption"):
         _run(words, {"caption": " ".join(["w"] * 21)})
 
-    freq = ops._OPS["filter_frequent_caption"]()
+    freq = ops.OPS["filter_frequent_caption"]()
     assert _run(freq, {"caption_count": 10})
     with pytest.raises(DropExample, match="frequent_caption"):
         _run(freq, {"caption_count": 11})

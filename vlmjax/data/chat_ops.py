@@ -11,7 +11,7 @@ assistant tokens only (the answer and its closing `<|end|>`, so the model learns
 Turns that do not fit in `max_len` are dropped whole; only a first turn longer than `max_len` is cut, which can
 leave no supervised token — the task's `check_batch` reports such a batch instead of training on a zero loss.
 
-Ops (registered in `vlmjax.data.ops`; import this module, the prefix-LM task does):
+Ops (registered in `op_registry.OPS`; `vlmjax.data.ops` imports this module with the other op families):
   chat_qa(max_len, questions, answers, max_turns=0, min_turns=1, shuffle=True, prompt_blocks=False)
         multi-turn chat from aligned question/answer lists: a random number of turns in [min_turns, max_turns]
         (0 = all) in random order (shuffle=False: all turns in order, for deterministic eval)
@@ -30,7 +30,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from vlmjax.data.ops import DropExample, _get, _text, register
+from vlmjax.data.op_registry import DropExample, as_text, get, in_key_out_key, register
 
 CHAT_SYMBOLS = ("<|user|>", "<|assistant|>", "<|end|>")
 Turn = Tuple[List[int], Optional[List[int]]]  # (prompt ids, answer ids or None = open for generation)
@@ -90,12 +90,11 @@ def _check_len(max_len):
         raise ValueError(f"max_len must be a positive int, got {max_len!r}")
 
 
-def _texts(ex, key) -> List[str]:
+def _texts(v) -> List[str]:
     """A list field's strings; a single string field (web captions) is a list of one."""
-    v = _get(ex, key)
     if isinstance(v, (str, bytes, np.bytes_)) or (isinstance(v, np.ndarray) and v.ndim == 0):
-        return [_text(v)]
-    return [_text(t) for t in v]
+        return [as_text(v)]
+    return [as_text(t) for t in v]
 
 
 @register("chat_qa")
@@ -106,7 +105,7 @@ def chat_qa(max_len: int, questions: str = "questions", answers: str = "answers"
         raise ValueError(f"need 1 <= min_turns <= max_turns (0 = all), got {min_turns}, {max_turns}")
 
     def op(ex, rng):
-        qs, ans = _texts(ex, questions), _texts(ex, answers)
+        qs, ans = _texts(get(ex, questions)), _texts(get(ex, answers))
         if len(qs) != len(ans):
             raise ValueError(f"chat_qa: {questions!r} and {answers!r} have different lengths {len(qs)}, {len(ans)}")
         if not qs:
@@ -132,7 +131,7 @@ def chat_caption(max_len: int, key: str = "captions", prompt: str = "caption", g
         raise ValueError(f"generate_prob must be in [0, 1], got {generate_prob}")
 
     def op(ex, rng):
-        caps = _texts(ex, key)
+        caps = _texts(get(ex, key))
         if not caps:
             raise DropExample(f"empty_{key}")
         cap = caps[int(rng.integers(len(caps)))]
@@ -167,7 +166,7 @@ def chat_prompts(max_len: int, key: Optional[str] = None, prompt: Optional[str] 
         raise ValueError("give exactly one of key (a list field of prompts) or prompt (a fixed prompt)")
 
     def op(ex, rng):
-        texts = [prompt] if prompt is not None else _texts(ex, key)
+        texts = [prompt] if prompt is not None else _texts(get(ex, key))
         r = prompt_rows(texts, tokenizer, max_len, max_prompts)
         return {**ex, out: r["tokens"], f"{out}_mask": r["input_mask"], f"{out}_valid": r["valid"]}
 
@@ -180,7 +179,7 @@ def text_bytes(key: str, max_items: int, max_chars: int, out: Optional[str] = No
 
     def op(ex, rng):
         arr = np.zeros((max_items, max_chars), np.uint8)
-        texts = _texts(ex, key)[:max_items]
+        texts = _texts(get(ex, key))[:max_items]
         for i, t in enumerate(texts):
             b = t.encode("utf-8")[:max_chars]
             arr[i, :len(b)] = np.frombuffer(b, np.uint8)
@@ -195,14 +194,14 @@ def bytes_to_text(arr) -> str:
 
 
 @register("list_index")
+@in_key_out_key
 def list_index(key: str, values: Sequence[str], max_items: int, out: Optional[str] = None):
     values = [str(v) for v in values]
-    out = out or key
 
-    def op(ex, rng):
+    def fn(texts, rng):
         idx = np.full(max_items, -1, np.int32)
-        for i, t in enumerate(_texts(ex, key)[:max_items]):
+        for i, t in enumerate(_texts(texts)[:max_items]):
             idx[i] = values.index(t) if t in values else -1
-        return {**ex, out: idx}
+        return idx
 
-    return op
+    return fn

@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vlmjax.data.ops import _hw, build_from_registry, register, value_range as host_value_range
+from vlmjax.data.op_registry import build_from_registry, image_hw, register
+from vlmjax.data.ops import value_range as host_value_range
 
 Batch = Dict[str, jax.Array]
 DeviceOp = Callable[[Batch, jax.Array], Batch]
@@ -77,7 +78,7 @@ def value_range(vmin: float = -1.0, vmax: float = 1.0, key: str = "image") -> De
 
 @_register("random_crop")
 def random_crop(size, key: str = "image") -> DeviceOp:
-    hw = _hw(size)
+    hw = image_hw(size)
 
     def op(batch, rng):
         images = batch[key]

@@ -24,7 +24,7 @@ from typing import Dict, Tuple
 import numpy as np
 from PIL import Image
 
-from vlmjax.data.ops import DropExample, Op, _get, _text, register
+from vlmjax.data.op_registry import DropExample, Op, as_text, get, register
 
 
 def normalize_caption(text: str) -> str:
@@ -47,7 +47,7 @@ def image_size(ex: dict, key: str = "image") -> Tuple[int, int]:
     w, h = ex.get("width"), ex.get("height")
     if w is not None and h is not None and int(w) > 0 and int(h) > 0:
         return int(w), int(h)
-    v = _get(ex, key)
+    v = get(ex, key)
     if isinstance(v, np.ndarray) and v.dtype != object and v.dtype.kind != "S" and v.ndim in (2, 3):
         return int(v.shape[1]), int(v.shape[0])
     try:
@@ -87,7 +87,7 @@ def filter_caption_words(min_words: int = 3, max_words: int = 20, key: str = "ca
         raise ValueError(f"need ints 0 <= min_words <= max_words, got {min_words!r}, {max_words!r}")
 
     def op(ex, rng):
-        n = len(_text(_get(ex, key)).split())
+        n = len(as_text(get(ex, key)).split())
         if n < min_words:
             raise DropExample("short_caption")
         if n > max_words:
@@ -144,7 +144,7 @@ class CaptionCounts:
 
     def __init__(self, source, key: str = "caption", count_key: str = "caption_count"):
         self.source, self.key, self.count_key = source, key, count_key
-        counts = collections.Counter(caption_hash(_text(source[i][key])) for i in range(len(source)))
+        counts = collections.Counter(caption_hash(as_text(source[i][key])) for i in range(len(source)))
         self.counts: Dict[int, int] = {h: c for h, c in counts.items() if c > 1}
 
     def __len__(self) -> int:
@@ -152,5 +152,5 @@ class CaptionCounts:
 
     def __getitem__(self, i: int) -> dict:
         ex = dict(self.source[i])
-        ex[self.count_key] = self.counts.get(caption_hash(_text(ex[self.key])), 1)
+        ex[self.count_key] = self.counts.get(caption_hash(as_text(ex[self.key])), 1)
         return ex

@@ -24,7 +24,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from vlmjax.data.ops import Op, _get, _text, register
+from vlmjax.data.op_registry import Op, as_text, get, register
 
 _WORD = re.compile(r"[\w'-]+")  # "red-ish" is one word, not "red"
 
@@ -127,7 +127,7 @@ def hard_negative_caption(groups, key: str = "text", out: str = "text_neg", swap
         raise ValueError(f"num must be an int >= 1, got {num!r}")
 
     def op(ex, rng):
-        text = _text(_get(ex, key))
+        text = as_text(get(ex, key))
         if num == 1:
             neg, ok = perturb_caption(text, groups, rng, swap_prob, phrase)
             return {**ex, out: neg, f"{out}_valid": np.int32(ok)}
