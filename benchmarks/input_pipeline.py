@@ -20,7 +20,6 @@ measured. Rates are steady-state: over the second half of the timed batches, aft
 Needs no tensorflow and no network.
 """
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -33,6 +32,7 @@ import traceback
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
+from vlmjax.core.config import experiment_module  # noqa: E402
 
 WORKER_BUFFER = 2  # TrainIterator's per-worker buffer (batches)
 TARGETS = {"demo_pipeline_over_step_h200": 1.5, "jpeg_224_examples_per_s_16_cores": 2700.0,
@@ -41,9 +41,7 @@ TARGETS = {"demo_pipeline_over_step_h200": 1.5, "jpeg_224_examples_per_s_16_core
 
 def load_config(path):
     file, _, arg = path.partition(":")
-    spec = importlib.util.spec_from_file_location(os.path.basename(file)[:-3], file)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = experiment_module(file)
     return mod, mod.get_config(arg or None)
 
 

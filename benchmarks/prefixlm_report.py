@@ -13,7 +13,6 @@ Metrics: caption CIDEr-D and exact match after stage 1 (stage 2 trains on QA onl
 every step count (0.2 for a quick look).
 """
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -25,16 +24,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import update_doc, write_result  # noqa: E402
 from vlmjax.core.config import set_dotted  # noqa: E402
+from vlmjax.experiments import prefixlm_scenes, prefixlm_vq_scenes  # noqa: E402
 
 
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "experiments", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-EXP, VQ_EXP = _load("prefixlm_scenes"), _load("prefixlm_vq_scenes")
+EXP, VQ_EXP = prefixlm_scenes, prefixlm_vq_scenes
 SIZE, PRE_LEN, CHAT_LEN, TURNS = 32, 32, 60, 4
 TYPES = EXP.TYPES
 

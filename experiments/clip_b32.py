@@ -10,19 +10,12 @@ Architecture as OpenAI / open_clip ViT-B/32: ViT-B/32 pooled at a class token wi
 and the web-data switch (`webdataset:<glob>`) as in experiments/siglip_b16.py; CLIP's 77-token context is cut
 to 64 here (scenes and COCO captions fit).
 """
-import importlib.util
-import os
-
-from vlmjax.core.variants import check_variant
-
-_spec = importlib.util.spec_from_file_location(
-    "siglip_b16", os.path.join(os.path.dirname(os.path.abspath(__file__)), "siglip_b16.py"))
-siglip_b16 = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(siglip_b16)
+from . import siglip_b16
+from .common import TINY, VIT_B, parse_arg
 
 
 def get_config(arg=None):
-    arg = check_variant(arg, ("runlocal",), __file__)
+    arg = parse_arg(arg, ("runlocal",), __file__)
     c = siglip_b16.get_config(arg)
     runlocal = arg == "runlocal"
     c.loss = "softmax"
@@ -30,12 +23,11 @@ def get_config(arg=None):
     common = dict(scan_layers=not runlocal, remat_policy="none" if runlocal else "dots_no_batch",
                   dtype="float32" if runlocal else "bfloat16")
     if runlocal:
-        image = dict(patch_size=(8, 8), width=32, depth=2, num_heads=2, mlp_dim=64, pool_type="tok", **common)
-        text = dict(width=32, depth=2, num_heads=2, mlp_dim=64, pool_type="eos", causal=True, **common)
+        image = dict(patch_size=(8, 8), **TINY, pool_type="tok", **common)
+        text = dict(**TINY, pool_type="eos", causal=True, **common)
         out_dim = 32
     else:
-        image = dict(patch_size=(32, 32), width=768, depth=12, num_heads=12, mlp_dim=3072, pool_type="tok",
-                     **common)
+        image = dict(patch_size=(32, 32), **VIT_B, pool_type="tok", **common)
         text = dict(width=512, depth=12, num_heads=8, mlp_dim=2048, pool_type="eos", causal=True, **common)
         out_dim = 512
     c.model = dict(image=image, text=text, out_dim=out_dim, temperature_init=1 / 0.07, bias_init=None,

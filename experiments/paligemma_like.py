@@ -15,17 +15,16 @@ is padded to a multiple of 256 so the head splits over the tensor axis.
 """
 import ml_collections
 
-from vlmjax.core.variants import check_variant
+from .common import image_pp, keep, parse_arg
 
 IMAGE = 224
 TEXT_LEN = 128
 TRAIN_KEYS = ["image", "tokens", "input_mask", "mask_ar", "mask_loss"]
 
 
-def image_pp(size, train):
-    crop = dict(op="random_resized_crop", key="image", size=size, scale=(0.9, 1.0)) if train else \
-        dict(op="resize", key="image", size=size)
-    return [dict(op="decode", key="image"), crop, dict(op="value_range", key="image", vmin=-1, vmax=1)]
+def train_image_pp(size):
+    return [dict(op="decode", key="image"), dict(op="random_resized_crop", key="image", size=size, scale=(0.9, 1.0)),
+            dict(op="value_range", key="image", vmin=-1, vmax=1)]
 
 
 def model(vit_width=1152, vit_depth=27, vit_mlp=4304, vit_heads=16, patch=14, lm_width=2048, lm_depth=18,
@@ -40,7 +39,7 @@ def model(vit_width=1152, vit_depth=27, vit_mlp=4304, vit_heads=16, patch=14, lm
 
 
 def get_config(arg=None):
-    arg = check_variant(arg, ("pretrain", "chat", "runlocal"), __file__) or "pretrain"
+    arg = parse_arg(arg, ("pretrain", "chat", "runlocal"), __file__) or "pretrain"
     c = ml_collections.ConfigDict()
     c.task = "prefixlm"
     c.tokenizer = "gs://BUCKET/tokenizers/chat_spm.model"
@@ -60,13 +59,13 @@ def get_config(arg=None):
     if arg in ("pretrain", "runlocal"):
         c.total_steps, c.batch_size = 200_000, 1024
         c.data = dict(name="webdataset:gs://BUCKET/cc12m/{00000..01242}.tar", split="train", worker_count=32,
-                      preprocess=image_pp(IMAGE, True) + [
+                      preprocess=train_image_pp(IMAGE) + [
                           dict(op="chat_caption", max_len=TEXT_LEN, key="caption", prompt="caption en"),
-                          dict(op="keep", keys=TRAIN_KEYS)])
+                          keep(*TRAIN_KEYS)])
         c.evals = dict(perplexity=dict(type="perplexity", data=dict(
-            split="train[-10000:]", preprocess=image_pp(IMAGE, False) + [
+            split="train[-10000:]", preprocess=image_pp(IMAGE) + [
                 dict(op="chat_caption", max_len=TEXT_LEN, key="caption", prompt="caption en"),
-                dict(op="keep", keys=TRAIN_KEYS)])))
+                keep(*TRAIN_KEYS)])))
         # The image tower from a SigLIP So400m/14 run (experiments with task 'contrastive', tower at 'img/').
         c.init_from = dict(workdir="gs://BUCKET/siglip_so400m", include="^vit/.*",
                            rewrite=[("^vit/", "img/")])
@@ -76,8 +75,8 @@ def get_config(arg=None):
         c.total_steps, c.batch_size = 20_000, 256
         # Any tfds dataset with `questions` / `answers` lists per image (VQAv2, GQA converted to chats).
         c.data = dict(name="vqa_chats", data_dir="gs://BUCKET/tensorflow_datasets", split="train", worker_count=32,
-                      preprocess=image_pp(IMAGE, True) + [dict(op="chat_qa", max_len=TEXT_LEN),
-                                                          dict(op="keep", keys=TRAIN_KEYS)])
+                      preprocess=train_image_pp(IMAGE) + [dict(op="chat_qa", max_len=TEXT_LEN),
+                                                          keep(*TRAIN_KEYS)])
         c.evals = dict()
         c.init_from = dict(workdir="gs://BUCKET/paligemma_like", include=".*")
         c.optimizer.lr = 1e-5
@@ -88,9 +87,9 @@ def get_config(arg=None):
         c.model = model(32, 2, 64, 2, 14, 64, 2, 2, 32, 128, vocab=512, scan=True)
         c.model.vit.dtype = c.model.lm.dtype = "float32"
         c.mesh = dict(data=-1, fsdp=1, tensor=1)
-        c.data = dict(name="scenes/tiny", data_dir="data/tfds", split="train", preprocess=image_pp(56, False) + [
+        c.data = dict(name="scenes/tiny", data_dir="data/tfds", split="train", preprocess=image_pp(56) + [
             dict(op="chat_caption", max_len=c.text_len, key="captions", prompt="caption en"),
-            dict(op="keep", keys=TRAIN_KEYS)])
+            keep(*TRAIN_KEYS)])
         c.evals = dict(perplexity=dict(type="perplexity", data=dict(split="test", max_examples=64,
                                                                     preprocess=c.data.preprocess)))
         c.init_from = dict(workdir="", include=".*")

@@ -18,31 +18,24 @@ The measured accuracy of this recipe is in docs/prefixlm.md.
 """
 import ml_collections
 
-from vlmjax.core.variants import check_variant
+from .common import image_pp, keep, parse_arg
 
 TYPES = ["color", "shape", "count", "relation"]
 TRAIN_KEYS = ["image", "tokens", "input_mask", "mask_ar", "mask_loss"]
 PROMPT_LEN = 24  # "<|user|> is the yellow triangle to the left of the purple cross?<|end|><|assistant|>" < 20
 
 
-def image_pp(size=None):
-    pp = [dict(op="decode", key="image")]
-    if size:
-        pp.append(dict(op="resize", key="image", size=size))
-    return pp + [dict(op="value_range", key="image", vmin=-1, vmax=1)]
-
-
 def pretrain_pp(text_len, size=None, generate_prob=0.0):
     keys = TRAIN_KEYS + (["image_last"] if generate_prob else [])
     return image_pp(size) + [dict(op="chat_caption", max_len=text_len, key="captions", prompt="caption",
-                                  generate_prob=generate_prob), dict(op="keep", keys=keys)]
+                                  generate_prob=generate_prob), keep(*keys)]
 
 
 def chat_pp(text_len, max_turns, size=None, shuffle=True):
     # Every turn of the image, in random order: each chat's first turn is exactly the single-turn eval format.
     return image_pp(size) + [dict(op="chat_qa", max_len=text_len, max_turns=max_turns, min_turns=max_turns,
                                   shuffle=shuffle),
-                             dict(op="keep", keys=TRAIN_KEYS)]
+                             keep(*TRAIN_KEYS)]
 
 
 def vqa_pp(size=None):
@@ -50,15 +43,14 @@ def vqa_pp(size=None):
         dict(op="chat_prompts", max_len=PROMPT_LEN, key="questions", max_prompts=8),
         dict(op="text_bytes", key="answers", max_items=8, max_chars=24, out="refs"),
         dict(op="list_index", key="question_types", values=TYPES, max_items=8, out="question_type"),
-        dict(op="keep", keys=["image", "prompts", "prompts_mask", "prompts_valid", "refs", "refs_valid",
-                              "question_type"])]
+        keep("image", "prompts", "prompts_mask", "prompts_valid", "refs", "refs_valid", "question_type")]
 
 
 def caption_pp(size=None):
     return image_pp(size) + [
         dict(op="chat_prompts", max_len=PROMPT_LEN, prompt="caption", max_prompts=1),
         dict(op="text_bytes", key="captions", max_items=3, max_chars=128, out="refs"),
-        dict(op="keep", keys=["image", "prompts", "prompts_mask", "prompts_valid", "refs", "refs_valid"])]
+        keep("image", "prompts", "prompts_mask", "prompts_valid", "refs", "refs_valid")]
 
 
 def evals(stage, size=None, max_examples=0, text_len=32, max_turns=8):
@@ -87,7 +79,7 @@ def model(vit_width=96, vit_depth=2, lm_width=128, lm_depth=3, projector="linear
 
 
 def get_config(arg=None):
-    stage = check_variant(arg, ("pretrain", "chat", "runlocal"), __file__) or "pretrain"
+    stage = parse_arg(arg, ("pretrain", "chat", "runlocal"), __file__) or "pretrain"
     c = ml_collections.ConfigDict()
     c.task = "prefixlm"
     c.tokenizer = "data/tfds/scenes_spm.model"

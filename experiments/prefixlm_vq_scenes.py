@@ -15,17 +15,10 @@ on the image) with generation (caption first, then the image tokens, causal and 
 the caption evaluator draws a TensorBoard grid of images generated for fixed captions. `chat` fine-tunes on the
 multi-turn QA chats like the continuous experiment (experiments/prefixlm_scenes.py), from `pretrain` (init_from).
 """
-import importlib.util
-import os
-
 import ml_collections
 
-from vlmjax.core.variants import check_variant
-
-_spec = importlib.util.spec_from_file_location("prefixlm_scenes",
-                                               os.path.join(os.path.dirname(__file__), "prefixlm_scenes.py"))
-base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(base)
+from . import prefixlm_scenes as base
+from .common import image_pp, keep, parse_arg
 
 SIZE = 32
 GEN_CAPTIONS = ["one shape: a large red circle", "one shape: a small blue square",
@@ -40,7 +33,7 @@ def vqvae_config(steps=1500, batch=64):
     c.image_size = SIZE
     c.recon_loss = "l1"
     c.total_steps, c.batch_size, c.log_every_steps = steps, batch, 50
-    pp = base.image_pp(SIZE) + [dict(op="keep", keys=["image"])]
+    pp = image_pp(SIZE) + [keep("image")]
     c.data = dict(name="scenes/default", split="train", preprocess=pp)
     c.evals = dict(recon=dict(type="recon", num_images=8, data=dict(split="test", preprocess=pp, max_examples=512)),
                    codebook=dict(type="codebook", data=dict(split="test", preprocess=pp, max_examples=512)))
@@ -54,7 +47,7 @@ def vqvae_config(steps=1500, batch=64):
 
 
 def get_config(arg=None):
-    stage = check_variant(arg, ("vqvae", "pretrain", "chat", "runlocal"), __file__) or "pretrain"
+    stage = parse_arg(arg, ("vqvae", "pretrain", "chat", "runlocal"), __file__) or "pretrain"
     if stage == "vqvae":
         return vqvae_config()
     c = base.get_config(stage)

@@ -17,20 +17,19 @@ zero-shot evaluator reads human-readable names (one per line, in label order, e.
 """
 import ml_collections
 
-from vlmjax.core.variants import check_variant
+from .common import TINY, VIT_B, image_pp, keep, parse_arg
 
 TEXT_LEN = 64
 
 
 def preprocess(size, text_len, caption_key="captions/text"):
-    img = [dict(op="decode", key="image"), dict(op="resize", size=size, key="image"),
-           dict(op="value_range", key="image", vmin=-1, vmax=1)]
+    img = image_pp(size)
     txt = [dict(op="choice", key=caption_key, out="text"), dict(op="tokenize", max_len=text_len, key="text")]
     return img, txt
 
 
 def get_config(arg=None):
-    runlocal = check_variant(arg, ("runlocal",), __file__) == "runlocal"
+    runlocal = parse_arg(arg, ("runlocal",), __file__) == "runlocal"
     c = ml_collections.ConfigDict()
     c.task = "contrastive"
     c.loss = "sigmoid"
@@ -44,21 +43,20 @@ def get_config(arg=None):
 
     img, txt = preprocess(c.image_size, c.text_len)
     c.data = dict(name="coco_captions", split="train", data_dir="data/tfds", worker_count=16,
-                  preprocess=img + txt + [dict(op="keep", keys=["image", "text", "text_mask"])])
-    keep_label = [dict(op="keep", keys=["image", "label"])]
+                  preprocess=img + txt + [keep("image", "text", "text_mask")])
+    keep_label = [keep("image", "label")]
     c.evals = dict(
         imagenet=dict(type="zeroshot", class_names="data/imagenet_class_names.txt",
                       data=dict(name="imagenet2012", split="validation", preprocess=img + keep_label)),
         cifar100=dict(type="zeroshot", data=dict(name="cifar100", split="test", preprocess=img + keep_label)),
         coco=dict(type="retrieval", caption_key="captions/text", max_captions=5,
                   data=dict(name="coco_captions", split="test",
-                            preprocess=img + [dict(op="keep", keys=["image", "captions/text"])])))
+                            preprocess=img + [keep("image", "captions/text")])))
     c.eval = dict(every_steps=2000, batch_size=1024)
 
     c.model = dict(
-        image=dict(patch_size=(16, 16), width=768, depth=12, num_heads=12, mlp_dim=3072, pool_type="map",
-                   posemb="learn", scan_layers=True, remat_policy="dots_no_batch", dtype="bfloat16"),
-        text=dict(width=768, depth=12, num_heads=12, mlp_dim=3072, pool_type="last", mask_padding=False,
+        image=dict(patch_size=(16, 16), **VIT_B, pool_type="map", posemb="learn", scan_layers=True, remat_policy="dots_no_batch", dtype="bfloat16"),
+        text=dict(**VIT_B, pool_type="last", mask_padding=False,
                   scan_layers=True, remat_policy="dots_no_batch", dtype="bfloat16"),
         out_dim=[0, 768], temperature_init=10.0, bias_init=-10.0)
     c.optimizer = dict(name="adamw", lr=1e-3, b2=0.95, weight_decay=1e-4, clip_norm=1.0)
@@ -71,15 +69,15 @@ def get_config(arg=None):
         c.image_size = 32
         img, txt = preprocess(c.image_size, c.text_len, caption_key="captions")
         c.data = dict(name="scenes/tiny", split="train", data_dir="data/tfds",
-                      preprocess=img + txt + [dict(op="keep", keys=["image", "text", "text_mask"])])
+                      preprocess=img + txt + [keep("image", "text", "text_mask")])
         c.evals = dict(
             zeroshot=dict(type="zeroshot", data=dict(split="test", max_examples=128, preprocess=img + keep_label)),
             retrieval=dict(type="retrieval", max_captions=3, data=dict(
-                split="test", max_examples=128, preprocess=img + [dict(op="keep", keys=["image", "captions"])])))
+                split="test", max_examples=128, preprocess=img + [keep("image", "captions")])))
         c.eval = dict(every_steps=10, batch_size=64)
         c.total_steps, c.batch_size, c.log_every_steps = 10, 32, 5
         for tower in (c.model.image, c.model.text):
-            tower.update(width=32, depth=2, num_heads=2, mlp_dim=64, dtype="float32", remat_policy="none")
+            tower.update(**TINY, dtype="float32", remat_policy="none")
         c.model.image.patch_size = (8, 8)
         c.model.out_dim = [0, 32]
         c.schedule.warmup_steps = 2

@@ -6,24 +6,21 @@ r"""SigLIP (sigmoid loss) on the built-in `scenes` captions, on CPU; zero-shot o
     vlmjax-zeroshot --workdir workdirs/siglip_scenes --image a.png --labels "red circle,blue square" \
         --eval caption_retrieval
 
-Default: 2400 steps at batch 128 (~64 min on 2 cores) with vit_scenes' hybrid image tower plus CoordConv input
-channels and a fixed sin-cos position embedding, and K=6 NegCLIP-style hard-negative captions per image (shape,
-size, colour and side word edits and swaps, and "colour shape" name swaps that only move the objects; a (K+1)-way
-pairwise term). Measured from scratch on the 2000 test images: zero-shot 46.1% with the four class-name
-`TEMPLATES` (`eval/zeroshot`); caption-space retrieval accuracy **97.0%** (`eval/caption_retrieval`: each class
-scored by its best-matching caption among every caption the generator can write with that class as the main
-object -- closed-world retrieval, not zero-shot); img->txt R@1 0.93.
-The same recipe at 1200 / 1800 steps: 87.8% / 92.8%. Measured at 1200 steps (`--config.total_steps=1200`,
-docs/contrastive.md): `:no_order` (K=3 shape/size edits, no position inputs) 80.1% / 48.8%; `:baseline` (the plain
-SigLIP run with a smaller tower, no hard negatives) 62.6% / 23.3%; `:phrases` (whole object phrases swapped) 74.8%.
-LiT (experiments/lit_scenes.py, a locked vit_scenes tower) reaches 95.9% with the four `TEMPLATES`.
-`get_config('softmax')` is the same with CLIP's loss and inits (experiments/clip_scenes.py). `:runlocal` is a tiny
-smoke test without hard negatives (add `hardneg` for the K=3 ones).
+Default: 2400 steps at batch 128 with vit_scenes' hybrid image tower plus CoordConv input channels and a fixed
+sin-cos position embedding, and K=6 NegCLIP-style hard-negative captions per image (shape, size, colour and side
+word edits and swaps, and "colour shape" name swaps that only move the objects; a (K+1)-way pairwise term).
+Evaluators: `zeroshot` (the four class-name `TEMPLATES`), `caption_retrieval` (each class scored by its
+best-matching caption among every caption the generator can write with that class as the main object:
+closed-world retrieval over the caption space, not zero-shot) and image <-> caption `retrieval`.
+Variants: `:no_order` (K=3 shape/size edits, no position inputs), `:baseline` (the plain SigLIP run with a smaller
+tower, no hard negatives), `:phrases` (whole object phrases swapped), `:softmax` (CLIP's loss and inits,
+experiments/clip_scenes.py), `:runlocal` (a tiny smoke test without hard negatives; add `hardneg` for K=3 ones).
+The measured accuracy of each, and of LiT (experiments/lit_scenes.py): docs/contrastive.md.
 """
 import ml_collections
 
 from vlmjax.data.scenes import COLORS, OBJECT_NAME, SHAPES, SIZES
-from vlmjax.core.variants import check_variant
+from .common import SCENES_HYBRID_VIT, image_pp, keep, parse_arg
 
 # Zero-shot prompts in the style of the captions. The label is the MAIN (largest, then leftmost) object; captions
 # of multi-object scenes say "<main object> with <others> to its left/right", so "a large red circle with" names
@@ -56,14 +53,14 @@ def text_pp(text_len, hard_negatives=False, phrases=False, order=False):
                     num=6 if order else NUM_NEGATIVES, key="text", out="text_neg"),
                dict(op="tokenize", max_len=text_len, key="text_neg")]
     keys = TRAIN_KEYS + (["text_neg", "text_neg_mask", "text_neg_valid"] if hard_negatives else [])
-    return pp + [dict(op="tokenize", max_len=text_len, key="text"), dict(op="keep", keys=keys)]
+    return pp + [dict(op="tokenize", max_len=text_len, key="text"), keep(*keys)]
 
 
 VARIANTS = ("runlocal", "baseline", "softmax", "hardneg", "no_order", "phrases")
 
 
 def get_config(arg=None):
-    flags = check_variant(arg, VARIANTS, __file__, combine=True)
+    flags = parse_arg(arg, VARIANTS, __file__, combine=True)
     c = ml_collections.ConfigDict()
     c.task = "contrastive"
     c.tokenizer = "data/tfds/scenes_spm.model"
@@ -82,15 +79,15 @@ def get_config(arg=None):
         c.hard_negative_weight, c.hard_negative_loss = 1.0, "pairwise"
     c.log_every_steps = 100
 
-    img_pp = [dict(op="decode", key="image"), dict(op="value_range", key="image", vmin=-1, vmax=1)]
+    img_pp = image_pp()
     # No flips or crops: captions state left/right relations and sizes.
     c.data = dict(name="scenes/default", split="train",
                   preprocess=img_pp + text_pp(c.text_len, hard_negatives, "phrases" in flags, order))
     c.evals = dict(
         zeroshot=dict(type="zeroshot", templates=list(TEMPLATES),
-                      data=dict(split="test", preprocess=img_pp + [dict(op="keep", keys=["image", "label"])])),
+                      data=dict(split="test", preprocess=img_pp + [keep("image", "label")])),
         retrieval=dict(type="retrieval", max_captions=3,
-                       data=dict(split="test", preprocess=img_pp + [dict(op="keep", keys=["image", "captions"])])))
+                       data=dict(split="test", preprocess=img_pp + [keep("image", "captions")])))
     if not runlocal:  # zero-shot as retrieval over the grammar's caption space (docs/contrastive.md)
         c.evals.caption_retrieval = dict(type="zeroshot", class_prompts=CAPTION_SPACE, aggregate="max",
                                         data=c.evals.zeroshot.data.to_dict(), every_steps=1200)  # 300k prompts
@@ -98,8 +95,7 @@ def get_config(arg=None):
 
     # vit_scenes' hybrid ViT (4x4 patchify + 3 residual 3x3 convs, then 2x2 patches): the same tower with one stem
     # block and width 64 x 3 never learnt shape from captions (the baseline); this one learns it (docs/contrastive.md).
-    image = dict(patch_size=(2, 2), width=96, depth=2, num_heads=3, mlp_dim=384, pool_type="map",
-                 stem_channels=64, stem_patch=4, stem_blocks=3)
+    image = dict(SCENES_HYBRID_VIT)
     if baseline or runlocal:  # (runlocal shrinks this one further below)
         image = dict(patch_size=(2, 2), width=64, depth=3, num_heads=2, mlp_dim=256, pool_type="map",
                      stem_channels=32, stem_patch=4)

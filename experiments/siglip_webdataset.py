@@ -12,21 +12,20 @@ point for a few hundred thousand pairs on one accelerator, not a measured recipe
 """
 import ml_collections
 
-from vlmjax.core.variants import check_variant
+from .common import image_pp, keep, parse_arg
 
 HELD_OUT = 1000
 
 
 def preprocess(size, text_len):
-    img = [dict(op="decode", key="image"), dict(op="resize", size=size, key="image"),
-           dict(op="value_range", key="image", vmin=-1, vmax=1)]
+    img = image_pp(size)
     txt = [dict(op="tokenize", max_len=text_len, key="caption", out="text"),
-           dict(op="keep", keys=["image", "text", "text_mask"])]
+           keep("image", "text", "text_mask")]
     return img, txt
 
 
 def get_config(arg=None):
-    runlocal = check_variant(arg, ("runlocal",), __file__) == "runlocal"
+    runlocal = parse_arg(arg, ("runlocal",), __file__) == "runlocal"
     held = 16 if runlocal else HELD_OUT
     c = ml_collections.ConfigDict()
     c.task = "contrastive"
@@ -41,7 +40,7 @@ def get_config(arg=None):
     img, txt = preprocess(c.image_size, c.text_len)
     c.data = dict(name="webdataset:shards/*.tar", split=f"train[:-{held}]", preprocess=img + txt)
     c.evals = dict(retrieval=dict(type="retrieval", caption_key="caption", max_captions=1, data=dict(
-        split=f"train[-{held}:]", preprocess=img + [dict(op="keep", keys=["image", "caption"])])))
+        split=f"train[-{held}:]", preprocess=img + [keep("image", "caption")])))
     c.eval = dict(every_steps=c.total_steps if runlocal else 1000, batch_size=16 if runlocal else 500)
 
     width, depth, mlp = (32, 1, 64) if runlocal else (384, 6, 1536)

@@ -14,7 +14,7 @@ codebook is replicated, the conv kernels' output channels follow `conv_out -> te
 """
 import ml_collections
 
-from vlmjax.core.variants import check_variant
+from .common import keep, parse_arg
 
 IMAGE = 256
 
@@ -24,18 +24,18 @@ def _train_pp(size):
     return [dict(op="decode", key="image"),
             dict(op="random_resized_crop", key="image", size=size, scale=(0.8, 1.0), ratio=(3 / 4, 4 / 3)),
             dict(op="flip_lr", key="image"), dict(op="value_range", key="image", vmin=-1, vmax=1),
-            dict(op="keep", keys=["image"])]
+            keep("image")]
 
 
 def _eval_pp(size):
     # scale = ratio = 1: the largest central square (random_resized_crop's fall-back, deterministic), resized.
     return [dict(op="decode", key="image"),
             dict(op="random_resized_crop", key="image", size=size, scale=(1.0, 1.0), ratio=(1.0, 1.0)),
-            dict(op="value_range", key="image", vmin=-1, vmax=1), dict(op="keep", keys=["image"])]
+            dict(op="value_range", key="image", vmin=-1, vmax=1), keep("image")]
 
 
 def get_config(arg=None):
-    arg = check_variant(arg, ("runlocal",), __file__)
+    arg = parse_arg(arg, ("runlocal",), __file__)
     c = ml_collections.ConfigDict()
     c.task = "vqvae"
     c.image_size = IMAGE

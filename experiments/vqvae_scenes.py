@@ -6,18 +6,14 @@ r"""VQ-VAE tokenizer (f = 8: 8x8 codes per 64 px image, 1024 codes) on the built
     vlmjax-train --config experiments/vqvae_scenes.py:vit --workdir workdirs/vqvae_scenes_vit  # ViT enc/dec
     vlmjax-train --config experiments/vqvae_scenes.py:vit,runlocal --workdir /tmp/vqvae_scenes_vit
 
-Target (issue 4): PSNR >= 28 dB on the scenes test split with codebook usage >= 90%. Measured with this config
-(2000 test images): PSNR 28.92 dB, SSIM 0.893, usage 100% (1024/1024 codes), perplexity 832 (26.96 dB at step
-1000). Cost: 2000 steps of 7.9 GFLOP; the measured run shared its 2 cores with other jobs (20.5 min wall, 6.9 min
-CPU user time) and ran at up to 5 steps/s in its least loaded stretch, i.e. ~7 min + ~1 min of compilation and
-evaluation on 2 free cores.
+Target (issue 4): PSNR >= 28 dB on the scenes test split with codebook usage >= 90%; the measured run and the
+design's tuning runs: docs/vqvae.md.
 Design, for a few minutes on 2 CPU cores:
   * a narrow conv stack (ch 16, ch_mult 1-1-2-4, no ResBlocks beyond the two middle ones and one per decoder
     level): the full-resolution layers dominate the cost, and 16 channels there is where XLA's CPU convs are
     still efficient;
   * 2 GroupNorm groups: with one or two channels per group the norms act as instance norms and erase each
-    image's absolute colour level, which the decoder then has to rebuild (8 groups, in a tuning run with a
-    1500-step schedule: 26.2 dB at step 1000, 27.1 dB at the end);
+    image's absolute colour level, which the decoder then has to rebuild;
   * L2 reconstruction loss, since PSNR is what is measured;
   * l2-normalised 8-dim codes (projected from 32 channels) plus dead-code restarts every 25 steps: without them
     a model like this ends with a fraction of its codebook alive (docs/vqvae.md).
@@ -28,14 +24,13 @@ Any variant can add the VQGAN patch adversarial loss (off by default), e.g.
 """
 import ml_collections
 
-from vlmjax.core.variants import check_variant
-
+from .common import image_pp, keep, parse_arg
 
 ARGS = ("vit", "runlocal")
 
 
 def get_config(arg=None):
-    args = check_variant(arg, ARGS, __file__, combine=True)
+    args = parse_arg(arg, ARGS, __file__, combine=True)
     c = ml_collections.ConfigDict()
     c.task = "vqvae"
     c.image_size = 64
@@ -45,8 +40,7 @@ def get_config(arg=None):
     c.batch_size = 16
     c.log_every_steps = 100
 
-    pp = [dict(op="decode", key="image"), dict(op="value_range", key="image", vmin=-1, vmax=1),
-          dict(op="keep", keys=["image"])]
+    pp = image_pp() + [keep("image")]
     c.data = dict(name="scenes/default", split="train", preprocess=pp)
     c.evals = dict(recon=dict(type="recon", num_images=16, data=dict(split="test", preprocess=pp)),
                    codebook=dict(type="codebook", data=dict(split="test", preprocess=pp)))

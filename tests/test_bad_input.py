@@ -1,6 +1,4 @@
 """Bad input from a user: one line naming the key or file, exit code 2, nothing compiled first."""
-import glob
-import importlib.util
 import os
 import subprocess
 import sys
@@ -12,10 +10,11 @@ from PIL import Image
 
 from test_core import tiny_config
 from vlmjax import image_input
+from vlmjax.core.config import experiment_module, experiment_names
 from vlmjax.core.loop import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXPERIMENTS = sorted(glob.glob(os.path.join(ROOT, "experiments", "*.py")))
+EXPERIMENTS = [os.path.join(ROOT, "experiments", f"{name}.py") for name in experiment_names()]
 # The variants each experiment documents: every one must still load, a typo of any must not.
 VARIANTS = {"vit_scenes": ["runlocal"], "siglip_b16": ["runlocal"], "clip_b32": ["runlocal"],
             "vqvae_imagenet": ["runlocal"], "vqvae_scenes": ["vit", "runlocal", "vit,runlocal"],
@@ -26,10 +25,7 @@ VARIANTS = {"vit_scenes": ["runlocal"], "siglip_b16": ["runlocal"], "clip_b32": 
 
 
 def _experiment(path):
-    spec = importlib.util.spec_from_file_location("exp_" + os.path.basename(path)[:-3], path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return experiment_module(path)
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: os.path.basename(p)[:-3])

@@ -192,18 +192,50 @@ def set_dotted(config, over: dict):
     return config
 
 
-def load_experiment(spec: str):
-    """`experiments/x.py[:arg]` -> the ConfigDict its `get_config(arg)` returns."""
+EXPERIMENTS = "vlmjax.experiments"  # the repository's experiments/ folder, installed under this name (setup.py)
+
+
+def experiment_names() -> list:
+    """The experiments `--config NAME[:arg]` can name: the modules of vlmjax.experiments (but `common`)."""
+    import importlib
+    import pkgutil
+
+    package = importlib.import_module(EXPERIMENTS)
+    return sorted(m.name for m in pkgutil.iter_modules(package.__path__) if m.name != "common")
+
+
+def experiment_module(spec: str):
+    """The module of an experiment: a name (`siglip_b16`) in vlmjax.experiments, or a path to a .py file.
+
+    A file of the experiments folder itself (`experiments/siglip_b16.py`) is imported as its package's module, so
+    that its relative imports (`from .common import ...`) work; any other file (a user's own experiment) is loaded
+    on its own and may import `vlmjax.experiments.common` by its absolute name."""
+    import importlib
     import importlib.util
     import os
 
+    from vlmjax.names import unknown
+
+    if not spec.endswith(".py") and os.sep not in spec and "/" not in spec:
+        names = experiment_names()
+        if spec not in names:
+            raise unknown("experiment", spec, names, f"--config {spec!r}")
+        return importlib.import_module(f"{EXPERIMENTS}.{spec}")
+    if not os.path.isfile(spec):
+        raise FileNotFoundError(f"--config {spec!r}: no experiment file {spec!r}")
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(spec)))
+    if folder in {os.path.realpath(p) for p in importlib.import_module(EXPERIMENTS).__path__}:
+        return importlib.import_module(f"{EXPERIMENTS}.{os.path.basename(spec)[:-3]}")
+    name = "vlmjax_user_experiment_" + os.path.basename(spec)[:-3]
+    module = importlib.util.module_from_spec(importlib.util.spec_from_file_location(name, spec))
+    module.__spec__.loader.exec_module(module)
+    return module
+
+
+def load_experiment(spec: str):
+    """`NAME[:arg]` or `path/to/x.py[:arg]` -> the ConfigDict its `get_config(arg)` returns (experiment_module)."""
     path, _, arg = spec.partition(":")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--config {spec!r}: no experiment file {path!r}")
-    mod_spec = importlib.util.spec_from_file_location(f"experiment_{os.path.basename(path)[:-3]}", path)
-    module = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
+    return experiment_module(path).get_config(arg or None)
 
 
 def load_with_overrides(spec: str, overrides):
