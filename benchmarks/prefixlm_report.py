@@ -166,7 +166,7 @@ def main(argv=None):
     p.add_argument("--eval_images", type=int, default=256)
     p.add_argument("--arms", default="continuous,causal,vq")
     args = p.parse_args(argv)
-    from vlmjax.data import scenes
+    from vlmjax.data.sources import scenes
     from vlmjax.core.loop import train
 
     t0 = time.time()

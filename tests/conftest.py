@@ -22,9 +22,11 @@ def scenes_tiny_dir(tmp_path_factory):
     import hashlib
 
     import vlmjax.data.scenes as scenes_module
+    from vlmjax.data.sources import scenes as builder_module
 
-    # Keyed on the builder's source: a changed generator never reads a stale build.
-    digest = hashlib.sha1(open(scenes_module.__file__, "rb").read()).hexdigest()[:12]
+    # Keyed on the generator's and the builder's source: a changed generator never reads a stale build.
+    digest = hashlib.sha1(b"".join(open(m.__file__, "rb").read() for m in (scenes_module, builder_module))
+                          ).hexdigest()[:12]
     root = tmp_path_factory.getbasetemp().parent / f"scenes_tiny_{digest}"
     root.mkdir(exist_ok=True)
     with open(root / ".lock", "w") as lock:

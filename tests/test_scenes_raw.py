@@ -6,10 +6,11 @@ import pytest
 from vlmjax.data import scenes
 from vlmjax.data.ops import get_preprocess_fn
 from vlmjax.data.pipeline import make_source
+from vlmjax.data.sources.scenes import build
 
 
 def test_raw_config_reads_back_the_rendered_pixels(tmp_path, scenes_tiny_dir):
-    assert scenes.build(str(tmp_path), "tiny_raw")[0]
+    assert build(str(tmp_path), "tiny_raw")[0]
     cfg = lambda name, d: ml_collections.ConfigDict(dict(name=name, data_dir=d))  # noqa: E731
     raw, png = make_source(cfg("scenes/tiny_raw", str(tmp_path)), "train"), make_source(
         cfg("scenes/tiny", scenes_tiny_dir), "train")

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlmjax.data import filters, ops, pipeline, webdataset
+from vlmjax.data import filters, ops, pipeline
 from vlmjax.data.ops import DropExample
+from vlmjax.data.sources import webdataset
 
 
 def _jpeg(w, h, seed):

@@ -54,9 +54,9 @@ def _host_cores() -> int:
 
 def auto_worker_count(requested: int, backend: str, cpu_count: Optional[int] = None) -> int:
     """Worker processes for `config.data.worker_count`: `requested` if >= 0; for -1 (auto): 0 on a CPU-only host
-    (`backend == 'cpu'`: its cores run the train step; the whole vit_scenes run measured no faster with a worker on 2
-    cores, docs/scale.md), else min(cores - 2, 32) (one core each for the main process and the device feeding), at
-    least 1. `cpu_count` defaults to this process's share of the host (`_host_cores`)."""
+    (`backend == 'cpu'`: its cores run the train step; docs/scale.md's input-pipeline section), else
+    min(cores - 2, 32) (one core each for the main process and the device feeding), at least 1. `cpu_count`
+    defaults to this process's share of the host (`_host_cores`)."""
     if requested >= 0:
         return int(requested)
     if requested != -1:
@@ -118,8 +118,8 @@ class _CheckedReads:
 
 class _BatchedReads(_CheckedReads):
     """A source with tfds' `__getitems__`, shown to grain as one that reads many records per call (`_getitems`):
-    ArrayRecord reads a batch of records ~20x faster per record than one at a time. A batch with an unreadable
-    record is read again one record at a time, to find it."""
+    ArrayRecord reads a batch of records far cheaper per record than one at a time (docs/scale.md). A batch with
+    an unreadable record is read again one record at a time, to find it."""
 
     def _getitems(self, indices):
         read = getattr(self._source, "_getitems", None) or self._source.__getitems__

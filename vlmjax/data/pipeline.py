@@ -18,7 +18,6 @@ A record the source cannot read (a corrupt ArrayRecord chunk) is dropped as `cor
 Eval: one ordered pass over the split, padded to whole batches; `_valid` marks real rows.
 """
 import collections
-import os
 import warnings
 from typing import Callable, Iterator, Optional
 
@@ -27,13 +26,14 @@ import numpy as np
 
 from vlmjax.data.batching import (DROP_KEY, IndexedBatches, KeptBatches, auto_worker_count, checked_reads,
                                    shared_memory_room, stack_rows)
-from vlmjax.data.ops import DropExample
+from vlmjax.data.op_registry import DropExample
+from vlmjax.data.sources import tfds as tfds_source
+from vlmjax.data.sources import webdataset
 
 VALID_KEY = "_valid"
 
-_SOURCES = {}
-# Sources registered on import of their module, loaded only when a dataset name asks for them.
-_LAZY_SOURCES = {"webdataset": "vlmjax.data.webdataset"}
+# Dataset names 'prefix:...' -> factory fn(cfg, split) -> random-access source; any other name is a tfds dataset.
+_SOURCES = {"webdataset": webdataset.source}
 
 
 def register_source(prefix: str):
@@ -46,91 +46,12 @@ def register_source(prefix: str):
     return deco
 
 
-def _tfds_source(cfg, split):
-    import tensorflow_datasets as tfds
-
-    from vlmjax.data import scenes  # noqa: F401  (registers the built-in `scenes` builder)
-
-    try:
-        builder = tfds.builder(cfg.name, data_dir=cfg.data_dir or None)
-        # Encoded images stay bytes for the `decode` op; an image stored as a raw array (scenes/raw) is read as one.
-        skip = {k: tfds.decode.SkipDecoding() for k, f in builder.info.features.items()
-                if isinstance(f, tfds.features.Image)} if cfg.get("skip_decode", True) else {}
-        wanted = list(cfg.get("read_features", None) or [])
-        if not wanted:
-            return builder.as_data_source(split=split, decoders=skip or None)
-        raw = builder.as_data_source(split=split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
-    except Exception as e:  # tfds raises several types; the user needs the key and the path
-        raise FileNotFoundError(
-            f"config.data.name={cfg.name!r} split {split!r}: dataset not found in data_dir={cfg.data_dir!r} "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). {_build_hint(cfg)}") from None
-    features = builder.info.features
-    missing = [k for k in wanted if k not in features]
-    if missing:
-        raise ValueError(f"config.data.read_features={wanted}: {cfg.name!r} has no feature {missing[0]!r}; it has "
-                         f"{sorted(features)}")
-    return _SelectedFeatures(raw, tfds.features.FeaturesDict({k: features[k] for k in wanted}),
-                             {k: v for k, v in skip.items() if k in wanted})
-
-
-def _tfrecord_dir(cfg):
-    """The version folder of `cfg.name` in its data_dir when the dataset is there as TFRecord shards, else None."""
-    import glob
-
-    root = os.path.join(os.path.expanduser(cfg.data_dir or "~/tensorflow_datasets"), *cfg.name.replace(":", "/")
-                        .split("/"))
-    found = sorted(glob.glob(os.path.join(root, "*.tfrecord-*-of-*")) +
-                   glob.glob(os.path.join(root, "*", "*.tfrecord-*-of-*")))
-    return os.path.dirname(found[-1]) if found else None
-
-
-def _build_hint(cfg) -> str:
-    """The command that builds a missing dataset (the built-in `scenes/<config>`), or converts one stored as
-    TFRecord, or where to read for others."""
-    tfrecord = _tfrecord_dir(cfg)
-    if tfrecord:
-        return (f"It is stored as TFRecord in {tfrecord}; grain reads ArrayRecord: convert it with "
-                f"`python -m vlmjax.data.to_array_record --dataset_dir {tfrecord}`")
-    name, _, config = cfg.name.partition("/")
-    if name != "scenes":
-        return ("Prepare it with tfds into that data_dir; a TFRecord dataset must be converted to ArrayRecord "
-                "(docs/data.md)")
-    config = config.split(":")[0] or "default"
-    make = "`make data` or " if config in ("default", "tiny") else ""
-    return f"Build it with {make}`python -m vlmjax.data.scenes --data_dir {cfg.data_dir} --config {config}`"
-
-
-class _SelectedFeatures:
-    """A tfds source deserializing only some features of each record (`config.data.read_features`): scenes
-    records carry captions, questions and objects that a classifier never reads (3x the time of image + label)."""
-
-    def __init__(self, raw_source, features, decoders):
-        self._raw, self._features, self._decoders = raw_source, features, decoders or None
-        self.data_source = raw_source  # as tfds' sources: where a record is stored (batching._record_location)
-
-    def __len__(self) -> int:
-        return len(self._raw)
-
-    def _decode(self, record):
-        return self._features.deserialize_example_np(record, decoders=self._decoders)
-
-    def __getitem__(self, index):
-        return self._decode(self._raw[index])
-
-    def __getitems__(self, indices):
-        return [self._decode(r) for r in self._raw.__getitems__(indices)]
-
-
 def make_source(cfg, split: str):
     """Random-access source for `cfg.name` (a tfds name, or 'prefix:...' for a registered source)."""
     prefix = cfg.name.split(":", 1)[0] if ":" in cfg.name else None
-    if prefix in _LAZY_SOURCES and prefix not in _SOURCES:
-        import importlib
-
-        importlib.import_module(_LAZY_SOURCES[prefix])
     if prefix in _SOURCES:
         return _SOURCES[prefix](cfg, split)
-    return _tfds_source(cfg, split)
+    return tfds_source.source(cfg, split)
 
 
 def _safe(preprocess: Callable) -> Callable:
@@ -176,9 +97,9 @@ class TrainIterator:
 
     def _iterator(self):
         if self._it is None:
-            # grain's default (16 threads, a 500-element buffer) polls every buffered future on each element while
-            # holding the GIL: 2.5x fewer examples/s than one reader thread with a short buffer on 2 cores
-            # (benchmarks/input_pipeline.py). Each worker process runs the same reader.
+            # Reader threads and buffer come from the config (default one thread, a short buffer), not grain's
+            # defaults, which poll every buffered future on each element holding the GIL (docs/data.md, "Input
+            # pipeline speed"). Each worker process runs the same reader.
             if self.worker_count > 0:
                 _absl_flags_parsed()
                 ds = IndexedBatches(self._examples, self._batch, self._name)

@@ -1,7 +1,9 @@
-"""`scenes`: a built-in, locally generated image/text dataset (tfds, ArrayRecord) for all three model families.
+"""`scenes`: the built-in, locally generated image/text data for all three model families -- the scene generator.
 
 Each image holds 1-3 non-overlapping flat shapes on a plain background. Every example is a pure function of
-(split, index, image size), so nothing is downloaded and any example can be re-rendered for a test.
+(split, index, image size), so nothing is downloaded and any example can be re-rendered for a test. This module
+renders scenes and writes their text (numpy + PIL only); the tfds builder that stores them as ArrayRecord is
+`vlmjax.data.sources.scenes`.
 
 Scene rules that keep every generated sentence true and unambiguous:
   * objects in one scene have distinct (colour, shape) pairs, so "the red circle" names exactly one object;
@@ -9,23 +11,19 @@ Scene rules that keep every generated sentence true and unambiguous:
   * size is small or large, and any large shape covers more pixels than any small one; the MAIN object (the label)
     is the largest, ties broken by the leftmost.
 
-Build: `python -m vlmjax.data.scenes --data_dir DIR [--config default|tiny|raw|tiny_raw]`. The `raw` configs store each
-image as its uint8 [S, S, 3] array (zlib-compressed by tfds, read back as the array), so the input pipeline decodes
-no PNG: the `decode` op passes arrays through.
+Held-out compositions: a record of a train split built without `HELDOUT_CLASSES` is the first scene in the
+sequence `record_seed` walks that has no object of those classes, so neither its image nor its text shows them.
+
+Build: `python -m vlmjax.data.scenes --data_dir DIR [--config default|tiny|raw|tiny_raw|heldout|tiny_heldout]`
+(the configs: `vlmjax.data.sources.scenes`).
 """
-import argparse
-import dataclasses
 import functools
 import io
 import itertools
-import os
-import time
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
-
-import tensorflow_datasets as tfds
 
 COLORS = ("red", "green", "blue", "yellow", "purple", "orange")
 RGB = np.array([(220, 40, 40), (40, 180, 60), (40, 90, 225), (235, 215, 40), (145, 60, 195), (250, 140, 30)],
@@ -38,9 +36,12 @@ OBJECT_NAME = rf"(?:{'|'.join(COLORS)}) (?:{'|'.join(SHAPES)})"  # regex of a cl
 NUMBER_WORDS = ("zero", "one", "two", "three")
 COLOR_JITTER = 12  # max per-channel deviation of an object's colour from its palette entry
 QUESTIONS_PER_TYPE = 2
+# Colour-shape classes a `heldout` config keeps out of its train split: one per shape, each of another colour.
+HELDOUT_CLASSES = ("red square", "green cross", "blue circle", "orange triangle")
 
 _MIN_DX = 0.12
 _SPLIT_SEED = {"train": 0, "validation": 1, "test": 2}
+_RETRY_STRIDE = 10**9  # record_seed's next try: above every example_seed, so no two records share a scene
 # Row-major 3x3 grid of image regions, used to place a lone object in words.
 REGIONS = ("in the top left", "at the top", "in the top right", "on the left", "in the center", "on the right",
            "in the bottom left", "at the bottom", "in the bottom right")
@@ -55,6 +56,17 @@ def extents(image_size: int) -> Tuple[int, int]:
 
 def example_seed(split: str, index: int) -> int:
     return _SPLIT_SEED[split] * 10**8 + int(index)
+
+
+def record_seed(split: str, index: int, image_size: int, excluded: Sequence[str] = ()) -> int:
+    """Seed of record `index` of `split`: example_seed(split, index), or with `excluded` class names the first of
+    example_seed + k * 1e9 (k = 0, 1, ...) whose scene has no object of those classes (about 1 in 3 scenes has
+    one of 4 excluded classes, so k is small)."""
+    seed = example_seed(split, index)
+    excluded = set(excluded)
+    while excluded and any(_name(o) in excluded for o in _sample_layout(np.random.default_rng(seed), image_size)[0]):
+        seed += _RETRY_STRIDE
+    return seed
 
 
 def shape_mask(shape: str, extent: int) -> np.ndarray:
@@ -121,7 +133,15 @@ def main_index(objs: List[Obj]) -> int:
 
 
 def label_of(obj: Obj) -> int:
+    """Index of the object's colour-shape class in CLASS_NAMES."""
     return COLORS.index(obj["color"]) * len(SHAPES) + SHAPES.index(obj["shape"])
+
+
+def multi_labels(objs: List[Obj]) -> np.ndarray:
+    """int32[len(CLASS_NAMES)]: 1 for each colour-shape class present in the scene, else 0."""
+    hot = np.zeros(len(CLASS_NAMES), np.int32)
+    hot[[label_of(o) for o in objs]] = 1
+    return hot
 
 
 # ---- text -------------------------------------------------------------------------------------------------------
@@ -241,138 +261,13 @@ def make_example(seed: int, image_size: int, image_format: str = "png") -> dict:
         "answers": [a for _, _, a in qa],
         "question_types": [t for t, _, _ in qa],
         "num_objects": np.int32(len(objs)),
+        "multi_labels": multi_labels(objs),
         "objects": {k: [o[k] for o in objs] for k in ("color", "shape", "size")} |
                    {k: np.asarray([o[k] for o in objs], np.float32) for k in ("x", "y")},
     }
 
 
-# ---- tfds builder ----------------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class ScenesConfig(tfds.core.BuilderConfig):
-    image_size: int = 64
-    num_train: int = 50_000
-    num_validation: int = 2_000
-    num_test: int = 2_000
-    image_format: str = "png"  # 'png', or 'raw': the uint8 array (tfds Tensor, zlib), read with no image decoder
+if __name__ == "__main__":  # `python -m vlmjax.data.scenes` builds the dataset (the builder's command line)
+    from vlmjax.data.sources.scenes import main
 
-
-def blind_vqa_prior(data_dir: str, config: str = "default", n_test: int = None) -> Tuple[Dict[str, float], int]:
-    """VQA accuracy of answering from the question alone: the most common train answer of that question (of its
-    type for a question never seen in train) -- what a model that ignores the image can reach. Over the questions
-    of the first `n_test` test images -> ({'all': acc, '<type>': acc, ...}, number of questions)."""
-    import collections
-
-    src = lambda split: tfds.data_source(f"scenes/{config}", split=split, data_dir=data_dir,  # noqa: E731
-                                         decoders={"image": tfds.decode.SkipDecoding()})
-    by_q, by_t = collections.defaultdict(collections.Counter), collections.defaultdict(collections.Counter)
-    train_src = src("train")
-    for i in range(len(train_src)):
-        ex = train_src[i]
-        for q, a, t in zip(ex["questions"], ex["answers"], ex["question_types"]):
-            by_q[q][a] += 1
-            by_t[t][a] += 1
-    test_src, hits = src("test"), collections.defaultdict(list)
-    for i in range(len(test_src) if n_test is None else n_test):
-        ex = test_src[i]
-        for q, a, t in zip(ex["questions"], ex["answers"], ex["question_types"]):
-            hits[t.decode() if isinstance(t, bytes) else t].append((by_q.get(q) or by_t[t]).most_common(1)[0][0] == a)
-    every = [h for hs in hits.values() for h in hs]
-    return {"all": float(np.mean(every)), **{t: float(np.mean(h)) for t, h in hits.items()}}, len(every)
-
-
-# `python -m` runs this file as __main__; only the importable module registers the name `scenes`.
-class Scenes(tfds.core.GeneratorBasedBuilder, skip_registration=__name__ == "__main__"):
-    """Synthetic shapes scenes with class labels, captions and question/answer pairs; generated, never downloaded."""
-
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
-    BUILDER_CONFIGS = [
-        ScenesConfig(name="default", description="64x64 images; 50k/2k/2k examples."),
-        ScenesConfig(name="tiny", description="32x32 images; 4096/512/512 examples (tests).", image_size=32,
-                     num_train=4096, num_validation=512, num_test=512),
-        ScenesConfig(name="raw", description="As default, images stored as raw uint8 arrays (no PNG decode).",
-                     image_format="raw"),
-        ScenesConfig(name="tiny_raw", description="As tiny, images stored as raw uint8 arrays.", image_size=32,
-                     num_train=4096, num_validation=512, num_test=512, image_format="raw"),
-    ]
-    DEFAULT_CONFIG_NAME = "default"
-
-    @tfds.core.utils.classproperty
-    @classmethod
-    def url_infos(cls):
-        # Nothing is downloaded; tfds' own lookup of a checksums file next to the code needs `importlib_resources`.
-        return None
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        s, fmt = self.builder_config.image_size, self.builder_config.image_format
-        if fmt not in ("png", "raw"):
-            raise ValueError(f"scenes config {self.builder_config.name!r}: image_format={fmt!r}, expected 'png' or "
-                             f"'raw'")
-        # Raw arrays through zlib: 4x faster to read than the PNG decode, and smaller (flat colours).
-        image = (tfds.features.Tensor(shape=(s, s, 3), dtype=np.uint8, encoding=tfds.features.Encoding.ZLIB)
-                 if fmt == "raw" else tfds.features.Image(shape=(s, s, 3), encoding_format="png"))
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__.split("\n\n")[0],
-            features=tfds.features.FeaturesDict({
-                "image": image,
-                "label": tfds.features.ClassLabel(names=CLASS_NAMES),
-                "captions": tfds.features.Sequence(tfds.features.Text()),
-                "questions": tfds.features.Sequence(tfds.features.Text()),
-                "answers": tfds.features.Sequence(tfds.features.Text()),
-                "question_types": tfds.features.Sequence(tfds.features.Text()),
-                "num_objects": np.int32,
-                "objects": tfds.features.Sequence({
-                    "color": tfds.features.ClassLabel(names=COLORS),
-                    "shape": tfds.features.ClassLabel(names=SHAPES),
-                    "size": tfds.features.ClassLabel(names=SIZES),
-                    "x": np.float32,
-                    "y": np.float32,
-                }),
-            }),
-            supervised_keys=("image", "label"),
-            # Record i of a split is example_seed(split, i), so any record can be re-rendered.
-            disable_shuffling=True,
-        )
-
-    def _split_generators(self, dl_manager):
-        del dl_manager  # everything is generated locally
-        cfg = self.builder_config
-        return {"train": self._generate_examples("train", cfg.num_train),
-                "validation": self._generate_examples("validation", cfg.num_validation),
-                "test": self._generate_examples("test", cfg.num_test)}
-
-    def _generate_examples(self, split: str, num: int):
-        size, fmt = self.builder_config.image_size, self.builder_config.image_format
-        for i in range(num):
-            yield i, make_example(example_seed(split, i), size, fmt)
-
-
-def build(data_dir: str, config: str = "default") -> Tuple[bool, float]:
-    """Builds `scenes/<config>` under data_dir as ArrayRecord; (newly built?, seconds)."""
-    builder = Scenes(data_dir=data_dir, config=config)
-    if builder.is_prepared():
-        return False, 0.0
-    t0 = time.perf_counter()
-    builder.download_and_prepare(
-        file_format="array_record",
-        download_config=tfds.download.DownloadConfig(compute_stats=tfds.download.ComputeStatsMode.SKIP,
-                                                     try_download_gcs=False))
-    return True, time.perf_counter() - t0
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description="Build the built-in `scenes` dataset (generated locally).")
-    p.add_argument("--data_dir", required=True)
-    p.add_argument("--config", default="default", choices=[c.name for c in Scenes.BUILDER_CONFIGS])
-    args = p.parse_args(argv)
-    built, secs = build(os.path.expanduser(args.data_dir), args.config)
-    where = os.path.join(args.data_dir, "scenes", args.config)
-    print(f"built scenes/{args.config} in {secs:.1f}s at {where}" if built
-          else f"scenes/{args.config} already exists at {where}; nothing to do")
-
-
-if __name__ == "__main__":
-    from vlmjax.data.scenes import main as _main  # the registered builder, not this __main__ copy
-
-    _main()
+    main()

@@ -99,10 +99,9 @@ def dataset_texts(data_dir: str, dataset: str, split: str = "train", max_example
     """Captions, questions and answers of a tfds dataset's split (read through tfds; never downloads)."""
     import tensorflow_datasets as tfds
 
-    from vlmjax.data import scenes  # noqa: F401  (registers the built-in builder)
+    from vlmjax.data.sources.tfds import builder
 
-    src = tfds.data_source(dataset, split=split, data_dir=data_dir, download=False,
-                           decoders={"image": tfds.decode.SkipDecoding()})
+    src = builder(dataset, data_dir).as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
     n = len(src) if max_examples <= 0 else min(len(src), max_examples)
     for i in range(n):
         ex = src[i]

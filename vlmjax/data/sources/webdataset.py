@@ -26,7 +26,6 @@ from typing import Dict, List, Sequence, Tuple
 
 from PIL import Image
 
-from vlmjax.data import pipeline
 from vlmjax.data.filters import caption_hash
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -216,8 +215,9 @@ class WebDatasetSource:
             os.close(fd)
 
 
-@pipeline.register_source("webdataset")
-def webdataset_source(cfg, split: str) -> WebDatasetSource:
+def source(cfg, split: str) -> WebDatasetSource:
+    """The source of `config.data.name='webdataset:<shards>'`; the shards' index is kept under
+    `<cfg.data_dir>/webdataset_index/` when `cfg.data_dir` is set."""
     spec = cfg.name.split(":", 1)[1]
     cache_dir = os.path.join(cfg.data_dir, "webdataset_index") if cfg.get("data_dir") else ""
     return WebDatasetSource(expand_shards(spec), split, cache_dir)

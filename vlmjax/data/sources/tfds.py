@@ -1,0 +1,95 @@
+"""tfds datasets stored as ArrayRecord as random-access sources, and the one place that resolves a dataset name.
+
+`builder(name, data_dir)` is `tfds.builder` that resolves the built-in datasets (`BUILT_IN`: `scenes`) by their
+class, so no caller depends on a module having been imported for its registration. `source(cfg, split)` is the
+source of `config.data` (`name`, `data_dir`, `skip_decode`, `read_features`); a missing dataset is reported with the
+command that builds it (`scenes`) or converts it (a TFRecord dataset).
+"""
+import glob
+import os
+
+import tensorflow_datasets as tfds
+
+from vlmjax.data.sources import scenes
+
+BUILT_IN = {"scenes": scenes.Scenes}  # name -> builder class, for datasets vlmjax generates itself
+
+
+def builder(name: str, data_dir=None) -> tfds.core.DatasetBuilder:
+    """The tfds builder of `name` ('dataset', 'dataset/config', with ':version'), reading from `data_dir`."""
+    dataset, kwargs = tfds.core.naming.parse_builder_name_kwargs(name)
+    if dataset.name in BUILT_IN:
+        return BUILT_IN[dataset.name](data_dir=data_dir, **kwargs)
+    return tfds.builder(name, data_dir=data_dir)
+
+
+def source(cfg, split: str):
+    """Random-access source of split `split` of the tfds dataset `cfg.name` in `cfg.data_dir`.
+
+    Encoded images stay bytes for the `decode` op (`cfg.skip_decode`, default True); an image stored as a raw array
+    (scenes/raw) is read as one. `cfg.read_features` (a list) deserialises only those features."""
+    try:
+        ds = builder(cfg.name, cfg.data_dir or None)
+        skip = {k: tfds.decode.SkipDecoding() for k, f in ds.info.features.items()
+                if isinstance(f, tfds.features.Image)} if cfg.get("skip_decode", True) else {}
+        wanted = list(cfg.get("read_features", None) or [])
+        if not wanted:
+            return ds.as_data_source(split=split, decoders=skip or None)
+        raw = ds.as_data_source(split=split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+    except Exception as e:  # tfds raises several types; the user needs the key and the path
+        raise FileNotFoundError(
+            f"config.data.name={cfg.name!r} split {split!r}: dataset not found in data_dir={cfg.data_dir!r} "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). {_build_hint(cfg)}") from None
+    features = ds.info.features
+    missing = [k for k in wanted if k not in features]
+    if missing:
+        raise ValueError(f"config.data.read_features={wanted}: {cfg.name!r} has no feature {missing[0]!r}; it has "
+                         f"{sorted(features)}")
+    return SelectedFeatures(raw, tfds.features.FeaturesDict({k: features[k] for k in wanted}),
+                            {k: v for k, v in skip.items() if k in wanted})
+
+
+def _tfrecord_dir(cfg):
+    """The version folder of `cfg.name` in its data_dir when the dataset is there as TFRecord shards, else None."""
+    root = os.path.join(os.path.expanduser(cfg.data_dir or "~/tensorflow_datasets"), *cfg.name.replace(":", "/")
+                        .split("/"))
+    found = sorted(glob.glob(os.path.join(root, "*.tfrecord-*-of-*")) +
+                   glob.glob(os.path.join(root, "*", "*.tfrecord-*-of-*")))
+    return os.path.dirname(found[-1]) if found else None
+
+
+def _build_hint(cfg) -> str:
+    """The command that builds a missing dataset (the built-in `scenes/<config>`), or converts one stored as
+    TFRecord, or where to read for others."""
+    tfrecord = _tfrecord_dir(cfg)
+    if tfrecord:
+        return (f"It is stored as TFRecord in {tfrecord}; grain reads ArrayRecord: convert it with "
+                f"`python -m vlmjax.data.to_array_record --dataset_dir {tfrecord}`")
+    name, _, config = cfg.name.partition("/")
+    if name != "scenes":
+        return ("Prepare it with tfds into that data_dir; a TFRecord dataset must be converted to ArrayRecord "
+                "(docs/data.md)")
+    config = config.split(":")[0] or "default"
+    make = "`make data` or " if config in ("default", "tiny") else ""
+    return f"Build it with {make}`python -m vlmjax.data.scenes --data_dir {cfg.data_dir} --config {config}`"
+
+
+class SelectedFeatures:
+    """A tfds source deserializing only some features of each record (`config.data.read_features`), for runs that
+    read a few features of records carrying many (docs/data.md has the cost)."""
+
+    def __init__(self, raw_source, features, decoders):
+        self._raw, self._features, self._decoders = raw_source, features, decoders or None
+        self.data_source = raw_source  # as tfds' sources: where a record is stored (batching._record_location)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def _decode(self, record):
+        return self._features.deserialize_example_np(record, decoders=self._decoders)
+
+    def __getitem__(self, index):
+        return self._decode(self._raw[index])
+
+    def __getitems__(self, indices):
+        return [self._decode(r) for r in self._raw.__getitems__(indices)]
