@@ -254,7 +254,7 @@ def test_sharded_training_equals_one_device(two_stage, scenes_tiny_dir, tok_path
 
 def test_two_stage_answers_questions_from_the_image(two_stage, scenes_tiny_dir):
     _, chat, final = two_stage
-    from vlmjax.data.scenes import blind_vqa_prior
+    from vlmjax.data.sources.scenes import blind_vqa_prior
 
     blind_by_type, n = blind_vqa_prior(scenes_tiny_dir, "tiny", 128)
     blind = blind_by_type.pop("all")
