@@ -4,7 +4,7 @@ r"""Train-step speed on whatever accelerator is present: our step vs HF transfor
     python benchmarks/accelerator_step.py --size tiny --cpu    # the same phases at toy sizes (tests run this)
 
 SigLIP: B/16 (224 px, text 64, batch 256), HF `SiglipModel` built from one config and random weights, which our
-step imports (`weight_import.from_hf`): the same weights, the same batch, the same sigmoid loss and AdamW (lr 1e-3,
+step imports (`siglip_hf.from_hf`): the same weights, the same batch, the same sigmoid loss and AdamW (lr 1e-3,
 betas 0.9/0.999, weight decay 1e-4 on every parameter, no clipping); the first losses are compared. Mixed
 precision on both sides: float32 parameters and optimizer, bfloat16 compute (torch: autocast; ours: the towers'
 `dtype`). Our variants differ in layer scanning, remat policy, scan unroll and attention implementation
@@ -51,7 +51,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import RESULTS, timing_setup  # noqa: E402
 
-from vlmjax.models import weight_import  # noqa: E402
+from vlmjax.models import siglip_hf, weight_files  # noqa: E402
 from vlmjax.core.flops import memory_of, peak_flops  # noqa: E402
 from vlmjax.core.loop import Trainer  # noqa: E402
 
@@ -264,7 +264,7 @@ def jax_row(trainer, state, batch):
 
 
 def siglip_jax(name, cfg, state_dict, batch, workdir):
-    spec = weight_import.siglip_model_config(cfg)
+    spec = siglip_hf.siglip_model_config(cfg)
     over = dict(VARIANTS[name.split("@")[0]], dtype="bfloat16" if HALF else "float32")
     for tower in spec["model"]["image"], spec["model"]["text"]:
         tower.update(over)
@@ -272,8 +272,8 @@ def siglip_jax(name, cfg, state_dict, batch, workdir):
                                image_size=spec["image_size"], text_len=spec["text_len"],
                                batch_size=len(batch["image"]), model=spec["model"]), workdir)
     heads = (cfg.vision_config.num_attention_heads, cfg.text_config.num_attention_heads)
-    flat = weight_import.from_hf(state_dict, *heads)
-    params = weight_import.nest(weight_import.stack_blocks(flat) if over["scan_layers"] else flat)
+    flat = siglip_hf.from_hf(state_dict, *heads)
+    params = weight_files.nest(weight_files.stack_blocks(flat) if over["scan_layers"] else flat)
     state = trainer.init_state()
     state["params"] = jax.device_put(params, trainer.state_shardings["params"])
     state["opt_state"] = jax.jit(trainer.tx.init, out_shardings=trainer.state_shardings["opt_state"])(

@@ -1,7 +1,7 @@
 """SigLIP train-step throughput: ours (the Trainer's jitted step) vs HF transformers' PyTorch `SiglipModel`.
 
-Same architecture (our config comes from the HF config through `weight_import.siglip_model_config`), the SAME
-initial weights (the torch model's, imported with `weight_import.from_hf`), the same batch, the same sigmoid loss
+Same architecture (our config comes from the HF config through `siglip_hf.siglip_model_config`), the SAME
+initial weights (the torch model's, imported with `siglip_hf.from_hf`), the same batch, the same sigmoid loss
 and AdamW (lr 1e-3, betas 0.9/0.999, eps 1e-8, weight decay 1e-4 on every parameter, no clipping, constant lr).
 The first steps' losses are compared to show both sides compute the same thing. Timings alternate between the two
 frameworks in one process, so machine load hits both alike; the median of the rounds is reported.
@@ -51,7 +51,7 @@ import transformers  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import timing_setup, write_result  # noqa: E402
 
-from vlmjax.models import weight_import  # noqa: E402
+from vlmjax.models import siglip_hf, weight_files  # noqa: E402
 from vlmjax.core.flops import matmul_flops, measured_cpu_peak  # noqa: E402
 from vlmjax.core.loop import Trainer  # noqa: E402
 
@@ -91,7 +91,7 @@ def torch_setup(hf_config, batch):
 
 
 def jax_setup(hf_config, torch_model, batch, workdir):
-    spec = weight_import.siglip_model_config(hf_config)
+    spec = siglip_hf.siglip_model_config(hf_config)
     tok = timing_setup(workdir)
     c = ml_collections.ConfigDict()
     c.task, c.tokenizer, c.loss, c.loss_impl = "contrastive", tok, "sigmoid", "dense"
@@ -106,7 +106,7 @@ def jax_setup(hf_config, torch_model, batch, workdir):
     trainer = Trainer(c, workdir, devices=jax.devices()[:1])
     state = trainer.init_state()
     heads = (hf_config.vision_config.num_attention_heads, hf_config.text_config.num_attention_heads)
-    params = weight_import.nest(weight_import.from_hf(torch_model.state_dict(), *heads))
+    params = weight_files.nest(siglip_hf.from_hf(torch_model.state_dict(), *heads))
     state["params"] = jax.device_put(params, trainer.state_shardings["params"])
     state["opt_state"] = jax.jit(trainer.tx.init, out_shardings=trainer.state_shardings["opt_state"])(
         state["params"])

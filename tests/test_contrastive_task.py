@@ -221,7 +221,7 @@ def test_init_from_hf_siglip_weights(scenes_tiny_dir, tokenizer_path, tmp_path):
     from safetensors.torch import save_file
 
     from vlmjax.data.tokenizer import Tokenizer
-    from vlmjax.models import weight_import as wi
+    from vlmjax.models import siglip_hf as wi
 
     torch.manual_seed(0)
     hf_cfg = transformers.SiglipConfig(  # 4 vs 2 heads: a mix-up of the two towers' counts cannot pass

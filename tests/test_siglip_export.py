@@ -12,23 +12,22 @@ import vlmjax  # noqa: E402
 from test_api import contrastive_run, fake_images  # noqa: E402,F401  (the tiny trained SigLIP-layout run)
 from test_siglip_import import TEXT, VISION, hf  # noqa: E402,F401  (a random tiny HF SiglipModel)
 from vlmjax.cli import export as export_cli  # noqa: E402
-from vlmjax.models import weight_export as we  # noqa: E402
-from vlmjax.models import weight_import as wi  # noqa: E402
-from vlmjax.tasks.contrastive import tokenize_texts  # noqa: E402
+from vlmjax.models import siglip_big_vision, siglip_hf, two_towers, weight_files  # noqa: E402
+from vlmjax.tasks.text_inputs import tokenize_texts  # noqa: E402
 
 
 def test_hf_state_dict_round_trip(hf):
     model = hf[0]
     sd = {k: v.detach().numpy() for k, v in model.state_dict().items() if not k.endswith("position_ids")}
-    ours = wi.from_hf(sd, VISION["num_attention_heads"], TEXT["num_attention_heads"])
-    back = we.to_hf(wi.nest(ours))
+    ours = siglip_hf.from_hf(sd, VISION["num_attention_heads"], TEXT["num_attention_heads"])
+    back = siglip_hf.to_hf(weight_files.nest(ours))
     assert sorted(back) == sorted(sd)
     for k in sd:
         np.testing.assert_array_equal(back[k], sd[k], err_msg=k)
     # scanned blocks export to the same state dict
-    scanned = we.to_hf(wi.nest(wi.stack_blocks(ours)))
+    scanned = siglip_hf.to_hf(weight_files.nest(weight_files.stack_blocks(ours)))
     assert all(np.array_equal(scanned[k], sd[k]) for k in sd)
-    config = we.hf_siglip_config(back, VISION["num_attention_heads"], TEXT["num_attention_heads"])
+    config = siglip_hf.hf_siglip_config(back, VISION["num_attention_heads"], TEXT["num_attention_heads"])
     for key, value in VISION.items():
         assert config["vision_config"][key] == value, key
     for key, value in TEXT.items():
@@ -46,7 +45,7 @@ def test_export_cli_loads_in_transformers_with_our_embeddings(contrastive_run, t
     m = vlmjax.load(wd)
     imgs = np.stack(fake_images(3))
     texts = ["example 3", "a red circle", "blue"]
-    ids, mask = tokenize_texts(m.task._tokenize_fn(), texts)  # padded to text_len, as SigLIP's max_length padding
+    ids, mask = tokenize_texts(m.task.text_tokenize_fn(), texts)  # padded to text_len, as SigLIP's max_length padding
     with torch.no_grad():
         ref = hf_model(input_ids=torch.from_numpy(np.asarray(ids, np.int64)),
                        pixel_values=torch.from_numpy(imgs.astype(np.float32) / 127.5 - 1).permute(0, 3, 1, 2))
@@ -75,15 +74,15 @@ def test_export_cli_loads_in_transformers_with_our_embeddings(contrastive_run, t
     # the same run as a big_vision .npz reads back (init_from's reader) to the checkpoint's params
     npz = str(tmp_path / "run.npz")
     assert export_cli.main(["--workdir", wd, "--format", "big_vision", "--out", npz]) == 0
-    got, want = we.flatten(wi.load_siglip(npz)), we.flatten(m.variables["params"])
+    got, want = weight_files.flatten(two_towers.load(npz)), weight_files.flatten(m.variables["params"])
     assert sorted(got) == sorted(want) and all(np.array_equal(got[k], want[k]) for k in want)
 
 
 def test_export_refuses_what_hf_siglip_cannot_express(contrastive_run, tmp_path, capsys):  # noqa: F811
     with pytest.raises(ValueError, match=r"^config.model.text.mask_padding=True: HF SiglipModel needs False"):
-        we.check_exportable({"image": {"pool_type": "map"}, "text": {"pool_type": "last"}})
+        two_towers.check_exportable({"image": {"pool_type": "map"}, "text": {"pool_type": "last"}})
     with pytest.raises(ValueError, match=r"^config.model.image.stem_channels=16"):
-        we.check_exportable({"image": {"pool_type": "map", "stem_channels": 16},
+        two_towers.check_exportable({"image": {"pool_type": "map", "stem_channels": 16},
                              "text": {"pool_type": "last", "mask_padding": False}})
     assert export_cli.main(["--workdir", str(tmp_path), "--format", "hf_siglip", "--out", str(tmp_path / "o")]) == 2
     assert "no config.json" in capsys.readouterr().err
@@ -95,16 +94,18 @@ def test_big_vision_npz_both_ways(hf, tmp_path):
     _big_vision_npz(hf[0], tmp_path / "bv.npz", scanned=False)  # big_vision's names, from HF's converter's list
     with np.load(tmp_path / "bv.npz") as z:
         bv = {k: z[k] for k in z.files}
-    ours = wi.from_big_vision(bv)
-    back = we.to_big_vision(wi.nest(wi.stack_blocks(ours)))  # scanned blocks come out unrolled
+    ours = siglip_big_vision.from_big_vision(bv)
+    # scanned blocks come out unrolled
+    back = siglip_big_vision.to_big_vision(weight_files.nest(weight_files.stack_blocks(ours)))
     assert sorted(back) == sorted(bv)
     for k in bv:
         np.testing.assert_array_equal(back[k], bv[k].reshape(back[k].shape), err_msg=k)
-    assert we.save_big_vision(wi.nest(ours), {"image": {}, "text": {}}, str(tmp_path / "out")) == [
+    assert two_towers.save_big_vision(weight_files.nest(ours), {"image": {}, "text": {}}, str(tmp_path / "out")) == [
         str(tmp_path / "out.npz")]
-    again = wi.load_siglip(str(tmp_path / "out.npz"))
-    assert all(np.array_equal(wi.nest(ours)[t][k], again[t][k]) for t in ("img", "txt") for k in ("pos_embedding",))
-    flat_again = we.flatten(again)
+    again = two_towers.load(str(tmp_path / "out.npz"))
+    assert all(np.array_equal(weight_files.nest(ours)[t][k], again[t][k])
+               for t in ("img", "txt") for k in ("pos_embedding",))
+    flat_again = weight_files.flatten(again)
     assert sorted(flat_again) == sorted(ours) and all(np.array_equal(flat_again[k], ours[k]) for k in ours)
     with pytest.raises(ValueError, match=r"^config.model.image.stem_channels=8: big_vision needs 0"):
-        we.save_big_vision(wi.nest(ours), {"image": {"stem_channels": 8}}, str(tmp_path / "x"))
+        two_towers.save_big_vision(weight_files.nest(ours), {"image": {"stem_channels": 8}}, str(tmp_path / "x"))

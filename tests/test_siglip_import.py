@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from vlmjax.models import weight_import as wi  # noqa: E402
+from vlmjax.models import siglip_big_vision, siglip_hf, two_towers, weight_files  # noqa: E402
 from vlmjax.tasks.contrastive import build_two_towers  # noqa: E402
 
 VISION = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, image_size=16,
@@ -40,7 +40,7 @@ def hf():
 
 
 def _ours(config, params, images, ids, scan_layers=False):
-    spec = wi.siglip_model_config(config)
+    spec = siglip_hf.siglip_model_config(config)
     cfg = spec["model"]
     if scan_layers:
         cfg = {**cfg, "image": {**cfg["image"], "scan_layers": True}, "text": {**cfg["text"], "scan_layers": True}}
@@ -64,7 +64,8 @@ def _check(ours, ref):
 
 def test_hf_state_dict_parity(hf):
     model, config, images, ids, ref = hf
-    params = wi.nest(wi.from_hf(model.state_dict(), VISION["num_attention_heads"], TEXT["num_attention_heads"]))
+    params = weight_files.nest(siglip_hf.from_hf(model.state_dict(), VISION["num_attention_heads"],
+                                                 TEXT["num_attention_heads"]))
     _check(_ours(config, params, images, ids), ref)
 
 
@@ -72,9 +73,9 @@ def test_hf_safetensors_folder_parity_and_scanned_layout(hf, tmp_path):
     model, config, images, ids, ref = hf
     model.save_pretrained(tmp_path)  # config.json + model.safetensors, as on the hub
     assert (tmp_path / "model.safetensors").exists()
-    params = wi.load_siglip(str(tmp_path))  # head counts read from config.json
+    params = two_towers.load(str(tmp_path))  # head counts read from config.json
     _check(_ours(config, params, images, ids), ref)
-    scanned = wi.load_siglip(str(tmp_path / "model.safetensors"), VISION["num_attention_heads"],
+    scanned = two_towers.load(str(tmp_path / "model.safetensors"), VISION["num_attention_heads"],
                              TEXT["num_attention_heads"], scan_layers=True)
     _check(_ours(config, scanned, images, ids, scan_layers=True), ref)
 
@@ -139,7 +140,7 @@ def _big_vision_npz(model, path, scanned):
 def test_big_vision_npz_parity(hf, tmp_path, scanned):
     model, config, images, ids, ref = hf
     _big_vision_npz(model, tmp_path / "siglip.npz", scanned)
-    _check(_ours(config, wi.load_siglip(str(tmp_path / "siglip.npz")), images, ids), ref)
+    _check(_ours(config, two_towers.load(str(tmp_path / "siglip.npz")), images, ids), ref)
 
 
 def test_unconverted_keys_and_unsupported_configs_raise(hf):
@@ -147,9 +148,9 @@ def test_unconverted_keys_and_unsupported_configs_raise(hf):
     sd = dict(model.state_dict())
     sd["vision_model.extra.weight"] = torch.zeros(2)
     with pytest.raises(ValueError, match=r"1 keys not converted.*vision_model\.extra\.weight"):
-        wi.from_hf(sd, VISION["num_attention_heads"])
+        siglip_hf.from_hf(sd, VISION["num_attention_heads"])
     with pytest.raises(NotImplementedError, match="hidden_act='gelu'"):
-        wi.siglip_model_config(transformers.SiglipConfig(vision_config={**VISION, "hidden_act": "gelu"},
+        siglip_hf.siglip_model_config(transformers.SiglipConfig(vision_config={**VISION, "hidden_act": "gelu"},
                                                          text_config=TEXT))
     with pytest.raises(ValueError, match="big_vision checkpoint: no rule for 'img/Transformer/odd_0/x'"):
-        wi.from_big_vision({"params/img/Transformer/odd_0/x": np.zeros(1)})
+        siglip_big_vision.from_big_vision({"params/img/Transformer/odd_0/x": np.zeros(1)})

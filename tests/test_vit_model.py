@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vlmjax.models.transformer import Attention, token_dot
+from vlmjax.models.layers import token_dot
+from vlmjax.models.transformer import Attention
 from vlmjax.models.vit import ConvStem, PatchEmbed, with_coord_channels
 
 

@@ -40,7 +40,7 @@ def load_task(workdir: str, tasks=None, keys=("params", "model_state"), step: in
     `tasks`: the `config.task` values the caller accepts (ValueError naming the workdir otherwise)."""
     from vlmjax.tasks import get_task_class
     from vlmjax.core import config as config_lib
-    from vlmjax.core.checkpoint import load_state_numpy
+    from vlmjax.core.checkpoint import read_variables
     from vlmjax.cli.evaluate import load_run_config
 
     raw = load_run_config(workdir)
@@ -49,7 +49,7 @@ def load_task(workdir: str, tasks=None, keys=("params", "model_state"), step: in
         raise ValueError(f"{where} {workdir!r}: config.task={name!r}, not a {' or '.join(tasks)} run")
     task_cls = get_task_class(name)
     task = task_cls(config_lib.resolve(raw, task_cls.config_defaults()))
-    step, state = load_state_numpy(workdir, keys, step, where=where)
+    step, state = read_variables(workdir, keys, step, where=where)
     return task, {"params": state["params"], **state.get("model_state", {})}, step
 
 
@@ -95,8 +95,8 @@ def _load_export(folder: str):
 
     import ml_collections
 
-    from vlmjax.models.weight_export import flatten
-    from vlmjax.models.weight_import import load_siglip, nest, stack_blocks
+    from vlmjax.models import two_towers
+    from vlmjax.models.weight_files import flatten, nest, stack_blocks
     from vlmjax.tasks import get_task_class
     from vlmjax.core import config as config_lib
 
@@ -105,7 +105,7 @@ def _load_export(folder: str):
     raw.tokenizer = os.path.join(folder, EXPORT_TOKENIZER)
     task_cls = get_task_class(raw.task)
     task = task_cls(config_lib.resolve(raw, task_cls.config_defaults()))
-    params = load_siglip(folder)
+    params = two_towers.load(folder)
     for tower, key in (("image", "img"), ("text", "txt")):  # blocks stacked where the run's modules scan them
         if task.config.model[tower].get("scan_layers", False):
             params[key] = nest(stack_blocks(flatten(params[key])))

@@ -5,7 +5,7 @@
     vlmjax-export --workdir workdirs/siglip_scenes --format big_vision --out siglip_scenes.npz
 
 `hf_siglip`: a contrastive run as a HF transformers `SiglipModel` folder (`model.safetensors` + `config.json`,
-vlmjax/models/weight_export.py), for runs whose towers HF's SigLIP can express (MAP-head ViT with a learned
+vlmjax/models/two_towers.py), for runs whose towers HF's SigLIP can express (MAP-head ViT with a learned
 position table, text pooled at the last position without a padding mask: `experiments/siglip_b16.py`); another
 run fails with one line naming the config key. The tokenizer is not converted to a HF tokenizer; the folder also
 holds the run's config and SentencePiece model (`vlmjax_config.json`, `vlmjax_spm.model`), so that
@@ -26,20 +26,20 @@ def export(workdir: str, fmt: str, out: str, step: int = None) -> list:
     if fmt not in FORMATS:
         raise ValueError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     from vlmjax.api import load_task
-    from vlmjax.models import weight_export
+    from vlmjax.models import foreign
     from vlmjax.cli.evaluate import load_run_config
 
     raw = load_run_config(workdir)
     if raw.get("task") != "contrastive":
         raise ValueError(f"--workdir {workdir!r}: config.task={raw.get('task')!r}; --format {fmt} exports a "
                          f"contrastive run")
-    weight_export.check_exportable(raw.model, fmt)  # before the checkpoint is read
+    foreign.check_exportable(raw.model, fmt)  # before the checkpoint is read
     task, variables, _ = load_task(workdir, ("contrastive",), keys=("params",), step=step)
     if fmt == "big_vision":
-        return weight_export.save_big_vision(variables["params"], task.config.model, out)
+        return foreign.export(fmt, variables["params"], task.config.model, out)
     from vlmjax.api import save_export_config
 
-    return weight_export.save_hf_siglip(variables["params"], task.config.model, out) + save_export_config(
+    return foreign.export(fmt, variables["params"], task.config.model, out) + save_export_config(
         task.config, out)
 
 

@@ -4,7 +4,6 @@
 written), orbax commits a step atomically, and the last `keep` steps are kept. Restoring onto the current mesh's
 shardings means a run can resume on a different mesh.
 """
-import json
 import os
 import re
 import shutil
@@ -15,6 +14,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from vlmjax.models import foreign
 from vlmjax.core.optim import param_path
 from vlmjax.core.restore_check import (StateMismatchError, UnreadableCheckpoint, is_unreadable,
                                          state_mismatch)
@@ -222,11 +222,13 @@ def _any_process(flags: list) -> list:
     return [bool(x) for x in np.asarray(gathered).reshape(-1, len(flags)).any(axis=0)]
 
 
-def load_state_numpy(workdir: str, keys=("params",), step: int = None, where: str = "config.init_from.workdir"):
+def read_variables(workdir: str, keys=("params",), step: int = None, where: str = "config.init_from.workdir"):
     """(step, {key: subtree}) of another run's train state as host numpy arrays (latest step by default).
 
-    Only the named top-level keys are read (`partial_restore`): the optimizer state is never loaded, and the arrays
-    land on the host whatever mesh wrote them.
+    The one reader of a finished run for every caller (init_from, tasks that carry a frozen model, the CLIs, the
+    Python API). Only the named top-level keys of the state are read (`partial_restore`; keys the checkpoint lacks,
+    e.g. an empty `model_state`, are left out): the optimizer state is never loaded, and the arrays land on the
+    host whatever mesh wrote them. `where` names the setting that pointed here in the errors.
     """
     directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     if not os.path.isdir(directory):
@@ -252,21 +254,19 @@ def load_state_numpy(workdir: str, keys=("params",), step: int = None, where: st
 
 
 def load_params_numpy(workdir: str, step: int = None) -> dict:
-    """The params of another run's checkpoint (latest step by default) as host numpy arrays."""
-    return load_state_numpy(workdir, ("params",), step)[1]["params"]
-
-
-IMPORT_FORMATS = ("hf_siglip", "big_vision")
+    """The params of another run's checkpoint (latest step by default) as host numpy arrays (`read_variables`)."""
+    return read_variables(workdir, ("params",), step)[1]["params"]
 
 
 def check_init_from(init) -> None:
-    """`config.init_from` names one source: `workdir` (a vlmjax run) or `path` + `format` (imported weights)."""
+    """`config.init_from` names one source: `workdir` (a vlmjax run) or `path` + `format` (imported weights, one of
+    `vlmjax.models.foreign.FORMATS`)."""
     if init.workdir and init.path:
         raise ValueError(f"config.init_from: set workdir={init.workdir!r} (a vlmjax run) or path={init.path!r} "
                          f"(imported weights), not both")
     if init.path or init.format:
-        if init.format not in IMPORT_FORMATS:
-            raise ValueError(f"config.init_from.format={init.format!r}: expected one of {', '.join(IMPORT_FORMATS)} "
+        if init.format not in foreign.FORMATS:
+            raise ValueError(f"config.init_from.format={init.format!r}: expected one of {', '.join(foreign.FORMATS)} "
                              f"for config.init_from.path={init.path!r}")
         if not init.path:
             raise ValueError(f"config.init_from.format={init.format!r} needs config.init_from.path (a .safetensors / "
@@ -287,44 +287,14 @@ def _source_paths(params, include: str, rewrite) -> dict:
     return out
 
 
-def _hf_heads(path: str, wanted: dict) -> tuple:
-    """(vision, text) attention head counts for a HF SigLIP state dict: from the config.json next to it (as
-    `save_pretrained` writes), else from the query kernels [D, H, hd] of the model being initialised."""
-    folder = path if os.path.isdir(path) else os.path.dirname(path)
-    if os.path.exists(os.path.join(folder, "config.json")):
-        with open(os.path.join(folder, "config.json")) as f:
-            cfg = json.load(f)
-        return cfg["vision_config"]["num_attention_heads"], cfg["text_config"]["num_attention_heads"]
-    heads = {}
-    for src, shape in wanted.items():
-        m = re.fullmatch(r"(img|txt)/encoder/block(?:s|\d+)/attn/query_kernel", src)
-        if m:
-            heads.setdefault(m.group(1), shape[-2])
-    if not heads:
-        raise ValueError(f"config.init_from.path={path!r}: no config.json next to it to read the attention head "
-                         f"counts from, and no img/txt attention block selected to infer them")
-    return heads.get("img", heads.get("txt")), heads.get("txt", heads.get("img"))
-
-
 def load_imported_params(init, params) -> dict:
-    """Nested host params converted from `init.path` in `init.format` (see vlmjax.models.weight_import), in the
-    layout of `params` (the model being initialised: scanned blocks if it scans, its head counts if the file
-    does not say)."""
-    from vlmjax.models import weight_import as wi
-
-    path = os.path.expanduser(init.path)
-    wanted = _source_paths(params, init.include, [tuple(r) for r in init.rewrite])
+    """Nested host params read from `init.path` in `init.format` by the model that owns the format
+    (`vlmjax.models.foreign`), in the layout of the leaves of `params` that `init_from` selects."""
+    template = _source_paths(params, init.include, [tuple(r) for r in init.rewrite])
     try:
-        flat = wi.read_state_dict(path)
-        if init.format == "hf_siglip":
-            converted = wi.from_hf(flat, *_hf_heads(path, wanted))
-        else:
-            converted = wi.from_big_vision(flat)
+        return foreign.load(init.format, os.path.expanduser(init.path), template)
     except (ValueError, KeyError) as e:
         raise ValueError(f"config.init_from.path={init.path!r} (format {init.format!r}): {e}") from None
-    if any("/blocks/" in k for k in wanted):
-        converted = wi.stack_blocks(converted)
-    return wi.nest(converted)
 
 
 def merge_params(params, loaded, include: str, rewrite, where: str = "config.init_from"):

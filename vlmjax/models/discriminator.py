@@ -14,7 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vlmjax.models.vqvae import conv, group_norm
+from vlmjax.models.layers import conv, group_norm
 
 Dtype = Any
 

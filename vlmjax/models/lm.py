@@ -25,32 +25,16 @@ import jax.numpy as jnp
 from jax import lax
 
 from vlmjax.models.attention import attend
+from vlmjax.models.layers import ACTIVATIONS, RMSNorm, token_dot
 from vlmjax.models.masks import causal_mask
-from vlmjax.models.transformer import remat_policy, token_dot
+from vlmjax.models.transformer import remat_policy
 
 Dtype = Any
 ACT_BLD = ("batch", "length", "act_embed")
-ACTIVATIONS = {"gelu": lambda x: nn.gelu(x, approximate=True), "silu": nn.silu}  # GeGLU / SwiGLU
 
 
 def _param(module, name, names, shape, init):
     return module.param(name, nn.with_logical_partitioning(init, names), shape, module.param_dtype)
-
-
-class RMSNorm(nn.Module):
-    """x / rms(x) * scale over the last axis, computed in float32. `axis_name` is the scale's logical name."""
-
-    axis_name: str = "embed"
-    eps: float = 1e-6
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        scale = _param(self, "scale", (self.axis_name,), (x.shape[-1],), nn.initializers.ones)
-        xf = x.astype(jnp.float32)
-        y = xf * lax.rsqrt(jnp.mean(jnp.square(xf), axis=-1, keepdims=True) + self.eps)
-        return (y * scale.astype(jnp.float32)).astype(self.dtype)
 
 
 def apply_rope(x, positions, theta: float):

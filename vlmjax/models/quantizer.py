@@ -17,9 +17,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vlmjax.models.layers import l2_normalize
+
 Dtype = Any
 f32 = jnp.float32
 sg = jax.lax.stop_gradient
+CODE_EPS = 1e-6  # floor of a vector's norm when codes are l2-normalised
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -82,11 +85,6 @@ def perplexity(counts):
     """exp(entropy) of the code distribution: float[K] -> float32 scalar in [1, K] (K = uniform use)."""
     p = counts.astype(f32) / jnp.maximum(jnp.sum(counts).astype(f32), 1.0)
     return jnp.exp(-jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0)))
-
-
-def l2_normalize(x, eps: float = 1e-6):
-    """x / ||x|| along the last axis: float[..., D] -> float[..., D]."""
-    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
 
 
 def ema_update(counts, sums, z, codes, decay: float, eps: float = 1e-5):
@@ -199,14 +197,14 @@ class VectorQuantizer(nn.Module):
     def search_codebook(self):
         """The codebook the search uses (l2-normalised if configured): float32[K, D]."""
         cb = self._raw_codebook()
-        return l2_normalize(cb) if self.l2_normalize else cb
+        return l2_normalize(cb, CODE_EPS) if self.l2_normalize else cb
 
     def _to_codes_space(self, x):
         x = nn.with_logical_constraint(x.astype(self.dtype), _act_names(x.ndim))
         if self.project:
             x = self.proj_in(x)
         z = x.astype(f32)
-        return l2_normalize(z) if self.l2_normalize else z
+        return l2_normalize(z, CODE_EPS) if self.l2_normalize else z
 
     def _from_codes_space(self, z):
         z = z.astype(self.dtype)

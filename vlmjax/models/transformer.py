@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from vlmjax.models.attention import attend
+from vlmjax.models.layers import dense_init, layer_norm, token_dense, token_dot
 
 Dtype = Any
 
@@ -44,41 +45,6 @@ def no_recompute():
         yield
     finally:
         _SAVE_EVERYTHING[0] = False
-
-
-def dense_init(names, init=nn.initializers.xavier_uniform()):
-    return nn.with_logical_partitioning(init, names)
-
-
-def token_dot(x, kernel):
-    """float[..., D] x float[D, *F] -> float[..., *F], as ONE 2-D matmul over all tokens.
-
-    Why not `x @ kernel` on [B, L, D]: XLA:CPU runs a dot with several free leading dims, and the transposes its
-    gradients become (the weight gradient contracts over B and L), far slower than the same contractions on 2-D
-    operands: a [64, 64, 64] x [64, 256] dense layer's forward + backward runs 2.4x faster on one core when the
-    tokens are flattened first, a SigLIP train step 21% faster (docs/contrastive.md). Merging (B, L) and (H, K)
-    keeps any batch / head sharding, so meshes are unaffected.
-    """
-    d = x.shape[-1]
-    y = jnp.dot(x.reshape(-1, d), kernel.reshape(d, -1))
-    return y.reshape(*x.shape[:-1], *kernel.shape[1:])
-
-
-def _token_dot_general(x, kernel, dimension_numbers, precision=None, preferred_element_type=None):
-    """`nn.Dense(dot_general=...)` hook: a plain dense contraction (last dim of x with the first of kernel) goes
-    through `token_dot`; anything else is left to lax."""
-    (lc, rc), (lb, rb) = dimension_numbers
-    if tuple(lc) == (x.ndim - 1,) and tuple(rc) == (0,) and not lb and not rb:
-        return token_dot(x, kernel)
-    return jax.lax.dot_general(x, kernel, dimension_numbers, precision, preferred_element_type)
-
-
-def token_dense(features: int, name: str, kernel_axes, bias_axes, dtype, param_dtype,
-                bias_init=nn.initializers.zeros, kernel_init=nn.initializers.xavier_uniform()):
-    """nn.Dense (same parameters, same names) whose matmul is `token_dot`."""
-    return nn.Dense(features, dtype=dtype, param_dtype=param_dtype, name=name, dot_general=_token_dot_general,
-                    kernel_init=dense_init(kernel_axes, kernel_init),
-                    bias_init=nn.with_logical_partitioning(bias_init, bias_axes))
 
 
 class MlpBlock(nn.Module):
@@ -139,12 +105,6 @@ class Attention(nn.Module):
         b, lq = out.shape[:2]
         return (token_dot(out.reshape(b, lq, d), w_out.reshape(d, d).astype(self.dtype))
                 + b_out.astype(self.dtype))
-
-
-def layer_norm(name, dtype, param_dtype):
-    return nn.LayerNorm(dtype=dtype, param_dtype=param_dtype, name=name,
-                        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
 
 
 class EncoderBlock(nn.Module):

@@ -5,7 +5,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from vlmjax.models.transformer import Encoder, MAPHead, pool, token_dot
+from vlmjax.models.layers import conv, layer_norm, token_dot
+from vlmjax.models.transformer import Encoder, MAPHead, pool
 
 Dtype = Any
 
@@ -90,18 +91,12 @@ class ConvStem(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        def conv(k, s, name):
-            return nn.Conv(self.channels, (k, k), strides=(s, s), padding="VALID" if s > 1 else "SAME",
-                           dtype=self.dtype, param_dtype=self.param_dtype, name=name,
-                           kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
-                                                                    (None, None, None, "conv_out")),
-                           bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)))
-        x = conv(self.patch, self.patch, "patchify")(x.astype(self.dtype))
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, in_axis=None)
+        x = conv(self.channels, self.patch, name="patchify", strides=self.patch, padding="VALID", **kw)(
+            x.astype(self.dtype))
         for i in range(self.blocks):
-            ln = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name=f"norm{i}",
-                              scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("conv_out",)),
-                              bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)))
-            x = x + conv(3, 1, f"conv{i}")(nn.gelu(ln(x)))
+            ln = layer_norm(f"norm{i}", self.dtype, self.param_dtype, axis="conv_out")
+            x = x + conv(self.channels, 3, name=f"conv{i}", **kw)(nn.gelu(ln(x)))
         return x
 
 

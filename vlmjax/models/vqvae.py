@@ -14,26 +14,13 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vlmjax.models.layers import conv, group_norm
 from vlmjax.models.quantizer import VectorQuantizer
 from vlmjax.models.transformer import Encoder as TransformerEncoder
 from vlmjax.models.vit import ViT, position_embedding
 
 Dtype = Any
 ACT = ("batch", None, None, "act_embed")  # float[B, H, W, C] at block boundaries
-
-
-def conv(features: int, kernel: int, dtype, param_dtype, name: str, strides: int = 1, padding="SAME"):
-    return nn.Conv(features, (kernel, kernel), strides=(strides, strides), padding=padding, dtype=dtype,
-                   param_dtype=param_dtype, name=name,
-                   kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
-                                                            (None, None, "conv_in", "conv_out")),
-                   bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)))
-
-
-def group_norm(groups: int, dtype, param_dtype, name: str):
-    return nn.GroupNorm(num_groups=groups, dtype=dtype, param_dtype=param_dtype, name=name,
-                        scale_init=nn.with_logical_partitioning(nn.initializers.ones, (None,)),
-                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)))
 
 
 class ResBlock(nn.Module):
