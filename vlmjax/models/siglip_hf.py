@@ -48,10 +48,13 @@ def _out_heads(w, heads: int):
     return w.T.reshape(heads, -1, w.shape[0])
 
 
+def _hf_ln(sd: Flat, src: str, dst: str, out: Flat) -> None:
+    out[f"{dst}/scale"], out[f"{dst}/bias"] = sd.pop(f"{src}.weight"), sd.pop(f"{src}.bias")
+
+
 def _hf_block(sd: Flat, src: str, dst: str, heads: int, out: Flat) -> None:
     for ours, theirs in (("ln1", "layer_norm1"), ("ln2", "layer_norm2")):
-        out[f"{dst}/{ours}/scale"] = sd.pop(f"{src}.{theirs}.weight")
-        out[f"{dst}/{ours}/bias"] = sd.pop(f"{src}.{theirs}.bias")
+        _hf_ln(sd, f"{src}.{theirs}", f"{dst}/{ours}", out)
     for ours, theirs in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
         out[f"{dst}/attn/{ours}_kernel"], out[f"{dst}/attn/{ours}_bias"] = _linear_heads(
             sd.pop(f"{src}.self_attn.{theirs}.weight"), sd.pop(f"{src}.self_attn.{theirs}.bias"), heads)
@@ -74,6 +77,13 @@ def _hf_encoder(sd: Flat, src: str, dst: str, heads: int, out: Flat) -> None:
         _hf_block(sd, f"{src}.layers.{i}", f"{dst}/block{i:02d}", heads, out)
 
 
+def _hf_tower(sd: Flat, src: str, dst: str, heads: int, final_norm: str, out: Flat) -> None:
+    """A tower's position table, encoder blocks and final LayerNorm (`final_norm`: HF's name for it)."""
+    out[f"{dst}/pos_embedding"] = sd.pop(f"{src}.embeddings.position_embedding.weight")[None]
+    _hf_encoder(sd, f"{src}.encoder", f"{dst}/encoder", heads, out)
+    _hf_ln(sd, f"{src}.{final_norm}", f"{dst}/encoder/ln_final", out)
+
+
 def from_hf(state_dict: Mapping, num_heads: int, text_num_heads: int = None) -> Flat:
     """HF `SiglipModel.state_dict()` -> our flat params ('img/...', 'txt/...', 't', 'b').
 
@@ -88,10 +98,7 @@ def from_hf(state_dict: Mapping, num_heads: int, text_num_heads: int = None) -> 
     if f"{v}.embeddings.patch_embedding.weight" in sd:
         out["img/embedding/kernel"] = sd.pop(f"{v}.embeddings.patch_embedding.weight").transpose(2, 3, 1, 0)
         out["img/embedding/bias"] = sd.pop(f"{v}.embeddings.patch_embedding.bias")
-        out["img/pos_embedding"] = sd.pop(f"{v}.embeddings.position_embedding.weight")[None]
-        _hf_encoder(sd, f"{v}.encoder", "img/encoder", num_heads, out)
-        out["img/encoder/ln_final/scale"] = sd.pop(f"{v}.post_layernorm.weight")
-        out["img/encoder/ln_final/bias"] = sd.pop(f"{v}.post_layernorm.bias")
+        _hf_tower(sd, v, "img", num_heads, "post_layernorm", out)
         if f"{v}.head.probe" in sd:
             h = "img/map_head"
             out[f"{h}/probe"] = sd.pop(f"{v}.head.probe")
@@ -101,15 +108,11 @@ def from_hf(state_dict: Mapping, num_heads: int, text_num_heads: int = None) -> 
                 out[f"{h}/attn/{name}_kernel"], out[f"{h}/attn/{name}_bias"] = _linear_heads(wi, bi, num_heads)
             out[f"{h}/attn/out_kernel"] = _out_heads(sd.pop(f"{v}.head.attention.out_proj.weight"), num_heads)
             out[f"{h}/attn/out_bias"] = sd.pop(f"{v}.head.attention.out_proj.bias")
-            out[f"{h}/ln/scale"] = sd.pop(f"{v}.head.layernorm.weight")
-            out[f"{h}/ln/bias"] = sd.pop(f"{v}.head.layernorm.bias")
+            _hf_ln(sd, f"{v}.head.layernorm", f"{h}/ln", out)
             _hf_mlp(sd, f"{v}.head.mlp", f"{h}/mlp", out)
     if f"{t}.embeddings.token_embedding.weight" in sd:
         out["txt/embedding/embedding"] = sd.pop(f"{t}.embeddings.token_embedding.weight")
-        out["txt/pos_embedding"] = sd.pop(f"{t}.embeddings.position_embedding.weight")[None]
-        _hf_encoder(sd, f"{t}.encoder", "txt/encoder", th, out)
-        out["txt/encoder/ln_final/scale"] = sd.pop(f"{t}.final_layer_norm.weight")
-        out["txt/encoder/ln_final/bias"] = sd.pop(f"{t}.final_layer_norm.bias")
+        _hf_tower(sd, t, "txt", th, "final_layer_norm", out)
         if f"{t}.head.weight" in sd:
             out["txt/head/kernel"] = sd.pop(f"{t}.head.weight").T
             out["txt/head/bias"] = sd.pop(f"{t}.head.bias")

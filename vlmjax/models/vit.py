@@ -50,9 +50,8 @@ class PatchEmbed(nn.Module):
     """Non-overlapping patch embedding: float[B, H, W, C] -> float[B, H/ph, W/pw, D].
 
     The same parameters as `nn.Conv(D, (ph, pw), strides=(ph, pw), padding="VALID")` (kernel float[ph, pw, C, D],
-    bias float[D]), computed as patchify + one matmul: with kernel = stride the convolution IS that matmul. On XLA:CPU
-    the strided convolution (3.6 ms at the scenes sizes, batch 64) and its weight gradient, an rhs-dilated
-    convolution of a transposed input (3.9 + 3.8 ms), become two GEMMs and one patch transpose (2.6 + 2.0 + 5.5 ms).
+    bias float[D]), computed as patchify + one matmul (`token_dot`): with kernel = stride the convolution IS that
+    matmul, and its gradients are GEMMs instead of strided / rhs-dilated convolutions (docs/contrastive.md).
     """
 
     features: int
