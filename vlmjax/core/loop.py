@@ -18,10 +18,11 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vlmjax.data import ops as data_ops
 from vlmjax.data.pipeline import VALID_KEY, TrainIterator, eval_batches, make_source
+from vlmjax.evaluators import validate_and_build
 from vlmjax.tasks import get_task_class
 from vlmjax.core import config as config_lib
 from vlmjax.core.checkpoint import (Checkpointer, check_init_from, load_imported_params, load_params_numpy,
-                                     merge_params)
+                                     merge_params, read_variables)
 from vlmjax.core.distributed import PreemptionWatcher
 from vlmjax.core.flops import peak_flops, step_flops
 from vlmjax.core.mesh import (batch_sharding, like_params_shardings, logical_shardings, make_mesh,
@@ -30,6 +31,7 @@ from vlmjax.core.metrics import MetricWriter, Progress
 from vlmjax.core.optim import make_optimizer
 from vlmjax.core.restore_check import check_resume_config
 from vlmjax.core.run_paths import record_launch_dir
+from vlmjax.core.runtime import Runtime
 
 
 def log(msg: str) -> None:
@@ -37,8 +39,9 @@ def log(msg: str) -> None:
         print(msg, flush=True)
 
 
-class Trainer:
-    """Holds the compiled pieces of one experiment; `run()` trains, `evaluate()` runs the evaluators."""
+class Trainer(Runtime):
+    """Holds the compiled pieces of one experiment; `run()` trains, `evaluate()` runs the evaluators (it is the
+    `runtime` they run on: vlmjax/evaluators/base.py)."""
 
     allow_config_change = False  # resume a workdir under a changed lr, total_steps, ... (restore_check.WITH_FLAG)
 
@@ -57,12 +60,11 @@ class Trainer:
                 raise ValueError(f"{where}: {e}") from None
         check_init_from(cfg.init_from)
         self.task = task_cls(cfg)
-        self.task.validate()
+        self.evaluators = validate_and_build(self.task)  # config.evals checked once, and kept
         devices = jax.devices() if devices is None else list(devices)
         config_lib.check_runtime(cfg, len(devices), jax.process_count())
-        self.mesh = make_mesh(cfg.mesh, devices)
-        self.rules = rules_from_config(cfg.sharding_rules)
-        self.evaluators = self.task.evaluators()
+        super().__init__(make_mesh(cfg.mesh, devices), rules_from_config(cfg.sharding_rules))
+        self.task.batch_axes = self.batch_axes
         self._log_eval_padding()
         self._eval_sources = {}
         if open_data:  # a missing split fails now, not after an hour of training
@@ -71,12 +73,20 @@ class Trainer:
             for name, ev in cfg.evals.items():
                 self._eval_source(ev.data)
         self.tx, self.schedule = make_optimizer(cfg.optimizer, cfg.schedule, cfg.total_steps)
+        self._load_frozen_runs()
         self._build_state_shardings()
         self._train_step = None
         self._compiled = None
         self._predict_cache = {}
 
     # -- state -----------------------------------------------------------------------------------------------------
+    def _load_frozen_runs(self):
+        """The trained runs the task carries frozen (Task.frozen_runs), read once, before init."""
+        for name, (workdir, where) in self.task.frozen_runs().items():
+            if name not in self.task.frozen:
+                _, state = read_variables(workdir, ("params", "model_state"), where=where)
+                self.task.frozen[name] = {"params": state["params"], **state.get("model_state", {})}
+
     def _dummy(self):
         from vlmjax.core.mesh import data_parallel_size
 
@@ -224,23 +234,27 @@ class Trainer:
                 log(f"config.evals.{name}.data.batch_size={ev.data.batch_size} is padded to {size}, a multiple of "
                     f"the data-parallel size {data_parallel_size(self.mesh)}; padding rows are not counted")
 
-    def batches(self, data_cfg):
-        """Global eval batches for a data config (with `_valid`), padded to a multiple of the data-parallel size."""
+    def batches(self, data_cfg, example_fn=None):
+        """Global eval batches for a data config (with `_valid`), padded to a multiple of the data-parallel size;
+        `example_fn` (an evaluator's) is applied to each example after the task's preprocessing."""
         source = self._eval_source(data_cfg)
         pre = self.task.preprocess_fn(data_cfg, train=False)
+        if example_fn is not None:
+            task_pre = pre
+            pre = lambda example, rng: example_fn(task_pre(example, rng))  # noqa: E731
         local = self._eval_batch_size(data_cfg) // jax.process_count()
         for b in eval_batches(source, pre, batch_size=local, process_index=jax.process_index(),
                               process_count=jax.process_count(), max_examples=data_cfg.max_examples or None):
             yield self._global_batch(b)
 
-    def predict_all(self, predict, variables, data_cfg) -> dict:
+    def predict_all(self, predict, variables, data_cfg, example_fn=None) -> dict:
         """Run `predict` over the whole split; per-example outputs of the valid rows, on every host."""
         if predict not in self._predict_cache:
             self._predict_cache[predict] = jax.jit(predict, out_shardings=batch_sharding(self.mesh))
         fn = self._predict_cache[predict]
         chunks = []
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-            for batch in self.batches(data_cfg):
+            for batch in self.batches(data_cfg, example_fn):
                 out = fn(variables, batch)
                 out[VALID_KEY] = batch[VALID_KEY]
                 chunks.append(multihost_utils.process_allgather(out, tiled=True))

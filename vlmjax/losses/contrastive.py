@@ -19,8 +19,6 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
-BATCH_AXES = ("data", "fsdp")
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Single-device definitions (the reference every sharded version must match).
@@ -295,8 +293,11 @@ def _make_ring(kind, mesh, axes, n):
 
 
 def make_loss_fn(kind: str, impl: str = "dense", mesh: Optional[Mesh] = None,
-                 batch_axes: Sequence[str] = BATCH_AXES):
+                 batch_axes: Sequence[str] = ("data", "fsdp")):
     """Contrastive loss for a global batch sharded over `batch_axes` on dim 0, to call inside jit.
+
+    The trainer passes its mesh's batch axes (the task's `batch_axes`); the default names the core's
+    data-parallel axes, for callers that build a loss on a mesh by hand.
 
     kind: 'sigmoid' | 'softmax'; impl: 'dense' | 'all_gather' | 'ring'. Returns
     fn(zimg float[B, D], ztxt float[B, D], log_t float[], bias float[] | None) -> (float[] loss, metrics dict).

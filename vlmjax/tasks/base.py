@@ -1,38 +1,19 @@
 """The contract between the trainer core and a model family.
 
 A task says how to build the model, what its variables look like, how to compute the loss and train metrics,
-and which evaluators and predict functions it offers. The core owns everything else: mesh, sharding, optimizer,
-loop, checkpoints, input pipeline, logging. Tasks never import `vlmjax.core`.
+and which predict functions and evaluator kinds it offers (`vlmjax.evaluators` builds `config.evals` over them).
+The core owns everything else: mesh, sharding, optimizer, loop, checkpoints, input pipeline, logging. Tasks never
+import `vlmjax.core` and never place arrays on devices.
 
 Batches are dicts of arrays whose leading dimension is the (global) batch. Model variables are
 `{'params': ..., **collections}`: any collection other than 'params' (EMA codebooks, ...) is model state that the
 loss may update; the core carries it in the train state and checkpoints it.
 """
-import dataclasses
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Sequence
 
 import numpy as np
 
 Metrics = Dict[str, Any]
-
-
-@dataclasses.dataclass
-class Evaluator:
-    """Runs over one split and returns `{metric: float}` (logged as `eval/<name>/<metric>`).
-
-    The default `run` streams `runtime.batches(data)` through `predict` (jitted by the core with the mesh's
-    shardings), gathers the per-example outputs of valid rows to the host and calls `reduce` on them.
-    Evaluators that need a set-up pass (e.g. zero-shot class embeddings) override `run`.
-    """
-
-    data: Any  # ConfigDict: name, split, data_dir, preprocess, batch_size, max_examples
-    predict: Optional[Callable] = None  # (variables, batch) -> {key: Array[B, ...]}
-    reduce: Optional[Callable] = None  # ({key: np.ndarray[N, ...]}) -> {metric: float}
-    images: Optional[Callable] = None  # (variables, runtime) -> {name: uint8[N, H, W, 3]} for TensorBoard grids
-
-    def run(self, variables, runtime) -> Metrics:
-        outputs = runtime.predict_all(self.predict, variables, self.data)
-        return self.reduce(outputs)
 
 
 class Task:
@@ -42,9 +23,16 @@ class Task:
     mutable: Sequence[str] = ()
     # Modules' rng streams used in training besides 'dropout'.
     rng_streams: Sequence[str] = ("dropout",)
+    # Kinds of `config.evals.<name>.type` this task's predict fns serve (vlmjax.evaluators), in the order the
+    # "this task offers ..." message lists them.
+    eval_kinds: Sequence[str] = ()
+    # Mesh axes the batch dimension is split over: set by the core once it has built the mesh (a loss that
+    # communicates across the batch, e.g. the contrastive ring, names them); () = not sharded.
+    batch_axes: Sequence[str] = ()
 
     def __init__(self, config):
         self.config = config
+        self.frozen = {}  # name -> variables of a run named by frozen_runs(), filled by the core
         self._device_fn = _device_preprocess_fn(config)  # a bad spec fails here, before anything compiles
 
     @classmethod
@@ -54,7 +42,14 @@ class Task:
 
     # -- set-up ---------------------------------------------------------------------------------------------------
     def validate(self) -> None:
-        """Checks that must pass before anything compiles (model keys, files). Raise ValueError naming the key."""
+        """Checks that must pass before anything compiles (model keys, files). Raise ValueError naming the key.
+        `config.evals` is checked once, by building the evaluators (vlmjax.evaluators.validate_and_build)."""
+
+    def frozen_runs(self) -> Dict[str, tuple]:
+        """{name: (workdir, config key)} of trained runs whose variables this task carries frozen (e.g. a VQ
+        tokenizer). The core reads each one's latest checkpoint (`{'params', **model_state}` as host numpy) before
+        `init` and puts it in `self.frozen[name]`."""
+        return {}
 
     def preprocess_fn(self, data_cfg, train: bool) -> Callable:
         """Per-example preprocessing `fn(example, rng) -> dict` for a data config."""
@@ -90,10 +85,8 @@ class Task:
         """Host-side checks on each batch before it is sent to devices (e.g. no supervised token)."""
 
     # -- evaluation / inference ----------------------------------------------------------------------------------
-    def evaluators(self) -> Dict[str, Evaluator]:
-        return {}
-
     def predict_fns(self) -> Dict[str, Callable]:
+        """{name: jit-able fn(variables, ...)}: what evaluators and the API run."""
         return {}
 
 

@@ -4,12 +4,14 @@ import numpy as np
 
 from vlmjax.losses.classification import softmax_xent
 from vlmjax.models.vit import ViT
-from vlmjax.tasks.base import Evaluator, Task
+from vlmjax.tasks.base import Task
 from vlmjax.tasks.model_config import build_module
 
 
 class ClassificationTask(Task):
     """Batch: `image` float[B, H, W, 3], `label` int[B]."""
+
+    eval_kinds = ("classification",)
 
     def __init__(self, config):
         super().__init__(config)
@@ -36,25 +38,9 @@ class ClassificationTask(Task):
         acc = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
         return xent.mean(), ({"accuracy": acc}, state)
 
-    def evaluators(self):
-        evals = {}
-        for name, cfg in self.config.evals.items():
-            if cfg.type != "classification":
-                raise ValueError(f"config.evals.{name}.type={cfg.type!r}: this task offers 'classification'")
-            evals[name] = Evaluator(data=cfg.data, predict=self._predict, reduce=_reduce_accuracy)
-        return evals
-
-    def _predict(self, variables, batch):
-        logits, _ = self.model.apply(variables, batch["image"], train=False)
-        return {"correct": jnp.argmax(logits, -1) == batch["label"],
-                "loss": softmax_xent(logits, batch["label"])}
-
     def predict_fns(self):
         def predict(variables, images):
             logits, _ = self.model.apply(variables, images, train=False)
             return logits
         return {"logits": predict}
 
-
-def _reduce_accuracy(out):
-    return {"accuracy": float(np.mean(out["correct"])), "loss": float(np.mean(out["loss"]))}

@@ -1,8 +1,9 @@
 """Building flax modules from `config.model`, with unknown keys reported by name before anything compiles."""
 import dataclasses
-import difflib
 
 import jax.numpy as jnp
+
+from vlmjax.names import did_you_mean
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -11,9 +12,8 @@ def check_keys(cfg, allowed, where: str) -> None:
     """Raise ValueError naming the first key of `cfg` not in `allowed` (with a close match if there is one)."""
     for key in cfg.keys():
         if key not in allowed:
-            close = difflib.get_close_matches(key, list(allowed), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"unknown key {where}.{key}{hint}; known keys: {', '.join(sorted(allowed))}")
+            raise ValueError(f"unknown key {where}.{key}{did_you_mean(key, allowed)}; known keys: "
+                             f"{', '.join(sorted(allowed))}")
 
 
 def build_module(cls, cfg, where: str = "config.model", **overrides):

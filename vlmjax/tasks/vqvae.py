@@ -4,12 +4,7 @@ Batch: `image` float[B, H, W, 3] in [-1, 1] (the `value_range` op's default). Th
 codebook, restart offsets, usage window) live in the 'vq_stats' collection, carried by the core as model state;
 dead-code restarts draw from the 'vq' rng stream.
 
-Evaluators (`config.evals.<name>.type`):
-  recon     psnr, ssim (per image, then averaged over the split; images in [-1, 1], reconstructions clipped to it),
-            l1; plus a TensorBoard grid of `num_images` originals each next to its reconstruction.
-  codebook  usage (fraction of the K codes hit at least once over the whole split) and perplexity (exp entropy of
-            the split's code histogram, K = all codes equally used).
-Predict functions (the tokenizer API, jit-able; the prefix-LM uses them): `encode(variables, images) ->
+Evaluators (`config.evals.<name>.type`): recon, codebook (vlmjax/evaluators/). Predict functions (the tokenizer API, jit-able; the prefix-LM uses them): `encode(variables, images) ->
 int32[B, h, w]`, `decode(variables, codes) -> float32[B, H, W, 3]` in [-1, 1], `reconstruct(variables, images)`.
 
 Optional VQGAN-style adversarial loss (`config.adversarial`, off while `weight` is 0, the default): a PatchGAN
@@ -23,20 +18,16 @@ The tokenizer API ignores `params['disc']`.
 """
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from vlmjax.losses.adversarial import adversarial_gate, adversarial_loss
-from vlmjax.losses.vq import RECON_KINDS, codebook_usage, perplexity, vqvae_loss
+from vlmjax.losses import image_metrics
+from vlmjax.losses.vq import RECON_KINDS, vqvae_loss
 from vlmjax.models.discriminator import PatchDiscriminator
 from vlmjax.models.vqvae import VQVAE
-from vlmjax.tasks import image_metrics
-from vlmjax.tasks.base import Evaluator, Task
-from vlmjax.tasks.model_config import build_module, check_keys
+from vlmjax.tasks.base import Task
+from vlmjax.tasks.model_config import build_module
 
-EVAL_TYPES = ("recon", "codebook")
-EVAL_KEYS = {"recon": ("type", "every_steps", "data", "num_images"), "codebook": ("type", "every_steps", "data")}
-DEFAULT_NUM_IMAGES = 8
 DISC = "disc"  # key of the discriminator's params in `params`
 ADVERSARIAL_DEFAULTS = dict(weight=0.0, start_step=0, disc_channels=64, disc_layers=3, disc_norm_groups=8)
 
@@ -52,6 +43,7 @@ class VQVAETask(Task):
 
     mutable = ("vq_stats",)
     rng_streams = ("dropout", "vq")
+    eval_kinds = ("recon", "codebook")
 
     def __init__(self, config):
         super().__init__(config)
@@ -79,7 +71,6 @@ class VQVAETask(Task):
                    else "config.model.patch_size")
             raise ValueError(f"config.image_size={s} is not divisible by the downsampling factor f={f} ({why})")
         self._validate_adversarial()
-        self.evaluators()  # unknown evaluator types and keys fail here, before anything compiles
 
     def _validate_adversarial(self):
         adv = self.config.adversarial
@@ -141,61 +132,3 @@ class VQVAETask(Task):
 
     def predict_fns(self):
         return {"encode": self.encode, "decode": self.decode, "reconstruct": self.reconstruct}
-
-    # -- evaluation -----------------------------------------------------------------------------------------------
-    def evaluators(self):
-        evals = {}
-        for name, cfg in self.config.evals.items():
-            kind = cfg.get("type", "")
-            if kind not in EVAL_TYPES:
-                raise ValueError(f"config.evals.{name}.type={kind!r}: this task offers {', '.join(EVAL_TYPES)}")
-            check_keys(cfg, EVAL_KEYS[kind], f"config.evals.{name}")
-            if kind == "recon":
-                evals[name] = Evaluator(data=cfg.data, predict=self._predict_recon, reduce=reduce_recon,
-                                        images=self._images_hook(cfg))
-            else:
-                evals[name] = Evaluator(data=cfg.data, predict=self._predict_codes,
-                                        reduce=lambda out: reduce_codebook(out, self.model.num_codes))
-        return evals
-
-    def _predict_recon(self, variables, batch):
-        images = batch["image"]
-        recon = self.reconstruct(variables, images)
-        return {"psnr": image_metrics.psnr(images, recon), "ssim": image_metrics.ssim(images, recon),
-                "l1": jnp.mean(jnp.abs(images - recon), axis=(1, 2, 3))}
-
-    def _predict_codes(self, variables, batch):
-        return {"codes": self.encode(variables, batch["image"])}
-
-    def reconstruct_batch(self, variables, batch):
-        """{'image': float[B, H, W, 3]} -> {'image', 'recon'}: originals and reconstructions (for predict_all)."""
-        return {"image": batch["image"], "recon": self.reconstruct(variables, batch["image"])}
-
-    def _images_hook(self, cfg):
-        """(variables, runtime) -> {'reconstructions': uint8[N, H, 2W, 3]}: the first N examples of the split, each
-        original with its reconstruction on its right."""
-        n = int(cfg.get("num_images", DEFAULT_NUM_IMAGES))
-        if n <= 0:
-            return None
-        data = ml_collections.ConfigDict(cfg.data.to_dict())
-        data.max_examples = min(n, data.max_examples) if data.max_examples else n
-
-        def hook(variables, runtime):
-            # Through the runtime's predict_all: same mesh, shardings and logical rules as the metrics pass.
-            out = runtime.predict_all(self.reconstruct_batch, variables, data)
-            return {"reconstructions": np.asarray(image_metrics.to_uint8(
-                np.concatenate([out["image"], out["recon"]], axis=2)))}
-
-        return hook
-
-
-def reduce_recon(out):
-    """Per-image psnr/ssim/l1 arrays -> their means over the split."""
-    return {k: float(np.mean(out[k])) for k in ("psnr", "ssim", "l1")}
-
-
-def reduce_codebook(out, num_codes: int):
-    """Codes int[N, h, w] of the whole split -> usage (fraction of codes used) and perplexity."""
-    counts = np.bincount(np.asarray(out["codes"]).reshape(-1), minlength=num_codes)
-    return {"usage": float(codebook_usage(counts)), "perplexity": float(perplexity(jnp.asarray(counts))),
-            "codes_used": float(np.sum(counts > 0))}
