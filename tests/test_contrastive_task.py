@@ -120,7 +120,7 @@ def test_evaluators_end_to_end(siglip_run, tmp_path):
     strings), on 60 images in batches of 32 (so padding rows are in play); wrong class names must hurt."""
     import tensorflow_datasets as tfds
 
-    from vlmjax.tasks.contrastive import tokenize_texts
+    from vlmjax.tasks.text_inputs import tokenize_texts
     from vlmjax.cli.evaluate import evaluate_workdir
     from vlmjax.cli.zeroshot import load_run
 
@@ -135,7 +135,7 @@ def test_evaluators_end_to_end(siglip_run, tmp_path):
     zimg = unit(np.asarray(jax.jit(lambda v, x: task.model.apply(v, images=x)[0])(v, images), np.float64))
 
     def embed(texts):
-        ids, mask = tokenize_texts(task._tokenize_fn(), texts)
+        ids, mask = tokenize_texts(task.text_tokenize_fn(), texts)
         return unit(np.asarray(jax.jit(lambda v, i, m: task.model.apply(v, text=i, text_mask=m)[1])(v, ids, mask),
                                np.float64))
 
@@ -320,10 +320,10 @@ def test_zeroshot_cli_on_png(siglip_run, tmp_path):
     x = img[None].astype(np.float32) / 127.5 - 1
     # By hand, from the two towers' raw embeddings and the t, b parameters (SigLIP: p = sigmoid(e^t' cos + b)),
     # each label's text embedding the renormalised mean of its unit prompt embeddings (CLIP's ensemble).
-    from vlmjax.tasks.contrastive import tokenize_texts
+    from vlmjax.tasks.text_inputs import tokenize_texts
 
     unit = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)  # noqa: E731
-    ids, mask = tokenize_texts(task._tokenize_fn(), [p for ps in prompts for p in ps])
+    ids, mask = tokenize_texts(task.text_tokenize_fn(), [p for ps in prompts for p in ps])
     zimg = np.asarray(task.model.apply({"params": params}, images=jnp.asarray(x))[0], np.float64)
     ztxt = np.asarray(task.model.apply({"params": params}, text=ids, text_mask=mask)[1], np.float64)
     label_emb = unit(unit(ztxt).reshape(len(labels), len(templates), -1).mean(axis=1))
@@ -354,7 +354,7 @@ def test_zeroshot_cli_on_png(siglip_run, tmp_path):
 def test_zeroshot_prompt_sources_and_their_errors(tmp_path):
     """Templates fill each class name; `class_prompts` (a JSON file or "module:function") gives per-class lists; a
     wrong source is one error that names the key (before anything compiles)."""
-    from vlmjax.tasks.contrastive import zeroshot_prompts
+    from vlmjax.evaluators.zeroshot import zeroshot_prompts
 
     names = ["red circle", "blue cross"]
     cd = ml_collections.ConfigDict

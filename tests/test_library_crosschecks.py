@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from vlmjax.losses import contrastive
-from vlmjax.tasks import cider as cider_lib
-from vlmjax.tasks import image_metrics
+from vlmjax.evaluators import cider as cider_lib
+from vlmjax.losses import image_metrics
 
 
 # -- CIDEr-D vs pycocoevalcap ---------------------------------------------------------------------------------------

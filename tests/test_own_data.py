@@ -138,7 +138,8 @@ def test_docs_folder_to_siglip_run(tmp_path, monkeypatch):
     # The retrieval evaluator reads webdataset's one caption per image as one caption (not its characters).
     data = trainer.evaluators["retrieval"].data
     example = make_source(data, data.split)[0]
-    ex = trainer.task.preprocess_fn(data, train=False)(example, np.random.default_rng(0))
+    ex = trainer.evaluators["retrieval"].example_fn(trainer.task.preprocess_fn(data, train=False)(example,
+                                                                                   np.random.default_rng(0)))
     tok = trainer.task.tokenizer()
     ids = tok.encode(example["caption"]) + [tok.eos_id]
     np.testing.assert_array_equal(ex["captions"][0, :len(ids)], ids)

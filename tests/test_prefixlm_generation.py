@@ -12,7 +12,9 @@ import pytest
 
 from test_prefixlm_task import PRE_LEN, _cider_reference, exp, tiny_config, tok_path  # noqa: F401  (fixture)
 from vlmjax.data.ops import get_preprocess_fn
-from vlmjax.tasks import prefixlm
+from vlmjax.evaluators import build_evaluators
+from vlmjax.tasks import image_generation
+from vlmjax.tasks.chat_prompts import generate_images, prompt_batch
 from vlmjax.core.config import set_dotted
 
 # A tiny VQ-VAE (f2, 16 codes): 8 px images are 4 x 4 codes, `<|boi|> 16 codes <|eoi|>` = 18 image tokens.
@@ -83,7 +85,7 @@ def vq(scenes_tiny_dir, tok_path, tmp_path_factory):
 
     def make(**over):
         task = PrefixLMTask(vq_config(scenes_tiny_dir, tok_path, str(vq_dir), **over))
-        task._vq_vars = jax.tree.map(np.asarray, vq_vars)
+        task.frozen["vqvae"] = jax.tree.map(np.asarray, vq_vars)
         return task
 
     task = make()
@@ -176,7 +178,7 @@ def test_image_last_puts_supervised_image_tokens_after_the_text(vq):
         other["image_codes"][row, 1, 2] = (other["image_codes"][row, 1, 2] + 5) % N_CODES
         np.testing.assert_allclose(float(loss_fn(params, other)[0]), hand_loss(task, params, other, 0.5)[0], rtol=1e-5)
     # Evaluation perplexity (the evaluator's predict + reduce) counts the text tokens only, never the image ones.
-    ev = task.evaluators()["ppl"]
+    ev = build_evaluators(task)["ppl"]
     out = jax.tree.map(np.asarray, jax.jit(ev.predict)(variables, batch))
     text = [(b, c) for b, c, img in hand_token_ce(task, params, batch) if not img]
     np.testing.assert_array_equal(out["count"], [sum(b == r for b, _ in text) for r in range(4)])
@@ -272,17 +274,17 @@ def test_generate_image_samples_only_image_tokens_with_guidance(vq, monkeypatch)
     params = variables["params"]
     v, vocab = task.model.text_vocab_size, task.model.vocab_size
     captions = ["a large red circle", "two shapes: a small blue square left of a green cross"]
-    tokens, mask = task.prompt_batch(captions)
+    tokens, mask = prompt_batch(task, captions)
     assert mask[0].sum() < mask[1].sum()  # mixed prompt lengths: padding inside the guided prefix
     seen = {}
-    real_decode = prefixlm.decode
+    real_decode = image_generation.decode
 
     def spy(*args, **kw):
         out, logits = real_decode(*args, return_logits=True, **kw)
         seen.update(tokens=np.asarray(out), logits=np.asarray(logits), kw=kw)
         return out
 
-    monkeypatch.setattr(prefixlm, "decode", spy)
+    monkeypatch.setattr(image_generation, "decode", spy)
     null = _null_text(task)
     null_tokens = np.broadcast_to(null["tokens"][:3], (2, 3))
     vq_decode = jax.jit(lambda vv, c: task.vq_model.apply(vv, c, method=VQVAE.decode))
@@ -292,8 +294,8 @@ def test_generate_image_samples_only_image_tokens_with_guidance(vq, monkeypatch)
         return np.round((np.clip(p, -1, 1) + 1) * 127.5).astype(np.uint8)
 
     for scale in (3.0, None):
-        pixels = np.asarray(task.generate_image(variables, tokens, mask, jax.random.PRNGKey(0), cfg_scale=scale,
-                                                top_k=1))
+        pixels = np.asarray(image_generation.generate_image(task, variables, tokens, mask, jax.random.PRNGKey(0),
+                                                            cfg_scale=scale, top_k=1))
         out = seen["tokens"]
         assert out.shape == (2, GRID * GRID) and pixels.shape == (2, VQ_SIZE, VQ_SIZE, 3) and pixels.dtype == np.uint8
         assert ((out >= v) & (out < v + N_CODES)).all(), out
@@ -312,14 +314,14 @@ def test_generate_image_samples_only_image_tokens_with_guidance(vq, monkeypatch)
         if scale == 3.0:
             guided_pixels = pixels
     # Stochastic sampling at a high temperature still draws image tokens only, and more than one of them.
-    task.generate_image(variables, tokens, mask, jax.random.PRNGKey(1), cfg_scale=3.0, temperature=3.0)
+    image_generation.generate_image(task, variables, tokens, mask, jax.random.PRNGKey(1), cfg_scale=3.0, temperature=3.0)
     out = seen["tokens"]
     assert ((out >= v) & (out < v + N_CODES)).all(), out
     assert len(np.unique(out)) > 4
     monkeypatch.undo()  # the host helper jits generate_image: no spy inside
     # The host helper (jitted, prompts from strings) draws the same images; cfg_scale 1 is the plain conditional.
-    np.testing.assert_array_equal(task.generate_images(variables, captions, cfg_scale=3.0, top_k=1), guided_pixels)
-    np.testing.assert_array_equal(task.generate_images(variables, captions, cfg_scale=1.0, top_k=1), pixels)
+    np.testing.assert_array_equal(generate_images(task, variables, captions, cfg_scale=3.0, top_k=1), guided_pixels)
+    np.testing.assert_array_equal(generate_images(task, variables, captions, cfg_scale=1.0, top_k=1), pixels)
 
 
 # ---- the caption and perplexity evaluators, end to end through the trainer ----------------------------------------

@@ -12,7 +12,8 @@ from PIL import Image
 
 from vlmjax.data.ops import get_preprocess_fn
 from vlmjax.models.masks import make_attn_mask
-from vlmjax.tasks import cider
+from vlmjax.evaluators import cider
+from vlmjax.tasks.chat_prompts import answer_texts
 from vlmjax.core.config import set_dotted
 from vlmjax.core.loop import Trainer, train
 from vlmjax.core.metrics import read_metrics
@@ -279,7 +280,7 @@ def test_predict_cli_answers_about_a_png(two_stage, tmp_path, capsys):
     task, variables = predict_cli.load_run(two_stage[1])
     imgs = [scenes.render_scene(scenes.example_seed("test", i), 32)[0] for i in range(16)]
     as_input = lambda ims: np.stack(ims).astype(np.float32) / 127.5 - 1.0  # noqa: E731  training's value_range
-    answers = task.answer_texts(variables, as_input(imgs), [question] * len(imgs), 4)
+    answers = answer_texts(task, variables, as_input(imgs), [question] * len(imgs), 4)
     assert set(answers) <= set(scenes.COLORS) | {""}, answers  # the chat model answers with a colour word
     first = answers[0]
     other = next((i for i, a in enumerate(answers) if a != first), None)
@@ -288,7 +289,7 @@ def test_predict_cli_answers_about_a_png(two_stage, tmp_path, capsys):
     for i in (0, other):
         paths.append(str(tmp_path / f"scene{i}.png"))
         Image.fromarray(imgs[i]).save(paths[-1])
-    want = task.answer_texts(variables, as_input([imgs[0], imgs[other]]), [question] * 2, 4)
+    want = answer_texts(task, variables, as_input([imgs[0], imgs[other]]), [question] * 2, 4)
     assert want == [answers[0], answers[other]]
     capsys.readouterr()
     rc = predict_cli.main(["--workdir", two_stage[1], "--image", paths[0], "--image", paths[1], "--prompt", question,

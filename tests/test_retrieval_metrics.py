@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from vlmjax.tasks.retrieval_metrics import (PROMPT_TEMPLATES, class_scores, retrieval_recall, zeroshot_accuracy,
-                                            zeroshot_classifier)
+from vlmjax.evaluators.retrieval_metrics import (PROMPT_TEMPLATES, class_scores, retrieval_recall,
+                                                 zeroshot_accuracy, zeroshot_classifier)
 
 
 def unit(*v):

@@ -9,8 +9,11 @@ import pytest
 from PIL import Image
 
 from vlmjax.cli import vq as vq_cli
-from vlmjax.tasks.image_metrics import psnr, ssim, to_uint8
-from vlmjax.tasks.vqvae import VQVAETask, reduce_codebook
+from vlmjax.losses.image_metrics import psnr, ssim, to_uint8
+from vlmjax.evaluators import validate_and_build
+from vlmjax.evaluators.codebook import predict_codes, reduce_codebook
+from vlmjax.evaluators.recon import reconstruct_batch
+from vlmjax.tasks.vqvae import VQVAETask
 from vlmjax.core import config as config_lib
 from vlmjax.core.loop import Trainer
 
@@ -127,7 +130,7 @@ def tiny_config(data_dir, **over):
 def test_validation_messages(over, message):
     with pytest.raises(ValueError) as e:
         cfg = config_lib.resolve(tiny_config("", **over), VQVAETask.config_defaults())
-        VQVAETask(cfg).validate()
+        validate_and_build(VQVAETask(cfg))
     assert message in str(e.value)
 
 
@@ -153,7 +156,7 @@ def trained(scenes_tiny_dir, tmp_path_factory):
     final = t.run()
     variables = {"params": t.state["params"], **t.state["model_state"]}
     # Originals and reconstructions of the evaluated examples, through the function the image grid uses.
-    out = t.predict_all(t.task.reconstruct_batch, variables, t.config.evals.recon.data)
+    out = t.predict_all(reconstruct_batch(t.task), variables, t.config.evals.recon.data)
     return t, wd, final, variables, out
 
 
@@ -211,7 +214,7 @@ def test_cli_encode_decode_round_trip(trained, tmp_path, capsys):
     assert codes.shape == (2, 16, 16) and codes.dtype == np.int32
     # The PNG holds the test image exactly, so the codes are the codebook evaluator's codes for it (the checkpoint
     # is the final state).
-    want = t.predict_all(t.task._predict_codes, variables, t.config.evals.codebook.data)["codes"][:2]
+    want = t.predict_all(predict_codes(t.task), variables, t.config.evals.codebook.data)["codes"][:2]
     np.testing.assert_array_equal(codes, want)
 
     np.save(codes_path, codes[1])  # one image's codes [h, w]

@@ -166,7 +166,7 @@ class Classifier(RunModel):
     def label_names(self) -> list:
         """The training data's ClassLabel names (tfds `label` feature), or '0', '1', ... when it has none."""
         if self._label_names is None:
-            from vlmjax.tasks.contrastive import dataset_class_names
+            from vlmjax.evaluators.zeroshot import dataset_class_names
 
             n = int(self.config.num_classes)
             try:
@@ -216,7 +216,10 @@ class TwoTowerModel(RunModel):
     def embed_texts(self, texts) -> np.ndarray:
         """str or list of N str -> float32[N, D] (tokenized like the training text)."""
         texts = [texts] if isinstance(texts, str) else list(texts)
-        return self.task.embed_texts(self.variables, texts, self._mesh())
+        from vlmjax.core.runtime import Runtime
+        from vlmjax.evaluators.zeroshot import embed_texts
+
+        return embed_texts(self.task, self.variables, texts, Runtime.for_mesh(self._mesh()))
 
     def zeroshot(self, images, labels, eval_name: str = "") -> np.ndarray:
         """images, C label strings -> float32[N, C] probabilities.
@@ -250,7 +253,7 @@ def label_prompts(config, labels, eval_name: str = "") -> tuple:
     templates, or its `class_prompts` table, which must hold every label)."""
     import ml_collections
 
-    from vlmjax.tasks.contrastive import zeroshot_prompts
+    from vlmjax.evaluators.zeroshot import zeroshot_prompts
 
     ev = zeroshot_eval(config, eval_name)
     return zeroshot_prompts(ev if ev is not None else ml_collections.ConfigDict(), labels,
@@ -261,12 +264,14 @@ def zeroshot_probabilities(task, variables, images, prompts, aggregate: str = "m
     """Preprocessed images float32[N, H, W, 3], C prompt lists -> float32[N, C] (see TwoTowerModel.zeroshot)."""
     import jax
 
-    from vlmjax.tasks.retrieval_metrics import class_scores
+    from vlmjax.evaluators.retrieval_metrics import class_scores
     from vlmjax.core.mesh import make_mesh
+    from vlmjax.core.runtime import Runtime
+    from vlmjax.evaluators.zeroshot import class_embeddings
 
     mesh = mesh or make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
     zimg, _, out = jax.jit(lambda v, x: task.model.apply(v, images=x))(variables, images)
-    classes = task.class_embeddings(variables, prompts, mesh, aggregate)
+    classes = class_embeddings(task, variables, prompts, Runtime.for_mesh(mesh), aggregate)
     logits = float(out["temperature"]) * class_scores(np.asarray(zimg), classes)
     if task.config.loss == "sigmoid":
         return (1 / (1 + np.exp(-(logits + float(out.get("bias", 0.0)))))).astype(np.float32)
@@ -296,7 +301,7 @@ class ImageTokenizer(RunModel):
         return np.asarray(self._jit("encode", self.task.encode)(self.variables, x))
 
     def decode(self, codes) -> np.ndarray:
-        from vlmjax.tasks.image_metrics import to_uint8
+        from vlmjax.losses.image_metrics import to_uint8
 
         codes = np.asarray(codes)
         codes = codes[None] if codes.ndim == 2 else codes
@@ -319,7 +324,9 @@ class PrefixLM(RunModel):
         prompts = [prompts] * len(x) if isinstance(prompts, str) else list(prompts)
         if len(prompts) != len(x):
             raise ValueError(f"{len(prompts)} prompts for {len(x)} images")
-        out = self.task.answer_texts(self.variables, x, prompts, max_new_tokens)
+        from vlmjax.tasks.chat_prompts import answer_texts
+
+        out = answer_texts(self.task, self.variables, x, prompts, max_new_tokens)
         return out[0] if single else out
 
     def generate(self, captions, seed: int = 0, cfg_scale: float = 3.0, temperature: float = 1.0,
@@ -329,5 +336,7 @@ class PrefixLM(RunModel):
             raise ValueError(f"workdir {self.workdir!r}: config.image_input={self.config.image_input!r}; generating "
                              f"images needs a VQ-image run (image_input='vq')")
         captions = [captions] if isinstance(captions, str) else list(captions)
-        return self.task.generate_images(self.variables, captions, seed=seed, cfg_scale=cfg_scale,
-                                         temperature=temperature, top_k=top_k)
+        from vlmjax.tasks.chat_prompts import generate_images
+
+        return generate_images(self.task, self.variables, captions, seed=seed, cfg_scale=cfg_scale,
+                               temperature=temperature, top_k=top_k)
