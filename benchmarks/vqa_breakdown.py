@@ -30,6 +30,7 @@ def main(argv=None):
 
     from vlmjax.data.op_registry import as_text as _text
     from vlmjax.cli.predict import load_run
+    from vlmjax.tasks.chat_prompts import answer_texts
 
     task, variables = load_run(args.workdir)
     size = int(task.config.image_size)
@@ -50,7 +51,7 @@ def main(argv=None):
             keys.append((qtype, int(ex["num_objects"])))
     preds = []
     for s in range(0, len(prompts), args.batch):
-        preds += task.answer_texts(variables, np.stack(images[s:s + args.batch]), prompts[s:s + args.batch], 6)
+        preds += answer_texts(task, variables, np.stack(images[s:s + args.batch]), prompts[s:s + args.batch], 6)
     hits = collections.defaultdict(list)
     for (qtype, n), pred, ans in zip(keys, preds, answers):
         ok = pred.strip() == ans

@@ -49,15 +49,16 @@ def main(argv=None):
     import tensorflow_datasets as tfds
 
     from vlmjax.data import scenes
-    from vlmjax.tasks.contrastive import zeroshot_prompts
-    from vlmjax.tasks.retrieval_metrics import class_scores, l2_normalize
+    from vlmjax.evaluators.zeroshot import class_embeddings, embed_texts, zeroshot_prompts
+    from vlmjax.evaluators.retrieval_metrics import class_scores, l2_normalize
     from vlmjax.core.config import load_experiment
     from vlmjax.core.mesh import make_mesh
+    from vlmjax.core.runtime import Runtime
     from vlmjax.cli.zeroshot import load_run
 
     task, params = load_run(args.workdir)
     variables, size = {"params": params}, task.config.image_size
-    mesh = make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+    runtime = Runtime(make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1]))
     src = tfds.data_source("scenes/default", split="test", data_dir=args.data_dir)
     exs = [src[i] for i in range(args.examples)]
     images = np.stack([e["image"] for e in exs]).astype(np.float32)
@@ -78,7 +79,7 @@ def main(argv=None):
     result = {"workdir": os.path.abspath(args.workdir), "examples": args.examples, "template_sets": {}}
     n_shapes = len(scenes.SHAPES)
     for name, (prompts, aggregate) in sets.items():
-        scores = class_scores(zimg, task.class_embeddings(variables, prompts, mesh, aggregate))
+        scores = class_scores(zimg, class_embeddings(task, variables, prompts, runtime, aggregate))
         pred = np.argmax(scores, axis=1)
         row = {"prompts_per_class": sum(map(len, prompts)) / len(prompts), "aggregate": aggregate,
                "accuracy": float(np.mean(pred == labels))}
@@ -90,9 +91,9 @@ def main(argv=None):
                                    "colour_right": float(np.mean(pred[m] // n_shapes == labels[m] // n_shapes)),
                                    "shape_right": float(np.mean(pred[m] % n_shapes == labels[m] % n_shapes))}
         result["template_sets"][name] = row
-    ztxt = l2_normalize(task.embed_texts(variables, [t for pair in WORD_PAIRS.values() for t in pair], mesh))
+    ztxt = l2_normalize(embed_texts(task, variables, [t for pair in WORD_PAIRS.values() for t in pair], runtime))
     result["text_cosine"] = {k: float(ztxt[2 * i] @ ztxt[2 * i + 1]) for i, k in enumerate(WORD_PAIRS)}
-    result["binding"] = binding(task, variables, exs, zimg, mesh)
+    result["binding"] = binding(task, variables, exs, zimg, runtime)
     write_result("zeroshot_diagnosis", result)
 
 
@@ -105,11 +106,12 @@ def _swap_kind(caption, edit, kind_of) -> str:
     return "name_swap_same_size" if len(sizes) == 1 else "name_swap_other_size"
 
 
-def binding(task, variables, examples, zimg, mesh) -> dict:
+def binding(task, variables, examples, zimg, runtime) -> dict:
     """{edit kind: {'<k>_objects': fraction of (image, caption, edit) with sim(true) > sim(edited)}}."""
     from vlmjax.data.negatives import apply_edit, caption_edits
     from vlmjax.data.scenes import COLORS, OBJECT_NAME, SHAPES, SIZES
-    from vlmjax.tasks.contrastive import as_text
+    from vlmjax.data.op_registry import as_text
+    from vlmjax.evaluators.zeroshot import embed_texts
 
     groups = {"colour": COLORS, "shape": SHAPES, "size": SIZES, "side": ("left", "right")}
     kind_of = {w: k for k, g in groups.items() for w in g}
@@ -125,7 +127,7 @@ def binding(task, variables, examples, zimg, mesh) -> dict:
             for edit, kind in edits:
                 rows.append((i, true, len(texts), kind))
                 texts.append(apply_edit(cap, edit))
-    ztxt = task.embed_texts(variables, texts, mesh)
+    ztxt = embed_texts(task, variables, texts, runtime)
     n_obj = np.array([int(ex["num_objects"]) for ex in examples])
     out = {}
     for kind in sorted({r[3] for r in rows}):
