@@ -10,6 +10,7 @@ transformers = pytest.importorskip("transformers")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from vlmjax.models import gemma_weights as gw  # noqa: E402
 from vlmjax.models import paligemma_weights as pw  # noqa: E402
 from vlmjax.models.lm import DecoderLM  # noqa: E402
 from vlmjax.models.masks import make_attn_mask  # noqa: E402
@@ -89,29 +90,32 @@ def test_gemma_from_hf_and_back(gemma, tmp_path):
     ids = np.random.default_rng(0).integers(0, GEMMA["vocab_size"], (2, 11))
     with torch.no_grad():
         ref = gemma(torch.from_numpy(ids)).logits.numpy()
-    lm_cfg = pw.gemma_lm_config(gemma.config)
+    lm_cfg = gw.gemma_lm_config(gemma.config)
     assert (lm_cfg["num_kv_heads"], lm_cfg["head_dim"], lm_cfg["rope_theta"]) == (2, 16, 500.0)
-    params = pw.load_hf_gemma(gemma.state_dict(), gemma.config)
+    params = gw.load_hf_gemma(gemma.state_dict(), gemma.config)
     np.testing.assert_allclose(lm_logits(lm_cfg, params, ids), ref, atol=1e-4, rtol=0)
-    scanned = pw.load_hf_gemma(gemma.state_dict(), gemma.config, scan_layers=True)
+    scanned = gw.load_hf_gemma(gemma.state_dict(), gemma.config, scan_layers=True)
     np.testing.assert_allclose(lm_logits(lm_cfg, scanned, ids, scan=True), ref, atol=1e-4, rtol=0)
 
     # ours (perturbed, scanned) -> export -> transformers loads it -> our logits
     ours = jax.tree.map(lambda w: w + np.float32(0.05) * np.sign(w), scanned)
     out = str(tmp_path / "gemma")
-    pw.export_hf_gemma(ours, {"lm": lm_cfg}, out)
+    gw.export_hf_gemma(ours, {"lm": lm_cfg}, out)
     back = transformers.GemmaForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
     with torch.no_grad():
         got = back(torch.from_numpy(ids)).logits.numpy()
     np.testing.assert_allclose(got, lm_logits(lm_cfg, ours, ids, scan=True), atol=1e-4, rtol=0)
     # ... and the folder reads back (config.json next to it) to the same parameters
-    again = flatten(pw.load_hf_gemma(out, scan_layers=True))
+    again = flatten(gw.load_hf_gemma(out, scan_layers=True))
     want = flatten(ours)
     assert sorted(again) == sorted(want)
     for k in want:
         np.testing.assert_allclose(again[k], want[k], atol=1e-6, err_msg=k)
+    # the format registry's load: under 'lm/' for a prefix-LM run's (scanned) parameters
+    vlm = pw.load(out, fmt="hf_gemma", template={"lm/blocks/attn/q_kernel": (2, 32, 4, 16)})
+    np.testing.assert_allclose(vlm["lm"]["blocks"]["attn"]["q_kernel"], ours["blocks"]["attn"]["q_kernel"], atol=1e-6)
     with pytest.raises(ValueError, match="config.model.lm.mlp_activation='silu'"):
-        pw.export_hf_gemma(ours, {"lm": dict(lm_cfg, mlp_activation="silu")}, out)
+        gw.export_hf_gemma(ours, {"lm": dict(lm_cfg, mlp_activation="silu")}, out)
 
 
 def test_paligemma_from_hf_matches_prefix_lm_logits(paligemma):
@@ -168,10 +172,10 @@ def test_big_vision_mha_fuses_qkv():
                      ("mlp/down_kernel", (16, 8)), ("pre_attn_norm/scale", (8,)), ("pre_mlp_norm/scale", (8,))):
         for i in range(3):
             flat[f"blocks_{i}/{n}"] = rng.normal(size=shape)
-    bv = pw.lm_to_big_vision(dict(flat))
+    bv = gw.lm_to_big_vision(dict(flat))
     assert bv["layers/attn/qkv_einsum/w"].shape == (3, 3, 2, 8, 4) and "layers/attn/q_einsum/w" not in bv
-    back = pw.lm_from_big_vision(dict(bv))
+    back = gw.lm_from_big_vision(dict(bv))
     assert sorted(back) == sorted(flat)
     for k in flat:
         np.testing.assert_allclose(back[k], flat[k], atol=1e-12, err_msg=k)
-    assert nest(pw.stack_lm(back))["blocks"]["attn"]["q_kernel"].shape == (3, 8, 2, 4)
+    assert nest(gw.stack_lm(back))["blocks"]["attn"]["q_kernel"].shape == (3, 8, 2, 4)
