@@ -100,7 +100,7 @@ def _vision_to_hf(p: Flat) -> Dict[str, np.ndarray]:
 
 def to_hf_paligemma(params: Mapping) -> Dict[str, np.ndarray]:
     """Our VLM params (nested or flat, scanned or not) -> PaliGemmaForConditionalGeneration state dict
-    under the names of the released checkpoints, which transformers 4.x and 5 both load ('language_model.model...',
+    under the names of the released checkpoints, which transformers loads (5.23 tested) ('language_model.model...',
     'vision_tower.vision_model...', 'multi_modal_projector.linear...'; the tied `lm_head` left out). Leftover
     parameters raise ValueError."""
     flat = flat_params(params)
