@@ -123,6 +123,13 @@ def test_paligemma_from_hf_matches_prefix_lm_logits(paligemma):
     ref = hf_paligemma_logits(paligemma, images, ids, token_type)
     cfg = pw.paligemma_model_config(paligemma.config)
     assert cfg["image_size"] == 16 and cfg["model"]["lm"]["num_kv_heads"] == 1
+    # a config.json as released (google/paligemma-3b-pt-224): what equals the defaults left out
+    short = paligemma.config.to_dict()
+    short["vision_config"] = {k: v for k, v in short["vision_config"].items() if k != "image_size"}
+    short["vision_config"]["num_image_tokens"] = N_IMG
+    short["text_config"] = {k: v for k, v in short["text_config"].items() if k not in ("hidden_act", "rope_parameters")}
+    assert pw.paligemma_model_config(short)["image_size"] == 16
+    assert pw.paligemma_model_config(short)["model"]["lm"]["rope_theta"] == 10_000.0
     params = pw.load_hf_paligemma(paligemma.state_dict(), paligemma.config)
     positions = np.broadcast_to(np.arange(ids.shape[1]) + 1, ids.shape)  # HF PaliGemma counts from 1
     ours = vlm_logits(cfg["model"], params, images, text, PREFIX, positions)

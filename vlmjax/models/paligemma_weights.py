@@ -61,7 +61,9 @@ def paligemma_model_config(hf_config) -> dict:
     vit = dict(patch_size=[patch, patch] if isinstance(patch, int) else list(patch), width=v["hidden_size"],
                depth=v["num_hidden_layers"], num_heads=v["num_attention_heads"], mlp_dim=v["intermediate_size"],
                posemb="learn")
-    size = v["image_size"]
+    # The released config.json files leave out what equals transformers' defaults (image_size, head_dim, rope).
+    side = int(round(v["num_image_tokens"] ** 0.5)) * vit["patch_size"][0] if "num_image_tokens" in v else 224
+    size = v.get("image_size", side)
     return {"model": dict(vit=vit, lm=lm, projector="linear", feature_layer=-1),
             "image_size": size if isinstance(size, int) else size[0]}
 
