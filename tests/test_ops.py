@@ -293,3 +293,22 @@ def test_hard_negative_caption_without_group_words_is_marked_invalid():
 def test_hard_negative_caption_rejects_bad_groups(groups, message):
     with pytest.raises(ValueError, match=rf"preprocess\[0\] \('hard_negative_caption'\).*{message}"):
         validate_specs([dict(op="hard_negative_caption", groups=groups)])
+
+
+def test_hard_negatives_never_name_an_avoided_phrase():
+    # "a red circle" allows red->blue, circle->square, circle->cross; avoiding 'red square' leaves exactly two
+    spec = dict(op="hard_negative_caption", groups=GROUPS, num=4, avoid=["red square"])
+    ex = _run([spec], {"text": "a red circle"})
+    assert ex["text_neg_valid"].tolist() == [1, 1, 0, 0]
+    assert set(ex["text_neg"][:2]) == {"a blue circle", "a red cross"}
+    text = "a red circle left of a blue square"  # a colour swap would write "a red square"
+    for s in range(30):
+        ex = _run([dict(spec, num=6, swap_prob=0.7)], {"text": text}, seed=s)
+        negs = [t for t, v in zip(ex["text_neg"], ex["text_neg_valid"]) if v]
+        assert negs and not any("red square" in t for t in negs)
+    # whole words only: 'red squares' is not the phrase 'red square'
+    ex = _run([dict(op="hard_negative_caption", groups=[["circle", "squares"]], num=1, avoid=["red square"])],
+              {"text": "a red circle"})
+    assert ex["text_neg"] == "a red squares" and ex["text_neg_valid"] == 1
+    with pytest.raises(ValueError, match="avoid must be a list of phrases"):
+        validate_specs([dict(op="hard_negative_caption", groups=GROUPS, avoid="red square")])

@@ -11,13 +11,15 @@ must be chosen so that every such edit makes the caption false for its image; fo
 distinct (colour, shape) pairs, colour, shape and size words and the object phrases are.
 
 Op:
-  hard_negative_caption(groups, key='text', out='text_neg', swap_prob=0.5, num=1, phrase=None)
+  hard_negative_caption(groups, key='text', out='text_neg', swap_prob=0.5, num=1, phrase=None, avoid=())
       text -> `out` (the perturbed text) and `<out>_valid` int32 (0 when no edit applies: `out` is then the
       unchanged text and the loss must skip it). Put it before the `tokenize` op of `out`. Each draw is a swap
       (of words or phrases) with probability `swap_prob` while one is left, else a replacement. With num=K > 1,
       `out` is a list of K different edits (drawn without replacement; valid 0 for those the caption runs out of)
       and `<out>_valid` int32[K]; `tokenize` then gives int32[K, L]. More negatives per image give more of the
-      rare contrasts per step.
+      rare contrasts per step. `avoid`: phrases (whole words, e.g. held-out class names 'red square') that no
+      negative may contain: an edit whose text would name one is never drawn, so a training run that withholds
+      those compositions does not show them as negative captions either.
 """
 import re
 from typing import List, Optional, Sequence, Tuple
@@ -41,12 +43,12 @@ def _check_groups(groups) -> List[List[str]]:
 
 
 def perturb_caption(text: str, groups: Sequence[Sequence[str]], rng: np.random.Generator,
-                    swap_prob: float = 0.5, phrase: Optional[str] = None) -> tuple:
+                    swap_prob: float = 0.5, phrase: Optional[str] = None, avoid: Sequence[str] = ()) -> tuple:
     """(perturbed text, True) after one replace or swap edit; (text, False) if no edit applies.
 
     Word matching is on whole words, case-sensitive; everything between words is kept as is.
     """
-    texts, valid = distinct_negatives(text, groups, rng, 1, swap_prob, phrase)
+    texts, valid = distinct_negatives(text, groups, rng, 1, swap_prob, phrase, avoid)
     return texts[0], bool(valid[0])
 
 
@@ -81,14 +83,15 @@ def apply_edit(text: str, edit: Edit) -> str:
 
 
 def distinct_negatives(text: str, groups: Sequence[Sequence[str]], rng: np.random.Generator, num: int,
-                       swap_prob: float = 0.5, phrase: Optional[str] = None) -> tuple:
+                       swap_prob: float = 0.5, phrase: Optional[str] = None, avoid: Sequence[str] = ()) -> tuple:
     """([num] texts, int32[num] valid): `num` different edits, drawn without replacement.
 
     Each draw is a swap with probability `swap_prob` (while one is left), else a replacement (a group word first,
     then one of its alternatives). When the caption allows fewer than `num` edits, the rest are the unchanged text
-    with valid 0.
+    with valid 0. No text that contains a phrase of `avoid` (whole words) is drawn.
     """
     swaps, replaces = caption_edits(text, groups, phrase)
+    forbidden = _avoid_pattern(avoid)
 
     def draw():  # the next edit's text that is new (a phrase swap can equal a word swap), None when none is left
         while True:
@@ -101,7 +104,7 @@ def distinct_negatives(text: str, groups: Sequence[Sequence[str]], rng: np.rando
             else:
                 return None
             new = apply_edit(text, edit)
-            if new != text and new not in texts:
+            if new != text and new not in texts and not (forbidden and forbidden.search(new)):
                 return new
 
     texts, valid = [], []
@@ -112,10 +115,19 @@ def distinct_negatives(text: str, groups: Sequence[Sequence[str]], rng: np.rando
     return texts, np.array(valid, np.int32)
 
 
+def _avoid_pattern(avoid: Sequence[str]):
+    """One regex matching any of the phrases as whole words (their spaces match any whitespace), or None."""
+    words = [r"\s+".join(map(re.escape, str(p).split())) for p in avoid if str(p).strip()]
+    return re.compile(r"(?<![\w'-])(?:" + "|".join(words) + r")(?![\w'-])") if words else None
+
+
 @register("hard_negative_caption")
 def hard_negative_caption(groups, key: str = "text", out: str = "text_neg", swap_prob: float = 0.5,
-                          num: int = 1, phrase: Optional[str] = None) -> Op:
+                          num: int = 1, phrase: Optional[str] = None, avoid: Sequence[str] = ()) -> Op:
     groups = _check_groups(groups)
+    if isinstance(avoid, str) or not all(isinstance(p, str) for p in avoid):
+        raise ValueError(f"avoid must be a list of phrases, got {avoid!r}")
+    avoid = tuple(avoid)
     if phrase:
         try:
             re.compile(phrase)
@@ -129,9 +141,9 @@ def hard_negative_caption(groups, key: str = "text", out: str = "text_neg", swap
     def op(ex, rng):
         text = as_text(get(ex, key))
         if num == 1:
-            neg, ok = perturb_caption(text, groups, rng, swap_prob, phrase)
+            neg, ok = perturb_caption(text, groups, rng, swap_prob, phrase, avoid)
             return {**ex, out: neg, f"{out}_valid": np.int32(ok)}
-        negs, valid = distinct_negatives(text, groups, rng, num, swap_prob, phrase)
+        negs, valid = distinct_negatives(text, groups, rng, num, swap_prob, phrase, avoid)
         return {**ex, out: negs, f"{out}_valid": valid}
 
     return op
