@@ -29,10 +29,10 @@ def main(argv=None):
     import tensorflow_datasets as tfds
 
     from vlmjax.data.op_registry import as_text as _text
-    from vlmjax.cli.predict import load_run
+    from vlmjax.api import load_run
     from vlmjax.tasks.chat_prompts import answer_texts
 
-    task, variables = load_run(args.workdir)
+    task, variables, _ = load_run(args.workdir, ("prefixlm",))
     size = int(task.config.image_size)
     src = tfds.data_source("scenes/default", split="test", data_dir=args.data_dir)
     images, prompts, keys, answers = [], [], [], []

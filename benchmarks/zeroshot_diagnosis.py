@@ -54,10 +54,10 @@ def main(argv=None):
     from vlmjax.core.config import load_experiment
     from vlmjax.core.mesh import make_mesh
     from vlmjax.core.runtime import Runtime
-    from vlmjax.cli.zeroshot import load_run
+    from vlmjax.api import load_run
 
-    task, params = load_run(args.workdir)
-    variables, size = {"params": params}, task.config.image_size
+    task, variables, _ = load_run(args.workdir, ("contrastive",), keys=("params",))
+    size = task.config.image_size
     runtime = Runtime(make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1]))
     src = tfds.data_source("scenes/default", split="test", data_dir=args.data_dir)
     exs = [src[i] for i in range(args.examples)]

@@ -122,10 +122,11 @@ def test_evaluators_end_to_end(siglip_run, tmp_path):
 
     from vlmjax.tasks.text_inputs import tokenize_texts
     from vlmjax.cli.evaluate import evaluate_workdir
-    from vlmjax.cli.zeroshot import load_run
+    from vlmjax.api import load_run
 
     wd, cfg = siglip_run[0], run_config(siglip_run)
-    task, params = load_run(wd)
+    task, variables, _ = load_run(wd, keys=("params",))
+    params = variables["params"]
     v = {"params": params}
     src = tfds.data_source("scenes/tiny", split="test", data_dir=cfg.data.data_dir, download=False)
     n = 60
@@ -302,7 +303,10 @@ def test_hard_negatives_without_their_op_are_named(scenes_tiny_dir, tokenizer_pa
 
 
 def test_zeroshot_cli_on_png(siglip_run, tmp_path):
-    from vlmjax.cli.zeroshot import label_probabilities, load_run, prompts_of
+    from vlmjax.api import label_prompts as prompts_of, load_run, zeroshot_probabilities
+
+    def label_probabilities(task, params, *args, **kw):
+        return zeroshot_probabilities(task, {"params": params}, *args, **kw)
 
     wd, cfg = siglip_run[0], run_config(siglip_run)
     img, _ = scenes.render_scene(scenes.example_seed("test", 0), 32)
@@ -313,7 +317,8 @@ def test_zeroshot_cli_on_png(siglip_run, tmp_path):
                           "--labels", ",".join(labels), "--json"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     probs = json.loads(out.stdout.strip().splitlines()[-1])["probabilities"]
-    task, params = load_run(wd)
+    task, variables, _ = load_run(wd, keys=("params",))
+    params = variables["params"]
     prompts, aggregate = prompts_of(cfg, labels)
     templates = list(cfg.evals.zeroshot.templates)
     assert aggregate == "mean" and prompts == [[t.format(c) for t in templates] for c in labels]

@@ -1,6 +1,5 @@
 """Prefix-LM VLM task: chat-template masks, loss on mask_loss positions only, the zero-supervised-token error,
 sharded == 1-device training, a reduced two-stage scenes/tiny run answering questions, CIDEr-D, the predict CLI."""
-import importlib.util
 import math
 import os
 
@@ -17,11 +16,9 @@ from vlmjax.tasks.chat_prompts import answer_texts
 from vlmjax.core.config import set_dotted
 from vlmjax.core.loop import Trainer, train
 from vlmjax.core.metrics import read_metrics
+from vlmjax.experiments import prefixlm_scenes as exp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location("prefixlm_scenes", os.path.join(ROOT, "experiments", "prefixlm_scenes.py"))
-exp = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(exp)
 
 
 class WordTokenizer:
@@ -273,11 +270,12 @@ def test_two_stage_answers_questions_from_the_image(two_stage, scenes_tiny_dir):
 def test_predict_cli_answers_about_a_png(two_stage, tmp_path, capsys):
     """The CLI's answers about PNG files equal the in-process answers on the rendered arrays, for two scenes the
     model answers differently: a CLI that dropped or garbled the image could not match both."""
+    from vlmjax.api import load_run
     from vlmjax.cli import predict as predict_cli
     from vlmjax.data import scenes
 
     question = "what color is the circle?"
-    task, variables = predict_cli.load_run(two_stage[1])
+    task, variables, _ = load_run(two_stage[1], ("prefixlm",))
     imgs = [scenes.render_scene(scenes.example_seed("test", i), 32)[0] for i in range(16)]
     as_input = lambda ims: np.stack(ims).astype(np.float32) / 127.5 - 1.0  # noqa: E731  training's value_range
     answers = answer_texts(task, variables, as_input(imgs), [question] * len(imgs), 4)

@@ -85,7 +85,7 @@ def test_missing_dataset_names_the_command(tmp_path, name, command):
 
 
 def test_run_without_launch_record_found_above_its_workdir(tmp_path, monkeypatch):
-    from vlmjax.cli.evaluate import load_run_config
+    from vlmjax.api import load_run_config
 
     project = tmp_path / "project"
     (project / "data/tfds").mkdir(parents=True)

@@ -33,15 +33,32 @@ def _family(task_name: str):
     return deco
 
 
-def load_task(workdir: str, tasks=None, keys=("params", "model_state"), step: int = None, where: str = "--workdir"):
+def load_run_config(workdir: str):
+    """The experiment config a trained workdir saved (`config.json`), its relative paths resolved against the
+    directory the run was launched from (vlmjax/core/run_paths.py), so that it loads from any directory."""
+    import json
+
+    import ml_collections
+
+    from vlmjax.core.run_paths import absolute_paths, launch_dir
+
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--workdir {workdir!r}: no config.json (not a vlmjax run directory?)")
+    with open(path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    return absolute_paths(config, launch_dir(workdir, config))
+
+
+def load_run(workdir: str, tasks=None, keys=("params", "model_state"), step: int = None, where: str = "--workdir"):
     """(task, variables, step) of a trained workdir: its config.json resolved against the task's defaults and the
     checkpoint `step` (default: latest) as host numpy `{'params': ..., **model_state}` (never the optimizer state).
+    The one "load a trained run" of the API and every CLI.
 
     `tasks`: the `config.task` values the caller accepts (ValueError naming the workdir otherwise)."""
     from vlmjax.tasks import get_task_class
     from vlmjax.core import config as config_lib
     from vlmjax.core.checkpoint import read_variables
-    from vlmjax.cli.evaluate import load_run_config
 
     raw = load_run_config(workdir)
     name = raw.get("task", "")
@@ -56,15 +73,13 @@ def load_task(workdir: str, tasks=None, keys=("params", "model_state"), step: in
 def load(path: str, step: int = None):
     """The run in `path` as its family's model object (see the module docstring): a `vlmjax-train` workdir
     (checkpoint `step`, default: the latest) or a folder written by `vlmjax-export --format hf_siglip`."""
-    from vlmjax.cli.evaluate import load_run_config
-
     if os.path.isfile(os.path.join(path, EXPORT_CONFIG)):
         return _load_export(path)
     name = load_run_config(path).get("task", "")
     if name not in FAMILIES:
         raise ValueError(f"workdir {path!r}: config.task={name!r} has no Python API; expected one of "
                          f"{', '.join(sorted(FAMILIES))}")
-    return FAMILIES[name](*load_task(path, (name,), step=step, where="workdir"), workdir=path)
+    return FAMILIES[name](*load_run(path, (name,), step=step, where="workdir"), workdir=path)
 
 
 # What `vlmjax-export --format hf_siglip` adds to the HF folder so that `load` can rebuild the run from it: the

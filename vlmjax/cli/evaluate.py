@@ -1,7 +1,7 @@
 """`vlmjax-eval`: run an experiment's evaluators on a trained workdir's latest checkpoint.
 
     vlmjax-eval --workdir workdirs/vit_scenes                      # the config saved with the run
-    vlmjax-eval --workdir W --config experiments/vit_scenes.py --config.evals.test.data.split=validation
+    vlmjax-eval --workdir W --config vit_scenes --config.evals.test.data.split=validation
 
 Prints `eval/<evaluator>/<metric>=value` lines; `--json` also writes them to `<workdir>/eval_<step>.json`.
 Library logs stay at WARNING; `-v` (`--verbosity=1`) shows their INFO lines.
@@ -10,35 +10,25 @@ import json
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
-from vlmjax.cli import app as cli_setup
+from vlmjax.cli import app
+
+PROG = "vlmjax-eval"
+FLAGS = app.new_flags()
+flags.DEFINE_string("workdir", None, "A trained run's workdir.", flag_values=FLAGS)
+flags.DEFINE_string("config", None, "Experiment name or file[:variant]; default: <workdir>/config.json.",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).", flag_values=FLAGS)
+flags.DEFINE_bool("json", False, "Write the metrics to <workdir>/eval_<step>.json.", flag_values=FLAGS)
 
 
-def _define_flags():
-    """Defined when the CLI runs, not on import: other CLIs import this module's functions."""
-    flags.DEFINE_string("workdir", None, "A trained run's workdir.")
-    flags.DEFINE_string("config", None, "Experiment file[:arg]; default: <workdir>/config.json.")
-    flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
-    flags.DEFINE_bool("json", False, "Write the metrics to <workdir>/eval_<step>.json.")
-
-
-def load_run_config(workdir: str, spec: str = None):
-    """The experiment config of a run: `spec` if given, else the resolved config.json saved in the workdir, its
-    relative paths resolved against the directory the run was launched from (vlmjax/core/run_paths.py)."""
-    import ml_collections
-
+def run_config(workdir: str, spec: str = None):
+    """The experiment config to evaluate `workdir` with: `spec` (an experiment) if given, else the run's own."""
+    from vlmjax.api import load_run_config
     from vlmjax.core import config as config_lib
-    from vlmjax.core.run_paths import absolute_paths, launch_dir
 
-    if spec:
-        return config_lib.load_experiment(spec)
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"--workdir {workdir!r}: no config.json (not a vlmjax run directory?)")
-    with open(path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    return absolute_paths(config, launch_dir(workdir, config))
+    return config_lib.load_experiment(spec) if spec else load_run_config(workdir)
 
 
 def eval_devices(mesh_cfg, devices):
@@ -87,40 +77,32 @@ def evaluate_workdir(workdir: str, config, step: int = None, devices=None) -> tu
         return step, trainer.evaluate(state, step, only=True)
 
 
-def _main(argv):
-    del argv
-    cli_setup.quiet_logging()
+def eval_main(overrides) -> int:
     from vlmjax.tasks import get_task_class
     from vlmjax.core import config as config_lib
 
-    try:
-        F = flags.FLAGS
-        config = load_run_config(F.workdir, F.config)
-        defaults = get_task_class(config.get("task", "")).config_defaults()
-        config = config_lib.apply_overrides(config, _OVERRIDES, defaults)
-        step, metrics = evaluate_workdir(F.workdir, config, F.step)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    F = FLAGS
+    config = run_config(F.workdir, F.config)
+    defaults = get_task_class(config.get("task", "")).config_defaults()
+    config = config_lib.apply_overrides(config, overrides, defaults)
+    step, metrics = evaluate_workdir(F.workdir, config, F.step)
     for k, v in sorted(metrics.items()):
         print(f"{k}={v:.6g}")
     if F.json:
         with open(os.path.join(F.workdir, f"eval_{step}.json"), "w") as f:
             json.dump({"step": step, **metrics}, f, indent=2)
+    return 0
 
 
-_OVERRIDES = []
+def main(argv=None) -> int:
+    from vlmjax.core.config import split_overrides
+
+    argv, overrides = split_overrides(list(sys.argv[1:] if argv is None else argv))
+    return app.run(PROG, __doc__, FLAGS, lambda _: eval_main(overrides), argv, required=("workdir",))
 
 
 def run():
-    from vlmjax.core.config import split_overrides
-
-    argv, overrides = split_overrides(sys.argv)
-    _OVERRIDES[:] = overrides
-    _define_flags()
-    argv = cli_setup.prepare(argv, __name__, __doc__)
-    flags.mark_flags_as_required(["workdir"])
-    app.run(_main, argv=argv)
+    sys.exit(main())
 
 
 if __name__ == "__main__":

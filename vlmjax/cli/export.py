@@ -14,59 +14,49 @@ holds the run's config and SentencePiece model (`vlmjax_config.json`, `vlmjax_sp
 ('params/img/Transformer/encoderblock_0/...', layers unrolled), which `config.init_from` (format 'big_vision') reads.
 Exit code 2 on bad input.
 """
-import argparse
-import os
 import sys
 
+from absl import flags
+
+from vlmjax.cli import app
+
+PROG = "vlmjax-export"
 FORMATS = ("hf_siglip", "big_vision")
+FLAGS = app.new_flags()
+flags.DEFINE_string("workdir", None, "A vlmjax-train workdir.", flag_values=FLAGS)
+flags.DEFINE_enum("format", None, list(FORMATS), "hf_siglip: transformers SiglipModel folder; big_vision: "
+                  "two-towers .npz.", flag_values=FLAGS)
+flags.DEFINE_string("out", None, "hf_siglip: output folder (created); big_vision: .npz file.", flag_values=FLAGS)
+flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).", flag_values=FLAGS)
 
 
 def export(workdir: str, fmt: str, out: str, step: int = None) -> list:
     """Writes the run's checkpoint `step` (default: latest) to `out` in format `fmt`; returns the written paths."""
     if fmt not in FORMATS:
         raise ValueError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
-    from vlmjax.api import load_task
+    from vlmjax.api import load_run, load_run_config, save_export_config
     from vlmjax.models import foreign
-    from vlmjax.cli.evaluate import load_run_config
 
     raw = load_run_config(workdir)
     if raw.get("task") != "contrastive":
         raise ValueError(f"--workdir {workdir!r}: config.task={raw.get('task')!r}; --format {fmt} exports a "
                          f"contrastive run")
     foreign.check_exportable(raw.model, fmt)  # before the checkpoint is read
-    task, variables, _ = load_task(workdir, ("contrastive",), keys=("params",), step=step)
-    if fmt == "big_vision":
-        return foreign.export(fmt, variables["params"], task.config.model, out)
-    from vlmjax.api import save_export_config
-
-    return foreign.export(fmt, variables["params"], task.config.model, out) + save_export_config(
-        task.config, out)
+    task, variables, _ = load_run(workdir, ("contrastive",), keys=("params",), step=step)
+    paths = foreign.export(fmt, variables["params"], task.config.model, out)
+    return paths + (save_export_config(task.config, out) if fmt == "hf_siglip" else [])
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vlmjax-export", description=__doc__.split("\n\n")[0])
-    p.add_argument("--workdir", required=True, help="a vlmjax-train workdir")
-    p.add_argument("--format", required=True, choices=FORMATS,
-                   help="hf_siglip: transformers SiglipModel folder; big_vision: two-towers .npz")
-    p.add_argument("--out", required=True, help="hf_siglip: output folder (created); big_vision: .npz file")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-    return p
+def export_main(_) -> int:
+    paths = export(FLAGS.workdir, FLAGS.format, FLAGS.out, FLAGS.step)
+    print("wrote " + ", ".join(paths))
+    return 0
 
 
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
-    from absl import logging as absl_logging
-
-    absl_logging.set_verbosity(absl_logging.ERROR)  # orbax logs every restore step
-    try:
-        paths = export(args.workdir, args.format, args.out, args.step)
-    except (ValueError, FileNotFoundError, OSError) as e:
-        if os.environ.get("VLMJAX_TRACEBACK"):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print("wrote " + ", ".join(paths))
-    return 0
+    # orbax logs every restore step
+    return app.run(PROG, __doc__, FLAGS, export_main, argv, required=("workdir", "format", "out"),
+                   log_level="error")
 
 
 def run():

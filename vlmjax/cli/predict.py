@@ -11,81 +11,68 @@ state). Images of any size go through the run's evaluation image ops (vlmjax/ima
 `image_size`, mapped to [-1, 1]); a missing or undecodable file is named in a one-line error (exit 2). The
 prompt is wrapped in the chat template the run was trained with. Decoding is greedy and stops at `<|end|>`.
 """
-import argparse
-import os
 import sys
 
-from PIL import Image
+from absl import flags
 
+from vlmjax.cli import app
 from vlmjax.image_input import read_image_file
 
-
-def load_run(workdir: str):
-    """(task, variables) of a prefix-LM workdir."""
-    from vlmjax.api import load_task
-
-    task, variables, _ = load_task(workdir, ("prefixlm",))
-    return task, variables
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vlmjax-predict", description=__doc__.split("\n\n")[0])
-    p.add_argument("--workdir", required=True, help="a vlmjax-train workdir of a prefix-LM or classification run")
-    p.add_argument("--image", action="append", default=[], help="image file (repeat for several)")
-    p.add_argument("--prompt", default="", help="question or instruction, e.g. 'caption'")
-    p.add_argument("--max_new_tokens", type=int, default=32)
-    p.add_argument("--generate", default="", help="VQ variant: caption of an image to generate")
-    p.add_argument("--out", default="generated.png", help="with --generate: output PNG")
-    p.add_argument("--cfg_scale", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top_k", type=int, default=0, help="0 = sample from the whole image vocabulary")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--top_labels", type=int, default=1, help="classification runs: how many labels to print")
-    return p
+PROG = "vlmjax-predict"
+FLAGS = app.new_flags()
+flags.DEFINE_string("workdir", None, "A vlmjax-train workdir of a prefix-LM or classification run.",
+                    flag_values=FLAGS)
+flags.DEFINE_multi_string("image", [], "Image file (repeat for several).", flag_values=FLAGS)
+flags.DEFINE_string("prompt", "", "Question or instruction, e.g. 'caption'.", flag_values=FLAGS)
+flags.DEFINE_integer("max_new_tokens", 32, "Longest answer, in tokens.", flag_values=FLAGS)
+flags.DEFINE_string("generate", "", "VQ variant: caption of an image to generate.", flag_values=FLAGS)
+flags.DEFINE_string("out", "generated.png", "With --generate: output PNG.", flag_values=FLAGS)
+flags.DEFINE_float("cfg_scale", 3.0, "Classifier-free guidance scale (1 = off).", flag_values=FLAGS)
+flags.DEFINE_float("temperature", 1.0, "With --generate: sampling temperature.", flag_values=FLAGS)
+flags.DEFINE_integer("top_k", 0, "With --generate: 0 = sample from the whole image vocabulary.", flag_values=FLAGS)
+flags.DEFINE_integer("seed", 0, "With --generate: sampling seed.", flag_values=FLAGS)
+flags.DEFINE_integer("top_labels", 1, "Classification runs: how many labels to print.", flag_values=FLAGS)
 
 
-def main(argv=None) -> int:
-    args = parser().parse_args(argv)
-    if bool(args.generate) == bool(args.image):
-        print("error: give --image (with --prompt) to ask about images, or --generate to draw one", file=sys.stderr)
-        return 2
-    from absl import logging as absl_logging
-
-    absl_logging.set_verbosity(absl_logging.ERROR)  # orbax logs every restore step
+def predict_main(_) -> int:
     import vlmjax
-    from vlmjax.cli.evaluate import load_run_config
+    from PIL import Image
 
-    try:
-        family = load_run_config(args.workdir).get("task", "")
-        if family not in ("prefixlm", "classification"):
-            raise ValueError(f"--workdir {args.workdir!r}: config.task={family!r}; vlmjax-predict serves prefix-LM "
-                             f"and classification runs (contrastive: vlmjax-zeroshot, VQ-VAE: vlmjax-vq)")
-        if family == "classification" and (args.prompt or args.generate):
-            raise ValueError(f"--workdir {args.workdir!r} is a classification run: give --image only")
-        if family == "prefixlm" and args.image and not args.prompt:
-            raise ValueError("--image needs --prompt")
-        images = [read_image_file(p, "--image") for p in args.image]  # a bad file fails before the model loads
-        model = vlmjax.load(args.workdir)
-        if family == "classification":
-            results = model.classify(images, top_k=args.top_labels)
-        elif args.generate:
-            images = model.generate([args.generate], seed=args.seed, cfg_scale=args.cfg_scale,
-                                    temperature=args.temperature, top_k=args.top_k or None)
-            Image.fromarray(images[0]).save(args.out)
-            print(f"wrote {args.out} ({images.shape[2]}x{images.shape[1]})")
-            return 0
-        else:
-            results = model.answer(images, args.prompt, args.max_new_tokens)
-    except (ValueError, FileNotFoundError, OSError) as e:
-        if os.environ.get("VLMJAX_TRACEBACK"):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for path, result in zip(args.image, results):
+    from vlmjax.api import load_run_config
+
+    F = FLAGS
+    if bool(F.generate) == bool(F.image):
+        raise ValueError("give --image (with --prompt) to ask about images, or --generate to draw one")
+    family = load_run_config(F.workdir).get("task", "")
+    if family not in ("prefixlm", "classification"):
+        raise ValueError(f"--workdir {F.workdir!r}: config.task={family!r}; vlmjax-predict serves prefix-LM "
+                         f"and classification runs (contrastive: vlmjax-zeroshot, VQ-VAE: vlmjax-vq)")
+    if family == "classification" and (F.prompt or F.generate):
+        raise ValueError(f"--workdir {F.workdir!r} is a classification run: give --image only")
+    if family == "prefixlm" and F.image and not F.prompt:
+        raise ValueError("--image needs --prompt")
+    images = [read_image_file(p, "--image") for p in F.image]  # a bad file fails before the model loads
+    model = vlmjax.load(F.workdir)
+    if family == "classification":
+        results = model.classify(images, top_k=F.top_labels)
+    elif F.generate:
+        images = model.generate([F.generate], seed=F.seed, cfg_scale=F.cfg_scale, temperature=F.temperature,
+                                top_k=F.top_k or None)
+        Image.fromarray(images[0]).save(F.out)
+        print(f"wrote {F.out} ({images.shape[2]}x{images.shape[1]})")
+        return 0
+    else:
+        results = model.answer(images, F.prompt, F.max_new_tokens)
+    for path, result in zip(F.image, results):
         if family == "classification":
             result = ", ".join(f"{label} {p:.4f}" for label, p in result)
         print(result if len(results) == 1 else f"{path}: {result}")
     return 0
+
+
+def main(argv=None) -> int:
+    # orbax logs every restore step
+    return app.run(PROG, __doc__, FLAGS, predict_main, argv, required=("workdir",), log_level="error")
 
 
 def run():

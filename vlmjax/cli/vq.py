@@ -8,21 +8,32 @@ are read (params and the 'vq_stats' model state, which holds the codebook when i
 optimizer state. Images are mapped to [-1, 1] by the same `value_range` op training uses; their sides must be
 divisible by the model's downsampling factor f.
 """
-import argparse
 import os
 import sys
 
 import numpy as np
-from absl import logging as absl_logging
-from PIL import Image
+from absl import flags
 
-from vlmjax.api import ImageTokenizer, load_task
+from vlmjax.cli import app
 from vlmjax.image_input import read_image_file
+from vlmjax.names import unknown
+
+PROG = "vlmjax-vq"
+COMMANDS = {"encode": app.new_flags(), "decode": app.new_flags()}
+flags.DEFINE_string("out", "", "Save codes int32[B, h, w] to this .npy instead of printing them.",
+                    flag_values=COMMANDS["encode"])
+flags.DEFINE_string("out", None, "PNG path (name_<i>.png for each image of a batch of codes).",
+                    flag_values=COMMANDS["decode"])
+for _fv in COMMANDS.values():
+    flags.DEFINE_string("workdir", None, "A vlmjax-train workdir of a VQ-VAE experiment.", flag_values=_fv)
+    flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).", flag_values=_fv)
 
 
-def load_tokenizer(workdir: str, step: int = None) -> ImageTokenizer:
+def load_tokenizer(workdir: str, step: int = None):
     """A trained VQ-VAE workdir's tokenizer (checkpoint `step`, default: latest)."""
-    return ImageTokenizer(*load_task(workdir, ("vqvae",), step=step), workdir=workdir)
+    from vlmjax.api import ImageTokenizer, load_run
+
+    return ImageTokenizer(*load_run(workdir, ("vqvae",), step=step), workdir=workdir)
 
 
 def _out_paths(out: str, n: int):
@@ -32,59 +43,57 @@ def _out_paths(out: str, n: int):
     return [f"{stem}_{i}{ext or '.png'}" for i in range(n)]
 
 
-def encode_cmd(args) -> int:
-    images = [read_image_file(p, "image") for p in args.images]
-    model = load_tokenizer(args.workdir, args.step)
+def encode_cmd(paths) -> int:
+    """image file(s) -> codes (printed, or saved with --out)."""
+    F = COMMANDS["encode"]
+    if not paths:
+        raise ValueError("encode needs at least one image file")
+    images = [read_image_file(p, "image") for p in paths]
+    model = load_tokenizer(F.workdir, F.step)
     codes, step = model.encode(images), model.step
-    if args.out:
-        np.save(args.out, codes)
-        print(f"saved codes int32{list(codes.shape)} of {len(args.images)} image(s) to {args.out} "
-              f"(checkpoint step {step})")
+    if F.out:
+        np.save(F.out, codes)
+        print(f"saved codes int32{list(codes.shape)} of {len(paths)} image(s) to {F.out} (checkpoint step {step})")
     else:
         with np.printoptions(threshold=sys.maxsize, linewidth=200):
-            for path, c in zip(args.images, codes):
+            for path, c in zip(paths, codes):
                 print(f"# {path}: codes {c.shape[0]}x{c.shape[1]}")
                 print(c)
     return 0
 
 
 def decode_cmd(args) -> int:
-    model = load_tokenizer(args.workdir, args.step)
+    """codes .npy -> PNG."""
+    from PIL import Image
+
+    F = COMMANDS["decode"]
+    if len(args) != 1:
+        raise ValueError(f"decode takes one codes .npy file, got {len(args)} arguments")
+    model = load_tokenizer(F.workdir, F.step)
     try:
-        images = model.decode(np.load(args.codes))
+        images = model.decode(np.load(args[0]))
     except ValueError as e:
-        raise ValueError(f"{args.codes}: {e}") from None
-    for path, im in zip(_out_paths(args.out, len(images)), images):
+        raise ValueError(f"{args[0]}: {e}") from None
+    for path, im in zip(_out_paths(F.out, len(images)), images):
         Image.fromarray(im).save(path)
         print(f"wrote {path} ({im.shape[1]}x{im.shape[0]})")
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vlmjax-vq", description="Encode images to VQ codes and decode codes to PNG.")
-    sub = p.add_subparsers(dest="command", required=True)
-    enc = sub.add_parser("encode", help="image file(s) -> codes (printed, or saved with --out)")
-    enc.add_argument("images", nargs="+")
-    enc.add_argument("--out", default="", help="save codes int32[B, h, w] to this .npy instead of printing")
-    dec = sub.add_parser("decode", help="codes .npy -> PNG")
-    dec.add_argument("codes")
-    dec.add_argument("--out", required=True, help="PNG path (name_<i>.png for each image of a batch of codes)")
-    for s in (enc, dec):
-        s.add_argument("--workdir", required=True, help="a vlmjax-train workdir of a VQ-VAE experiment")
-        s.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-    return p
-
-
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
-    absl_logging.set_verbosity(absl_logging.ERROR)  # orbax logs every restore step (INFO, WARNING)
-    try:
-        return {"encode": encode_cmd, "decode": decode_cmd}[args.command](args)
-    except (ValueError, FileNotFoundError, OSError) as e:
-        if os.environ.get("VLMJAX_TRACEBACK"):
-            raise
-        print(f"error: {e}", file=sys.stderr)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv else ""
+    if command not in COMMANDS:
+        if not argv or argv[0] in app.HELP:
+            print(app.help_text(__doc__, **{f"{PROG} {name}": fv for name, fv in COMMANDS.items()}))
+            return 0
+        print(f"error: {unknown('command', command, COMMANDS)} (see {PROG} --help)", file=sys.stderr)
         return 2
+    body = {"encode": encode_cmd, "decode": decode_cmd}[command]
+    required = ("workdir", "out") if command == "decode" else ("workdir",)
+    # orbax logs every restore step (INFO, WARNING)
+    return app.run(f"{PROG} {command}", __doc__, COMMANDS[command], body, argv[1:], required=required,
+                   positional=True, log_level="error")
 
 
 def run():

@@ -6,6 +6,7 @@ import io
 import json
 import math
 import os
+import sys
 import time
 
 import numpy as np
@@ -84,11 +85,17 @@ def read_metrics(workdir: str) -> list:
 
 
 class Progress:
-    """Console progress line: step, loss, steps/s, examples/s, MFU, ETA."""
+    """Console progress line, one per log interval: step, loss, steps/s, examples/s, MFU, ETA.
 
-    def __init__(self, total_steps: int, batch_size: int, first_step: int):
+    When stdout is a terminal (`tty`, default: sys.stdout.isatty()) the line also draws a bar of the steps done;
+    in a pod or batch log (not a terminal) it stays one plain line per interval, which greps well."""
+
+    BAR = 20  # characters
+
+    def __init__(self, total_steps: int, batch_size: int, first_step: int, tty: bool = None):
         self.total, self.batch = total_steps, batch_size
         self._t, self._s = time.time(), first_step
+        self.tty = sys.stdout.isatty() if tty is None else tty
 
     def restart(self, step: int) -> None:
         """Counts from `step`, now: what came before (the train step's compilation) stays out of rate and ETA."""
@@ -101,9 +108,16 @@ class Progress:
         self._t, self._s = now, step
         return rate
 
+    def bar(self, step: int) -> str:
+        """`[#####...............]  25%` for `step` of the total."""
+        frac = min(max(step / max(self.total, 1), 0.0), 1.0)
+        done = int(round(self.BAR * frac))
+        return f"[{'#' * done}{'.' * (self.BAR - done)}] {100 * frac:3.0f}%"
+
     def line(self, step: int, metrics: dict, rate: float) -> str:
         eta = (self.total - step) / max(rate, 1e-9)
         loss = metrics.get("train/loss", float("nan"))
         mfu = f" | MFU {100 * metrics['train/mfu']:.1f}%" if "train/mfu" in metrics else ""
-        return (f"step {step}/{self.total} | loss {loss:.4f} | {rate:.2f} steps/s | {rate * self.batch:.0f} ex/s"
+        bar = f" {self.bar(step)}" if self.tty else ""
+        return (f"step {step}/{self.total}{bar} | loss {loss:.4f} | {rate:.2f} steps/s | {rate * self.batch:.0f} ex/s"
                 f"{mfu} | ETA {int(eta // 60)}m{int(eta % 60):02d}s")
