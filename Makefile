@@ -9,12 +9,14 @@ export TF_CPP_MIN_LOG_LEVEL := 3
 
 .PHONY: venv data demo test bench clean-demo
 
-$(VENV)/.installed: setup.py
+# pyproject.toml gives compatible ranges; constraints.txt pins the tested set, so CI installs the same versions.
+# `data`: TensorFlow, for tfds builders and TFRecord -> ArrayRecord conversion (training itself never imports it).
+$(VENV)/.installed: pyproject.toml setup.py constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,data]'
 	# HF parity test + PyTorch benchmark need torch (CPU wheel) and transformers; their absence only skips those.
-	$(BIN)/pip install -q -e '.[hf]' || echo "warning: torch/transformers not installed; HF parity test will skip"
+	$(BIN)/pip install -q -c constraints.txt -e '.[hf]' || echo "warning: torch/transformers not installed; HF parity test will skip"
 	touch $@
 
 venv: $(VENV)/.installed

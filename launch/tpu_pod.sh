@@ -6,7 +6,7 @@
 #
 # 1. Packs this checkout (the files `git ls-files --cached --others --exclude-standard` lists, so uncommitted edits
 #    travel too, data/ and .venv/ do not) and copies it to ~/vlmjax on every worker.
-# 2. On every worker: creates ~/vlmjax/.venv and installs vlmjax with jax[tpu] at the version setup.py pins.
+# 2. On every worker: creates ~/vlmjax/.venv and installs vlmjax with jax[tpu], every version as constraints.txt pins.
 #    VLMJAX_SKIP_SETUP=1 skips steps 1-2 (a re-run on the same slice, e.g. to resume after a preemption).
 # 3. Runs `python -m vlmjax.cli --distributed=auto ARGS` on all workers at once (`--worker=all`); jax finds the
 #    other hosts from the TPU metadata. Each worker writes ~/vlmjax/logs/<its hostname>.log; the output of all of
@@ -50,8 +50,8 @@ on_all_workers() {  # the same command on every worker; gcloud returns non-zero 
 }
 
 if [ "${VLMJAX_SKIP_SETUP:-0}" != "1" ]; then
-  JAX_VERSION=$(sed -n 's/.*"jax==\([0-9.]*\)".*/\1/p' "$ROOT/setup.py")
-  [ -n "$JAX_VERSION" ] || { echo "$0: no \"jax==X\" pin found in $ROOT/setup.py" >&2; exit 1; }
+  JAX_VERSION=$(sed -n 's/^jax==\([0-9.]*\)$/\1/p' "$ROOT/constraints.txt")
+  [ -n "$JAX_VERSION" ] || { echo "$0: no \"jax==X\" pin found in $ROOT/constraints.txt" >&2; exit 1; }
   TARBALL=$(mktemp "${TMPDIR:-/tmp}/vlmjax.XXXXXX")
   trap 'rm -f "$TARBALL"' EXIT
   # Tracked files deleted in the working tree are left out (tar would stop on them).
@@ -63,7 +63,7 @@ if [ "${VLMJAX_SKIP_SETUP:-0}" != "1" ]; then
   on_all_workers "set -euo pipefail; mkdir -p $REMOTE_DIR && tar -xzf vlmjax-src.tgz -C $REMOTE_DIR && \
 cd $REMOTE_DIR && { [ -x .venv/bin/python ] || python3 -m venv .venv; } && \
 .venv/bin/python -m pip install -q --upgrade pip && \
-.venv/bin/python -m pip install -q -e . 'jax[tpu]==$JAX_VERSION'"
+.venv/bin/python -m pip install -q -c constraints.txt -e . 'jax[tpu]==$JAX_VERSION'"
 fi
 
 # %q quotes every argument for the workers' bash, so values with spaces or globs arrive unchanged.
