@@ -13,11 +13,11 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import update_doc  # noqa: E402
 
-from vlmjax.core.dry_run import local_overrides  # noqa: E402
+from pod_configs import local_overrides  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The pod tokenizers and evaluation files live in buckets: local_overrides points the tokenizer at the local scenes
-# model (`make data`) with the pod vocabulary size pinned, and drops the evaluators (see dry_run.POD_CONFIGS).
+# model (`make data`) with the pod vocabulary size pinned, and drops the evaluators (see pod_configs.py).
 TOKENIZER = "data/tfds/scenes_spm.model"
 BEGIN, END = "<!-- dry-runs:begin -->", "<!-- dry-runs:end -->"
 DEFAULT = [("experiments/siglip_b16.py", "tpu_v5p", local_overrides("experiments/siglip_b16.py", TOKENIZER)

@@ -1,12 +1,12 @@
 """Dry run of every pod config on the 8 simulated CPU devices of conftest.py (issue 6, "Must show": dry-run of each
 pod config on 8 simulated devices prints its report).
 
-What runs: each experiment of `vlmjax.core.dry_run.POD_CONFIGS` (siglip_b16, clip_b32, vqvae_imagenet,
+What runs: each experiment of `benchmarks/pod_configs.py`'s POD_CONFIGS (siglip_b16, clip_b32, vqvae_imagenet,
 paligemma_like: the experiments sized for a pod; the others are the CPU-sized scenes configs) at its full pod size
 -- widths, depths, vocabularies, image size, text length and global batch as in the file -- through the CLI's own
 path: `config.load_with_overrides` then `dry_run.dry_run`, which `vlmjax-train --dry_run` calls. Two sets of
 overrides, and nothing else:
-  * `dry_run.local_overrides`: a SentencePiece model trained here from a few sentences, with the pod text
+  * `pod_configs.local_overrides`: a SentencePiece model trained here from a few sentences, with the pod text
     vocabulary pinned (the embedding and logits keep their pod shapes), and no evaluators (their files are in
     buckets; the dry run compiles only the train step). benchmarks/scale_report.py uses the same overrides.
   * the mesh (data, fsdp, tensor) = (2, 2, 2) instead of the file's. The files' meshes are written for a pod:
@@ -35,13 +35,17 @@ the longest).
 import math
 import os
 import re
+import sys
 
 import pytest
 
 from vlmjax.core.config import load_with_overrides, split_overrides
-from vlmjax.core.dry_run import POD_CONFIGS, dry_run, local_overrides
+from vlmjax.core.dry_run import dry_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+from pod_configs import POD_CONFIGS, local_overrides  # noqa: E402
+
 MESH = {"data": 2, "fsdp": 2, "tensor": 2}
 MAX_UNSHARDED = 0.5  # the CLI's default --max_unsharded_fraction
 GIB = 2 ** 30

@@ -1,6 +1,6 @@
 """AOT dry run: compile the train step for N devices without running it, and report what a pod would hit.
 
-    vlmjax-train --config experiments/siglip_b16.py --workdir /tmp/dry --dry_run --num_devices 64 [--target tpu_v5p]
+    vlmjax-train --config EXPERIMENT --workdir /tmp/dry --dry_run --num_devices 64 [--target tpu_v5p]
 
 Prints per-device memory (parameters, optimizer state, compiler temporaries), FLOPs per step, the sharding of every
 parameter and the fraction of parameter bytes left unsharded (held whole by every device); fails with one message
@@ -13,33 +13,9 @@ import math
 import jax
 import numpy as np
 
-from vlmjax.core.flops import cost_of, memory_of, per_device_bytes, step_flops
+from vlmjax.core.flops import CHIPS, cost_of, memory_of, per_device_bytes, step_flops
 from vlmjax.core.mesh import batch_sharding, unsharded_fraction
 from vlmjax.core.optim import param_path
-
-# The experiments sized for a pod, and what their dry run needs on a machine without the pod's files. The
-# tokenizers and evaluation files live in buckets: the tasks open the tokenizer when they are built and the
-# evaluators open their files (ImageNet class names, ...) when the config is validated, although the dry run reads
-# no data and compiles only the train step. So the tokenizer points at a local SentencePiece model with the text
-# vocabulary pinned to the pod's size (the embedding and logits keep their pod shapes whatever the local model's
-# size), and the evaluators go. Used by benchmarks/scale_report.py and tests/test_dry_run_pods.py.
-POD_CONFIGS = {
-    # big_vision's c4_en SentencePiece model has 32k pieces; clip_b32.py inherits siglip_b16.py's tokenizer.
-    "experiments/siglip_b16.py": ("--config.tokenizer={tokenizer}", "--config.model.text.vocab_size=32000"),
-    "experiments/clip_b32.py": ("--config.tokenizer={tokenizer}", "--config.model.text.vocab_size=32000"),
-    "experiments/vqvae_imagenet.py": (),  # no tokenizer
-    "experiments/paligemma_like.py": ("--config.tokenizer={tokenizer}",),  # sets its LM vocabulary (256k) itself
-}
-
-
-def local_overrides(config_path: str, tokenizer: str) -> list:
-    """`--config.<key>=<value>` flags that let `config_path` (a key of POD_CONFIGS) dry-run here; `tokenizer` is a
-    local SentencePiece model (e.g. data/tfds/scenes_spm.model from `make data`)."""
-    return [o.format(tokenizer=tokenizer) for o in POD_CONFIGS[config_path]] + ["--config.evals={}"]
-
-
-# Memory per chip (GiB) for the `--target` check.
-HBM_GIB = {"tpu_v4": 32, "tpu_v5e": 16, "tpu_v5p": 95, "tpu_v6e": 32, "a100": 80, "h100": 80, "h200": 141}
 
 
 def _gib(n: int) -> str:
@@ -92,10 +68,11 @@ def dry_run(config, target: str = "", max_unsharded_fraction: float = 0.5, show_
         raise ValueError(f"dry run: {100 * frac:.1f}% of parameter bytes are unsharded (> "
                          f"{100 * max_unsharded_fraction:.0f}%): check config.sharding_rules / config.mesh")
     if target:
-        if target not in HBM_GIB:
-            raise ValueError(f"--target={target!r}: expected one of {', '.join(HBM_GIB)}")
-        if total > HBM_GIB[target] * 2 ** 30:
-            raise ValueError(f"dry run: needs {_gib(total)} per device but a {target} has {HBM_GIB[target]} GiB: "
+        if target not in CHIPS:
+            raise ValueError(f"--target={target!r}: expected one of {', '.join(CHIPS)}")
+        hbm_gib = CHIPS[target][1]
+        if total > hbm_gib * 2 ** 30:
+            raise ValueError(f"dry run: needs {_gib(total)} per device but a {target} has {hbm_gib} GiB: "
                              "it would not fit (more fsdp, remat, a smaller batch, or bf16)")
-        print(f"fits on {target}: {_gib(total)} of {HBM_GIB[target]} GiB", flush=True)
+        print(f"fits on {target}: {_gib(total)} of {hbm_gib} GiB", flush=True)
     return report

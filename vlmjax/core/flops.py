@@ -1,4 +1,4 @@
-"""FLOPs, memory and MFU of a train step, and the peak-FLOP/s table MFU is measured against.
+"""FLOPs, memory and MFU of a train step, and the table of chips (peak FLOP/s, memory) they are measured against.
 
 MFU = model FLOPs per step / (step time x peak FLOP/s), per device; HFU uses the hardware FLOPs instead.
 Both are counted on the step's jaxpr, never taken from XLA's cost analysis: on GPU that analysis does not see
@@ -18,16 +18,26 @@ import jax.numpy as jnp
 
 from vlmjax.models.transformer import no_recompute
 
-# Dense bf16 peak FLOP/s per chip (vendor figures; ANCHORS.md).
-PEAK_FLOPS = {
-    "tpu v4": 275e12,
-    "tpu v5e": 197e12, "tpu v5 lite": 197e12,
-    "tpu v5p": 459e12, "tpu v5": 459e12,
-    "tpu v6e": 918e12, "tpu v6 lite": 918e12,
-    "a100": 312e12,
-    "h100": 989e12,
-    "h200": 989e12,
+# The chips, by the one name `--target` takes: (dense bf16 peak FLOP/s, HBM GiB per chip, the `device_kind`
+# substrings jax reports for it). Vendor figures, from the chips' spec sheets.
+CHIPS = {
+    "tpu_v4": (275e12, 32, ("tpu v4",)),
+    "tpu_v5e": (197e12, 16, ("tpu v5e", "tpu v5 lite")),
+    "tpu_v5p": (459e12, 95, ("tpu v5p", "tpu v5")),
+    "tpu_v6e": (918e12, 32, ("tpu v6e", "tpu v6 lite")),
+    "a100": (312e12, 80, ("a100",)),
+    "h100": (989e12, 80, ("h100",)),
+    "h200": (989e12, 141, ("h200",)),
 }
+
+
+def chip_of(device_kind: str):
+    """The CHIPS name of a jax `device_kind` ('TPU v5 lite' -> 'tpu_v5e'), or None. The longest matching
+    substring wins, so 'tpu v5 lite' is a v5e, not a v5p."""
+    kind = device_kind.lower()
+    hits = [(len(s), name) for name, (_, _, kinds) in CHIPS.items() for s in kinds if s in kind]
+    return max(hits)[1] if hits else None
+
 
 _CPU_PEAK = {}
 
@@ -52,9 +62,9 @@ def peak_flops(device=None) -> tuple:
     """(peak FLOP/s per device, where the number comes from) for `device` (default: the first)."""
     device = device or jax.devices()[0]
     kind = getattr(device, "device_kind", "").lower()
-    for name, flops in PEAK_FLOPS.items():
-        if name in kind:
-            return flops, f"table:{name}"
+    chip = chip_of(kind)
+    if chip:
+        return CHIPS[chip][0], f"table:{chip}"
     if device.platform == "cpu":
         return measured_cpu_peak(), "measured:cpu_f32_matmul"
     return float("nan"), f"unknown:{kind}"

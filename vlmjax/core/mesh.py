@@ -69,13 +69,21 @@ def rules_from_config(rules) -> tuple:
     return tuple((name, tuple(ax) if isinstance(ax, (list, tuple)) else ax) for name, ax in rules)
 
 
+def batch_axes(mesh: Mesh) -> tuple:
+    """The mesh axes a batch's leading dimension is split over: ('data', 'fsdp'), those of them `mesh` has (none
+    for an empty mesh). The one place that names them: losses and tasks that place or reduce over the batch get
+    them from here."""
+    return tuple(a for a in BATCH_AXES if a in mesh.shape)
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Leading (batch) dimension split over the data-parallel axes, the rest replicated."""
-    return NamedSharding(mesh, P(BATCH_AXES))
+    return NamedSharding(mesh, P(batch_axes(mesh)))
 
 
 def data_parallel_size(mesh: Mesh) -> int:
-    return math.prod(mesh.shape[a] for a in BATCH_AXES)
+    """Devices one batch is split over: the product of the `batch_axes` sizes."""
+    return math.prod(mesh.shape[a] for a in batch_axes(mesh))
 
 
 def _fit_spec(spec: P, shape, mesh: Mesh) -> P:
