@@ -33,6 +33,7 @@ def test_help_lists_own_flags(prog, capsys):
     (vq, ["encod", "--workdir", "w"],
      "error: unknown command 'encod' (did you mean 'encode'?); known commands: decode, encode (see vlmjax-vq --help)"),
     (vq, ["decode", "--workdir", "w", "codes.npy"], "error: --out is required (see vlmjax-vq decode --help)"),
+    (vq, ["encode", "--workdir", "w", "missing.png"], "error: image 'missing.png': no such file"),
     (train, ["--config", "vit_scnes", "--workdir", "w"],
      "error: --config 'vit_scnes': unknown experiment 'vit_scnes' (did you mean 'vit_scenes'?); known experiments: "),
     (zeroshot, ["--workdir", "nowhere", "--image", "a.png", "--labels", " , "],
