@@ -14,12 +14,14 @@ best-matching caption among every caption the generator can write with that clas
 closed-world retrieval over the caption space, not zero-shot) and image <-> caption `retrieval`.
 Variants: `:no_order` (K=3 shape/size edits, no position inputs), `:baseline` (the plain SigLIP run with a smaller
 tower, no hard negatives), `:phrases` (whole object phrases swapped), `:softmax` (CLIP's loss and inits,
-experiments/clip_scenes.py), `:runlocal` (a tiny smoke test without hard negatives; add `hardneg` for K=3 ones).
+experiments/clip_scenes.py), `:runlocal` (a tiny smoke test without hard negatives; add `hardneg` for K=3 ones),
+`:heldout` (trains on `scenes/heldout`, whose train split never shows the 4 `HELDOUT_CLASSES`, with no hard
+negative naming them either; evaluators on validation, which has every class; combine as `heldout,runlocal`).
 The measured accuracy of each, and of LiT (experiments/lit_scenes.py): docs/contrastive.md.
 """
 import ml_collections
 
-from vlmjax.data.scenes import COLORS, OBJECT_NAME, SHAPES, SIZES
+from vlmjax.data.scenes import COLORS, HELDOUT_CLASSES, OBJECT_NAME, SHAPES, SIZES
 from .common import SCENES_HYBRID_VIT, image_pp, keep, parse_arg
 
 # Zero-shot prompts in the style of the captions. The label is the MAIN (largest, then leftmost) object; captions
@@ -56,7 +58,7 @@ def text_pp(text_len, hard_negatives=False, phrases=False, order=False):
     return pp + [dict(op="tokenize", max_len=text_len, key="text"), keep(*keys)]
 
 
-VARIANTS = ("runlocal", "baseline", "softmax", "hardneg", "no_order", "phrases")
+VARIANTS = ("runlocal", "baseline", "softmax", "hardneg", "no_order", "phrases", "heldout")
 
 
 def get_config(arg=None):
@@ -88,7 +90,7 @@ def get_config(arg=None):
                       data=dict(split="test", preprocess=img_pp + [keep("image", "label")])),
         retrieval=dict(type="retrieval", max_captions=3,
                        data=dict(split="test", preprocess=img_pp + [keep("image", "captions")])))
-    if not runlocal:  # zero-shot as retrieval over the grammar's caption space (docs/contrastive.md)
+    if not (runlocal or "heldout" in flags):  # zero-shot as retrieval over the grammar's caption space (docs/contrastive.md)
         c.evals.caption_retrieval = dict(type="zeroshot", class_prompts=CAPTION_SPACE, aggregate="max",
                                         data=c.evals.zeroshot.data.to_dict(), every_steps=1200)  # 300k prompts
     c.eval = dict(every_steps=600, batch_size=250)
@@ -124,4 +126,12 @@ def get_config(arg=None):
         c.model.out_dim = 32
         c.schedule.warmup_steps = 5
         c.checkpoint.every_steps = 20
+
+    if "heldout" in flags:  # zero-shot to colour-shape pairs never seen (docs/contrastive.md)
+        c.data.name = "scenes/tiny_heldout" if runlocal else "scenes/heldout"  # validation/test: every class
+        for op in c.data.preprocess:
+            if op["op"] == "hard_negative_caption":
+                op["avoid"] = list(HELDOUT_CLASSES)
+        for ev in c.evals.values():
+            ev.data.split = "validation"
     return c
