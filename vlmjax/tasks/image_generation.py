@@ -18,11 +18,11 @@ def generate_image(task, variables, prompt_tokens, prompt_mask, rng, cfg_scale=3
     boi = jnp.full((b, 1), task.ids["boi"], jnp.int32)
 
     def prefix(tokens, mask):
-        t = task.text_segment(params, tokens, mask)
-        s = join_segments(t, task.text_segment(params, boi, jnp.ones_like(boi), jnp.ones_like(boi)))
-        return s["x"], s["input_mask"], task.attention_ar(s["mask_ar"])
+        t = task.seq.text_segment(params, tokens, mask)
+        s = join_segments(t, task.seq.text_segment(params, boi, jnp.ones_like(boi), jnp.ones_like(boi)))
+        return s["x"], s["input_mask"], task.seq.attention_ar(s["mask_ar"])
 
-    empty = task.null_prompt(prompt_tokens.shape[1])
+    empty = task.seq.null_prompt(prompt_tokens.shape[1])
     null = prefix(jnp.broadcast_to(empty["tokens"], prompt_tokens.shape),
                   jnp.broadcast_to(empty["input_mask"], prompt_tokens.shape))
     v_t, k = task.model.text_vocab_size, task.model.image_vocab_size

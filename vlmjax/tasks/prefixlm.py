@@ -18,8 +18,8 @@ Evaluators (`config.evals.<name>.type`): vqa, caption, perplexity (vlmjax/evalua
 `answer(variables, images, prompt_tokens, prompt_mask) -> int32[B, T]`, `answer_each(variables, batch,
 max_new_tokens) -> int32[B, Q, T]`, `text_nll(variables, batch) -> {ce_sum, count}`, `generate_image(variables,
 prompt_tokens, prompt_mask, rng) -> uint8[B, H, W, 3]` (VQ, vlmjax/tasks/image_generation.py); host helpers from
-strings in vlmjax/tasks/chat_prompts.py. A VQ run's frozen tokenizer (`vq_workdir`) is read by the core
-(`frozen_runs`).
+strings in vlmjax/tasks/chat_prompts.py. Sequence assembly (image and text segments, CFG dropout):
+vlmjax/tasks/prefixlm_sequence.py. A VQ run's frozen tokenizer (`vq_workdir`) is read by the core (`frozen_runs`).
 """
 import functools
 import json
@@ -31,9 +31,8 @@ import ml_collections
 import numpy as np
 
 from vlmjax.data import chat_ops
-from vlmjax.losses.lm import NORMALIZE, check_supervised, next_token_batch, next_token_loss
+from vlmjax.losses.lm import NORMALIZE, check_supervised, next_token_loss
 from vlmjax.models.lm import DecoderLM
-from vlmjax.models.masks import make_attn_mask, positions_from_mask
 from vlmjax.models.vit import ViT
 from vlmjax.models.vlm import VLM, join_segments
 from vlmjax.models.vqvae import VQVAE
@@ -41,6 +40,7 @@ from vlmjax.tasks.base import Task
 from vlmjax.tasks.decode import decode
 from vlmjax.tasks.image_generation import generate_image
 from vlmjax.tasks.model_config import build_module, check_keys
+from vlmjax.tasks.prefixlm_sequence import Sequencer
 from vlmjax.tasks.text_inputs import load_tokenizer
 from vlmjax.tasks.vqvae import generator_params
 
@@ -76,16 +76,14 @@ class PrefixLMTask(Task):
                          feature_layer=int(config.model.get("feature_layer", -1)),
                          token_merge=int(config.model.get("token_merge", 1)))
         self.model = VLM(lm=lm, image_input=config.image_input, **extra)
+        self.seq = Sequencer(self.model, self.ids, self.tok.pad_id, config.attention,
+                             self.vq_model if self.vq else None)
 
     @classmethod
     def config_defaults(cls):
         return {"tokenizer": "", "image_size": 64, "text_len": 64, "image_input": "continuous", "vq_workdir": "",
                 "loss_normalize": "per_token", "z_loss": 0.0, "image_loss_weight": 1.0, "cfg_dropout": 0.0,
                 "attention": "prefix"}
-
-    def null_prompt(self, length: int) -> dict:
-        """Classifier-free guidance's "no caption" chat prompt: {tokens, input_mask, mask_ar, mask_loss} int32[L]."""
-        return chat_ops.pack_chat([([], None)], self.ids, length, self.tok.pad_id)
 
     def _vq_config(self):
         path = os.path.join(self.config.vq_workdir, "config.json")
@@ -132,68 +130,9 @@ class PrefixLMTask(Task):
             variables["vqvae"] = jax.tree.map(jnp.asarray, vq)
         return variables
 
-    # -- sequence assembly -----------------------------------------------------------------------------------------
-    def _embed(self, params, tokens):
-        return self.model.apply({"params": params}, tokens, method="embed")
-
-    def image_codes(self, state, batch):
-        """int32[B, h, w]: precomputed `image_codes`, else the frozen VQ-VAE's encoding of `image`."""
-        if "image_codes" in batch:
-            return batch["image_codes"].astype(jnp.int32)
-        return self.vq_model.apply(jax.lax.stop_gradient(state["vqvae"]), batch["image"], method=VQVAE.encode)
-
-    def image_segment(self, params, state, batch, generate=None):
-        """The image's per-token fields {x float[B, N, D], ids, input_mask, mask_ar, mask_loss, is_image}.
-
-        Continuous: projected patches, never supervised. VQ: `<|boi|> codes <|eoi|>`; in rows with `generate`
-        (bool[B], image after the text) causal and supervised, otherwise part of the bidirectional prefix.
-        """
-        if self.vq:
-            codes = self.image_codes(state, batch)
-            b = codes.shape[0]
-            ids = jnp.concatenate([jnp.full((b, 1), self.ids["boi"]), codes.reshape(b, -1) +
-                                   self.model.text_vocab_size, jnp.full((b, 1), self.ids["eoi"])], 1).astype(jnp.int32)
-            x = self._embed(params, ids)
-        else:
-            x = self.model.apply({"params": params}, batch["image"], method="embed_image")
-            ids = jnp.zeros(x.shape[:2], jnp.int32)
-        gen = jnp.zeros((x.shape[0],), bool) if generate is None else generate.astype(bool)
-        ones = jnp.ones(ids.shape, jnp.int32)
-        causal = jnp.broadcast_to(gen[:, None], ids.shape).astype(jnp.int32)
-        return {"x": x, "ids": ids, "input_mask": ones, "mask_ar": causal, "mask_loss": causal, "is_image": ones}
-
-    def text_segment(self, params, tokens, input_mask, mask_ar=None, mask_loss=None):
-        zeros = jnp.zeros(tokens.shape, jnp.int32)
-        return {"x": self._embed(params, tokens), "ids": tokens.astype(jnp.int32),
-                "input_mask": input_mask.astype(jnp.int32),
-                "mask_ar": zeros if mask_ar is None else mask_ar.astype(jnp.int32),
-                "mask_loss": zeros if mask_loss is None else mask_loss.astype(jnp.int32), "is_image": zeros}
-
-    def attention_ar(self, mask_ar):
-        """The mask_ar the model attends with: every token causal under config.attention='causal'."""
-        return jnp.ones_like(mask_ar) if self.config.attention == "causal" else mask_ar
-
     def _forward(self, params, state, batch, rngs=None):
-        """Teacher-forced pass -> (logits float32[B, T-1, V], shifted batch, is_image int[B, T-1])."""
-        gen = batch.get("image_last") if self.vq else None
-        txt = {k: batch[k] for k in ("tokens", "input_mask", "mask_ar", "mask_loss")}
-        if gen is not None and rngs is not None and self.config.cfg_dropout > 0:
-            drop = gen.astype(bool) & (jax.random.uniform(rngs["dropout"], gen.shape) < self.config.cfg_dropout)
-            null = self.null_prompt(txt["tokens"].shape[1])
-            txt = {k: jnp.where(drop[:, None], null[k][None], v) for k, v in txt.items()}
-        seq = join_segments(self.image_segment(params, state, batch, gen),
-                            self.text_segment(params, txt["tokens"], txt["input_mask"], txt["mask_ar"],
-                                              txt["mask_loss"]), swap=gen)
-        if gen is not None:  # image after padded text: real tokens first, so <|boi|> is predicted from the last
-            # text token, not from a padding slot (stable: the order of the real tokens is kept)
-            order = jnp.argsort(1 - seq["input_mask"], axis=1, stable=True)
-            seq = {k: jnp.take_along_axis(v, order.reshape(order.shape + (1,) * (v.ndim - 2)), axis=1)
-                   for k, v in seq.items()}
-        nb = next_token_batch(seq["ids"], seq["input_mask"], self.attention_ar(seq["mask_ar"]), seq["mask_loss"])
-        logits, _ = self.model.apply({"params": params}, seq["x"][:, :-1],
-                                     make_attn_mask(nb["input_mask"], nb["mask_ar"]),
-                                     positions_from_mask(nb["input_mask"]))
-        return logits, nb, seq["is_image"][:, 1:]
+        """Teacher-forced pass (Sequencer.forward, with config.cfg_dropout while training)."""
+        return self.seq.forward(params, state, batch, rngs, float(self.config.cfg_dropout))
 
     # -- training -------------------------------------------------------------------------------------------------
     def loss(self, params, state, batch, rngs, step):
@@ -215,20 +154,21 @@ class PrefixLMTask(Task):
     # -- decoding -------------------------------------------------------------------------------------------------
     def decode_answers(self, params, img, prompt_tokens, prompt_mask, max_new_tokens: int = 8):
         """Greedy answers int32[B, T] (stopped by `<|end|>`) to prompts int[B, Lp] after image segments `img`."""
-        seq = join_segments(img, self.text_segment(params, prompt_tokens, prompt_mask))
-        return decode(self.model, {"params": params}, seq["x"], seq["input_mask"], self.attention_ar(seq["mask_ar"]),
-                      max_new_tokens=max_new_tokens, stop_tokens=(self.ids["end"],), pad_token=self.tok.pad_id)
+        seq = join_segments(img, self.seq.text_segment(params, prompt_tokens, prompt_mask))
+        return decode(self.model, {"params": params}, seq["x"], seq["input_mask"],
+                      self.seq.attention_ar(seq["mask_ar"]), max_new_tokens=max_new_tokens,
+                      stop_tokens=(self.ids["end"],), pad_token=self.tok.pad_id)
 
     def answer(self, variables, images, prompt_tokens, prompt_mask, max_new_tokens: int = 8):
         """Greedy answers int32[B, T] to chat prompts int[B, Lp] about images float[B, H, W, 3] in [-1, 1]."""
-        img = self.image_segment(variables["params"], variables, {"image": images})
+        img = self.seq.image_segment(variables["params"], variables, {"image": images})
         return self.decode_answers(variables["params"], img, prompt_tokens, prompt_mask, max_new_tokens)
 
     def answer_each(self, variables, batch, max_new_tokens: int = 8):
         """Greedy answers int32[B, Q, T] to each image's Q prompts (`prompts` int[B, Q, Lp], `prompts_mask`); the
         image (`image` or `image_codes`) is encoded once."""
         b, q, lp = batch["prompts"].shape
-        img = self.image_segment(variables["params"], variables, batch)
+        img = self.seq.image_segment(variables["params"], variables, batch)
         img = jax.tree.map(lambda a: jnp.repeat(a, q, axis=0), img)
         out = self.decode_answers(variables["params"], img, batch["prompts"].reshape(b * q, lp),
                                   batch["prompts_mask"].reshape(b * q, lp), max_new_tokens)

@@ -4,7 +4,8 @@ Batch: `image` float[B, H, W, 3] in [-1, 1] (the `value_range` op's default). Th
 codebook, restart offsets, usage window) live in the 'vq_stats' collection, carried by the core as model state;
 dead-code restarts draw from the 'vq' rng stream.
 
-Evaluators (`config.evals.<name>.type`): recon, codebook (vlmjax/evaluators/). Predict functions (the tokenizer API, jit-able; the prefix-LM uses them): `encode(variables, images) ->
+Evaluators (`config.evals.<name>.type`): recon, codebook (vlmjax/evaluators/). Predict functions (the tokenizer
+API, jit-able; the prefix-LM uses them): `encode(variables, images) ->
 int32[B, h, w]`, `decode(variables, codes) -> float32[B, H, W, 3]` in [-1, 1], `reconstruct(variables, images)`.
 
 Optional VQGAN-style adversarial loss (`config.adversarial`, off while `weight` is 0, the default): a PatchGAN
