@@ -1,8 +1,7 @@
 """Metric sinks: `workdir/metrics.jsonl`, TensorBoard event files (scalars and image grids) and a console line.
 
-Only process 0 writes. TensorBoard events are written with the `tensorboard` package's own writer (no TF import).
+Only process 0 writes. TensorBoard events are written by tensorboardX (no TensorFlow import).
 """
-import io
 import json
 import math
 import os
@@ -25,6 +24,10 @@ def image_grid(images: np.ndarray, cols: int = 8) -> np.ndarray:
 
 
 class MetricWriter:
+    """Writes metrics rows to `workdir/metrics.jsonl` and TensorBoard events to `workdir/tb` (tensorboardX: the
+    event-file format TensorBoard reads, without TensorFlow or tensorboard installed); only where `enabled`
+    (process 0). Every write is flushed, so a preempted run loses nothing it logged."""
+
     def __init__(self, workdir: str, enabled: bool = True):
         self.enabled = enabled
         self._tb = None
@@ -32,40 +35,28 @@ class MetricWriter:
             return
         os.makedirs(workdir, exist_ok=True)
         self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+        from tensorboardX import SummaryWriter
 
-        self._tb = EventFileWriter(os.path.join(workdir, "tb"))
+        self._tb = SummaryWriter(os.path.join(workdir, "tb"))
 
     def write(self, step: int, metrics: dict) -> None:
+        """One jsonl row {'step': step, **metrics} and one TensorBoard scalar per metric."""
         if not self.enabled or not metrics:
             return
-        from tensorboard.compat.proto import event_pb2, summary_pb2
-
         row = {"step": int(step)}
         row.update({k: float(v) for k, v in sorted(metrics.items())})
         self._jsonl.write(json.dumps(row) + "\n")
         self._jsonl.flush()
-        summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=k, simple_value=float(v))
-                                             for k, v in metrics.items()])
-        self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
+        for k, v in metrics.items():
+            self._tb.add_scalar(k, float(v), int(step))
         self._tb.flush()
 
     def write_images(self, step: int, images: dict) -> None:
         """images: {tag: uint8[N, H, W, 3]} -> one grid per tag."""
         if not self.enabled or not images:
             return
-        from PIL import Image
-        from tensorboard.compat.proto import event_pb2, summary_pb2
-
-        values = []
         for tag, ims in images.items():
-            grid = image_grid(np.asarray(ims))
-            buf = io.BytesIO()
-            Image.fromarray(grid).save(buf, format="PNG")
-            values.append(summary_pb2.Summary.Value(tag=tag, image=summary_pb2.Summary.Image(
-                height=grid.shape[0], width=grid.shape[1], colorspace=3, encoded_image_string=buf.getvalue())))
-        self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
-                                           summary=summary_pb2.Summary(value=values)))
+            self._tb.add_image(tag, image_grid(np.asarray(ims)), int(step), dataformats="HWC")
         self._tb.flush()
 
     def close(self):
