@@ -312,3 +312,23 @@ def test_hard_negatives_never_name_an_avoided_phrase():
     assert ex["text_neg"] == "a red squares" and ex["text_neg_valid"] == 1
     with pytest.raises(ValueError, match="avoid must be a list of phrases"):
         validate_specs([dict(op="hard_negative_caption", groups=GROUPS, avoid="red square")])
+
+
+def test_filter_values_keeps_listed_values_and_eval_pads_the_rest():
+    from vlmjax.data.pipeline import VALID_KEY, eval_batches
+
+    source = [{"label": np.int64(i % 5), "num_objects": np.int32(1 + i % 3), "name": f"c{i % 5}".encode()}
+              for i in range(30)]
+    specs = [dict(op="filter_values", key="num_objects", values=[1]), dict(op="filter_values", key="label",
+                                                                          values=[0, 3])]
+    fn = get_preprocess_fn(specs)
+    rows = [r for b in eval_batches(source, fn, batch_size=8) for r in zip(b["label"], b[VALID_KEY])]
+    assert len(rows) == 32  # 30 examples padded to 4 batches of 8
+    kept = [int(l) for l, v in rows if v]
+    expected = [i % 5 for i in range(30) if i % 3 == 0 and i % 5 in (0, 3)]
+    assert kept == expected and len(kept) == 4
+    with pytest.raises(DropExample, match="value_name"):
+        _run([dict(op="filter_values", key="name", values=["c1"])], source[0])
+    assert _run([dict(op="filter_values", key="name", values=["c0"])], source[0]) == source[0]
+    with pytest.raises(ValueError, match="values must be a non-empty list"):
+        validate_specs([dict(op="filter_values", key="label", values=[])])

@@ -11,6 +11,9 @@ Ops (put them before `decode`: they read the image header or the source's size f
   filter_frequent_caption(max_images_per_caption=10, count_key='caption_count')   'frequent_caption'
   align_filters(...)                                              the three above with ALIGN's thresholds
                                                                   (max_images_per_caption=0: without the third)
+  filter_values(key, values)                                      'value_<key>': keeps an example whose scalar
+                                                                  `key` is one of `values` (e.g. an evaluation
+                                                                  on one-object images of some classes)
 
 The caption-frequency table is a property of the whole source, so the source computes it once (the webdataset
 source does while indexing its shards; `CaptionCounts` wraps any other random-access source) and hands each
@@ -154,3 +157,21 @@ class CaptionCounts:
         ex = dict(self.source[i])
         ex[self.count_key] = self.counts.get(caption_hash(as_text(ex[self.key])), 1)
         return ex
+
+
+@register("filter_values")
+def filter_values(key: str, values) -> Op:
+    """Keeps examples whose scalar feature `key` equals one of `values` (ints or strings); drops the others as
+    'value_<key>'. In evaluation a dropped example is padding, so a metric covers exactly the kept ones."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__") or not list(values):
+        raise ValueError(f"values must be a non-empty list, got {values!r}")
+    wanted = {as_text(v) if isinstance(v, (str, bytes)) else int(v) for v in values}
+
+    def op(ex, rng):
+        v = get(ex, key)
+        v = as_text(v) if isinstance(v, (str, bytes)) else int(np.asarray(v))
+        if v not in wanted:
+            raise DropExample(f"value_{key}")
+        return ex
+
+    return op
