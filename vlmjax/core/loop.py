@@ -25,7 +25,7 @@ from vlmjax.core.checkpoint import (Checkpointer, check_init_from, load_imported
                                      merge_params, read_variables)
 from vlmjax.core.distributed import PreemptionWatcher
 from vlmjax.core.flops import peak_flops, step_flops
-from vlmjax.core.mesh import (batch_sharding, like_params_shardings, logical_shardings, make_mesh,
+from vlmjax.core.mesh import (batch_sharding, data_parallel_size, like_params_shardings, logical_shardings, make_mesh,
                                rules_from_config)
 from vlmjax.core.metrics import MetricWriter, Progress
 from vlmjax.core.optim import make_optimizer
@@ -88,8 +88,6 @@ class Trainer(Runtime):
                 self.task.frozen[name] = {"params": state["params"], **state.get("model_state", {})}
 
     def _dummy(self):
-        from vlmjax.core.mesh import data_parallel_size
-
         return jax.tree.map(jnp.asarray, self.task.dummy_batch(data_parallel_size(self.mesh)))
 
     def _init_variables(self, rng):
@@ -220,14 +218,10 @@ class Trainer(Runtime):
         return self._eval_sources[key]
 
     def _eval_batch_size(self, data_cfg) -> int:
-        from vlmjax.core.mesh import data_parallel_size
-
         return config_lib.eval_batch_size(data_cfg.batch_size, data_parallel_size(self.mesh), jax.process_count())
 
     def _log_eval_padding(self):
         """Says once, when the trainer is built, which eval batches are padded to the data-parallel size."""
-        from vlmjax.core.mesh import data_parallel_size
-
         for name, ev in self.config.evals.items():
             size = self._eval_batch_size(ev.data)
             if size != ev.data.batch_size:

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from vlmjax.core.mesh import BATCH_AXES, batch_sharding, data_parallel_size
+from vlmjax.core.mesh import batch_axes, batch_sharding, data_parallel_size
 
 
 class Runtime:
@@ -28,8 +28,8 @@ class Runtime:
 
     @property
     def batch_axes(self) -> tuple:
-        """Mesh axes the batch dimension is split over."""
-        return tuple(BATCH_AXES)
+        """Mesh axes the batch dimension is split over (vlmjax.core.mesh.batch_axes)."""
+        return batch_axes(self.mesh)
 
     def predict_arrays(self, fn, variables, arrays, chunk: int = 256) -> np.ndarray:
         """`fn(variables, *arrays)` over host arrays of N rows each -> np.ndarray[N, ...].
