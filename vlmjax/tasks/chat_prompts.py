@@ -1,6 +1,5 @@
 """Host side of the prefix-LM's predict fns: chat prompts from strings, answers and images back (the evaluators,
 the API and the CLIs call these)."""
-
 import jax
 import jax.numpy as jnp
 import numpy as np

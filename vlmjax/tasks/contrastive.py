@@ -15,7 +15,6 @@ with 0 = no head on that tower), `temperature_init`, `bias_init` (None: no bias)
 Evaluators (`config.evals.<name>.type`): zeroshot, retrieval (vlmjax/evaluators/). Predict fns
 `embed_image(variables, images) -> float[B, D]`, `embed_text(variables, ids, mask) -> float[B, D]`.
 """
-
 import math
 
 import numpy as np
