@@ -11,11 +11,14 @@ from typing import Dict
 from vlmjax.evaluators.base import COMMON_KEYS, Evaluator
 from vlmjax.tasks.model_config import check_keys
 
-KINDS = ("classification", "zeroshot", "retrieval", "vqa", "caption", "perplexity", "recon", "codebook")
+# `config.evals.<name>.type` -> the module under vlmjax/evaluators/ that builds it.
+KINDS = {"classification": "classification", "zeroshot": "zeroshot", "zeroshot_multilabel": "multilabel",
+         "retrieval": "retrieval", "vqa": "vqa", "caption": "caption", "perplexity": "perplexity", "recon": "recon",
+         "codebook": "codebook"}
 
 
 def _module(kind: str):
-    return importlib.import_module(f"vlmjax.evaluators.{kind}")
+    return importlib.import_module(f"vlmjax.evaluators.{KINDS[kind]}")
 
 
 def build_evaluator(task, cfg, where: str) -> Evaluator:

@@ -12,7 +12,7 @@ caption false for its image, int32[B, L], or K of them, int32[B, K, L] (the op's
 (TextTransformer keys; vocab_size defaults to the tokenizer's), `out_dim` (projection dim: int, or [image, text]
 with 0 = no head on that tower), `temperature_init`, `bias_init` (None: no bias), `temperature_max` (0: no clamp).
 
-Evaluators (`config.evals.<name>.type`): zeroshot, retrieval (vlmjax/evaluators/). Predict fns
+Evaluators (`config.evals.<name>.type`): zeroshot, retrieval, zeroshot_multilabel (vlmjax/evaluators/). Predict fns
 `embed_image(variables, images) -> float[B, D]`, `embed_text(variables, ids, mask) -> float[B, D]`.
 """
 import math
@@ -60,7 +60,7 @@ def build_two_towers(model_cfg, vocab_size: int) -> TwoTowers:
 
 
 class ContrastiveTask(Task):
-    eval_kinds = ("zeroshot", "retrieval")
+    eval_kinds = ("zeroshot", "retrieval", "zeroshot_multilabel")
 
     def __init__(self, config):
         super().__init__(config)
