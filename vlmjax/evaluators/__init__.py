@@ -9,6 +9,7 @@ import importlib
 from typing import Dict
 
 from vlmjax.evaluators.base import COMMON_KEYS, Evaluator
+from vlmjax.names import did_you_mean
 from vlmjax.tasks.model_config import check_keys
 
 # `config.evals.<name>.type` -> the module under vlmjax/evaluators/ that builds it.
@@ -26,7 +27,7 @@ def build_evaluator(task, cfg, where: str) -> Evaluator:
     kind = cfg.get("type", "")
     offered = tuple(task.eval_kinds)
     if kind not in offered or kind not in KINDS:
-        raise ValueError(f"{where}.type={kind!r}: this task offers {', '.join(offered)}")
+        raise ValueError(f"{where}.type={kind!r}: this task offers {', '.join(offered)}{did_you_mean(kind, offered)}")
     module = _module(kind)
     check_keys(cfg, COMMON_KEYS + tuple(module.KEYS), where)
     return module.build(task, cfg, where)
