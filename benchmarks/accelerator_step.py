@@ -294,8 +294,9 @@ def prefixlm_batch(rng):
 
 
 def prefixlm_jax(batch, workdir, attention_impl="auto"):
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
-    from paligemma_like import model as plm_model
+    from vlmjax.core.config import experiment_module
+
+    plm_model = experiment_module("paligemma_like").model
 
     c = SIZE["plm"]
     v, lm = c["vit"], c["lm"]

@@ -42,3 +42,17 @@ def test_parse_arg_combined_variants():
     assert parse_arg("", ("a",), "x.py") is None
     with pytest.raises(ValueError, match="known variants: a comma-separated subset of a, b"):
         parse_arg("a,d", ("a", "b"), "x.py", combine=True)
+
+
+def test_a_checkout_without_install_finds_the_experiments(tmp_path):
+    """PYTHONPATH=<checkout> and no `pip install` (a device machine): experiments/ is still vlmjax.experiments."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.meta_path = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]; "
+            f"sys.path.insert(0, {ROOT!r}); "
+            "from vlmjax.core.config import experiment_module, load_experiment; "
+            "assert load_experiment('clip_scenes:runlocal').loss == 'softmax'; "
+            "print(experiment_module('paligemma_like').__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "vlmjax.experiments.paligemma_like", out.stderr[-2000:]

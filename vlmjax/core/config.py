@@ -195,13 +195,35 @@ def set_dotted(config, over: dict):
 EXPERIMENTS = "vlmjax.experiments"  # the repository's experiments/ folder, installed under this name (setup.py)
 
 
+def experiments_package():
+    """The package vlmjax.experiments: installed (setup.py maps the repository's experiments/ folder there), or, in
+    a checkout used without installing it (PYTHONPATH=., as on a device machine), that folder next to the vlmjax
+    package, registered under the same name so that its modules import each other relatively."""
+    import importlib
+    import importlib.util
+    import os
+    import sys
+
+    try:
+        return importlib.import_module(EXPERIMENTS)
+    except ModuleNotFoundError as e:
+        folder = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                              "experiments")
+        if e.name != EXPERIMENTS or not os.path.isfile(os.path.join(folder, "__init__.py")):
+            raise
+    spec = importlib.util.spec_from_file_location(EXPERIMENTS, os.path.join(folder, "__init__.py"),
+                                                  submodule_search_locations=[folder])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules[EXPERIMENTS] = package
+    spec.loader.exec_module(package)
+    return package
+
+
 def experiment_names() -> list:
     """The experiments `--config NAME[:arg]` can name: the modules of vlmjax.experiments (but `common`)."""
-    import importlib
     import pkgutil
 
-    package = importlib.import_module(EXPERIMENTS)
-    return sorted(m.name for m in pkgutil.iter_modules(package.__path__) if m.name != "common")
+    return sorted(m.name for m in pkgutil.iter_modules(experiments_package().__path__) if m.name != "common")
 
 
 def experiment_module(spec: str):
@@ -224,7 +246,7 @@ def experiment_module(spec: str):
     if not os.path.isfile(spec):
         raise FileNotFoundError(f"--config {spec!r}: no experiment file {spec!r}")
     folder = os.path.realpath(os.path.dirname(os.path.abspath(spec)))
-    if folder in {os.path.realpath(p) for p in importlib.import_module(EXPERIMENTS).__path__}:
+    if folder in {os.path.realpath(p) for p in experiments_package().__path__}:
         return importlib.import_module(f"{EXPERIMENTS}.{os.path.basename(spec)[:-3]}")
     name = "vlmjax_user_experiment_" + os.path.basename(spec)[:-3]
     module = importlib.util.module_from_spec(importlib.util.spec_from_file_location(name, spec))
