@@ -21,7 +21,7 @@ The measured accuracy of each, and of LiT (experiments/lit_scenes.py): docs/cont
 """
 import ml_collections
 
-from vlmjax.data.scenes import COLORS, HELDOUT_CLASSES, OBJECT_NAME, SHAPES, SIZES
+from vlmjax.data.scenes import CLASS_NAMES, COLORS, HELDOUT_CLASSES, OBJECT_NAME, SHAPES, SIZES
 from .common import SCENES_HYBRID_VIT, image_pp, keep, parse_arg
 
 # Zero-shot prompts in the style of the captions. The label is the MAIN (largest, then leftmost) object; captions
@@ -45,6 +45,7 @@ NUM_NEGATIVES = 3
 # and "colour shape" names swapped with the sizes kept, which only moves the objects; K=6.
 ORDER_GROUPS = NEGATIVE_GROUPS + [list(COLORS), ["left", "right"], ["top", "bottom"]]
 TRAIN_KEYS = ["image", "text", "text_mask"]
+ONE_OBJECT = dict(op="filter_values", key="num_objects", values=[1])
 
 
 def text_pp(text_len, hard_negatives=False, phrases=False, order=False):
@@ -89,7 +90,13 @@ def get_config(arg=None):
         zeroshot=dict(type="zeroshot", templates=list(TEMPLATES),
                       data=dict(split="test", preprocess=img_pp + [keep("image", "label")])),
         retrieval=dict(type="retrieval", max_captions=3,
-                       data=dict(split="test", preprocess=img_pp + [keep("image", "captions")])))
+                       data=dict(split="test", preprocess=img_pp + [keep("image", "captions")])),
+        # class names can answer these (the main-object label's "largest, then leftmost" rule is not in a name):
+        # one-object images, and every object present (multi-label mAP)
+        zeroshot_1obj=dict(type="zeroshot", templates=list(TEMPLATES),
+                           data=dict(split="test", preprocess=[ONE_OBJECT] + img_pp + [keep("image", "label")])),
+        multilabel=dict(type="zeroshot_multilabel", templates=list(TEMPLATES),
+                        data=dict(split="test", preprocess=img_pp + [keep("image", "multi_labels")])))
     if not (runlocal or "heldout" in flags):  # zero-shot as retrieval over the grammar's caption space (docs/contrastive.md)
         c.evals.caption_retrieval = dict(type="zeroshot", class_prompts=CAPTION_SPACE, aggregate="max",
                                         data=c.evals.zeroshot.data.to_dict(), every_steps=1200)  # 300k prompts
@@ -132,6 +139,13 @@ def get_config(arg=None):
         for op in c.data.preprocess:
             if op["op"] == "hard_negative_caption":
                 op["avoid"] = list(HELDOUT_CLASSES)
+        # zero-shot to the withheld pairs: their one-object images, classified among all 24 classes
+        heldout_ids = [CLASS_NAMES.index(n) for n in HELDOUT_CLASSES]
+        c.evals.heldout = dict(type="zeroshot", templates=list(TEMPLATES), data=dict(
+            preprocess=[ONE_OBJECT, dict(op="filter_values", key="label", values=heldout_ids)] + img_pp
+            + [keep("image", "label")]))
         for ev in c.evals.values():
             ev.data.split = "validation"
+            if runlocal:
+                ev.data.name = "scenes/tiny_heldout"
     return c
