@@ -69,8 +69,10 @@ def test_train_cli_bad_input_one_line_exit_2(tmp_path, args, message):
     ({"batch_size": 0}, "config.batch_size=0: must be >= 1"),
     ({"batch_size": -16}, "config.batch_size=-16: must be >= 1"),
     ({"optimizer.lr": -1e-3}, "config.optimizer.lr=-0.001: must be >= 0"),
+    ({"wandb.project": "p"}, "config.wandb.project='p': the wandb package is not installed"),
 ])
-def test_trainer_refuses_bad_batch_and_lr_before_building_state(tmp_path, over, message):
+def test_trainer_refuses_bad_batch_and_lr_before_building_state(tmp_path, over, message, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as where wandb is not installed
     with pytest.raises(ValueError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
         Trainer(tiny_config(**over), str(tmp_path))
 

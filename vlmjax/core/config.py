@@ -52,6 +52,8 @@ def defaults() -> ml_collections.ConfigDict:
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
     c.init_from = ml_collections.ConfigDict(dict(workdir="", path="", format="", include=".*", rewrite=[]))
     c.debug = ml_collections.ConfigDict(dict(sleep_per_step=0.0))
+    # Weights & Biases: off while `project` is empty; `name` defaults to the workdir's name (core/metrics.py).
+    c.wandb = ml_collections.ConfigDict(dict(project="", entity="", name="", mode=""))
     return c
 
 

@@ -5,7 +5,9 @@ config, build the task (model keys), check mesh and batch against the devices, o
 create the train state already sharded (eval_shape -> shardings from logical axes -> jit with out_shardings),
 restore or initialise, and run jitted steps with the state donated.
 """
+import importlib.util
 import os
+import sys
 import time
 
 import flax.linen as nn
@@ -27,7 +29,7 @@ from vlmjax.core.distributed import PreemptionWatcher
 from vlmjax.core.flops import peak_flops, step_flops
 from vlmjax.core.mesh import (batch_sharding, data_parallel_size, like_params_shardings, logical_shardings, make_mesh,
                                rules_from_config)
-from vlmjax.core.metrics import MetricWriter, Progress
+from vlmjax.core.metrics import CLEAR_LINE, MetricWriter, Progress
 from vlmjax.core.optim import make_optimizer
 from vlmjax.core.restore_check import check_resume_config
 from vlmjax.core.run_paths import record_launch_dir
@@ -35,8 +37,9 @@ from vlmjax.core.runtime import Runtime
 
 
 def log(msg: str) -> None:
+    """Process 0 prints `msg`; on a terminal it first erases the live progress bar (Progress.tick)."""
     if jax.process_index() == 0:
-        print(msg, flush=True)
+        print((CLEAR_LINE if sys.stdout.isatty() else "") + msg, flush=True)
 
 
 class Trainer(Runtime):
@@ -59,6 +62,9 @@ class Trainer(Runtime):
             except ValueError as e:
                 raise ValueError(f"{where}: {e}") from None
         check_init_from(cfg.init_from)
+        if cfg.wandb.project and importlib.util.find_spec("wandb") is None:
+            raise ValueError(f"config.wandb.project={cfg.wandb.project!r}: the wandb package is not installed "
+                             f"(pip install wandb), or leave config.wandb.project empty")
         self.task = task_cls(cfg)
         self.evaluators = validate_and_build(self.task)  # config.evals checked once, and kept
         devices = jax.devices() if devices is None else list(devices)
@@ -280,7 +286,7 @@ class Trainer(Runtime):
         # Before anything is written: may this config resume the workdir's checkpoints? (exit 2 naming the keys)
         check_resume_config(self.workdir, cfg, self.allow_config_change, log, type(self.task).config_defaults())
         os.makedirs(self.workdir, exist_ok=True)
-        writer = MetricWriter(self.workdir, enabled=jax.process_index() == 0)
+        writer = MetricWriter(self.workdir, enabled=jax.process_index() == 0, wandb_cfg=cfg.wandb, config=cfg)
         train_iter = TrainIterator(self.train_source, self.task.preprocess_fn(cfg.data, train=True),
                                    batch_size=cfg.batch_size // jax.process_count(), seed=cfg.seed,
                                    process_index=jax.process_index(), process_count=jax.process_count(),
@@ -332,6 +338,8 @@ class Trainer(Runtime):
                             f"({self.step_flops['hardware']:.4g} with recomputation); peak "
                             f"{self.peak_flops:.4g} FLOP/s ({peak_src})")
                     state, metrics = self._compiled(state, gbatch)
+                    if jax.process_index() == 0:
+                        progress.tick(step)
                     will_save = step == cfg.total_steps or ckpt.mngr.should_save(step)
                     if step % cfg.log_every_steps == 0 or will_save:
                         m = {k: float(v) for k, v in jax.device_get(metrics).items()}

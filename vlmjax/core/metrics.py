@@ -28,9 +28,12 @@ class MetricWriter:
     event-file format TensorBoard reads, without TensorFlow or tensorboard installed); only where `enabled`
     (process 0). Every write is flushed, so a preempted run loses nothing it logged."""
 
-    def __init__(self, workdir: str, enabled: bool = True):
+    def __init__(self, workdir: str, enabled: bool = True, wandb_cfg=None, config=None):
+        """`wandb_cfg` (config.wandb): with a `project`, rows also go to Weights & Biases, one run per workdir (its
+        id derives from the workdir's path, so a resumed run continues the same W&B run); `config` is logged with
+        it. `wandb` is imported only then; without it installed, ImportError names the key."""
         self.enabled = enabled
-        self._tb = None
+        self._tb = self._wandb = None
         if not enabled:
             return
         os.makedirs(workdir, exist_ok=True)
@@ -38,6 +41,8 @@ class MetricWriter:
         from tensorboardX import SummaryWriter
 
         self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+        if wandb_cfg is not None and wandb_cfg.get("project"):
+            self._wandb = wandb_run(workdir, wandb_cfg, config)
 
     def write(self, step: int, metrics: dict) -> None:
         """One jsonl row {'step': step, **metrics} and one TensorBoard scalar per metric."""
@@ -50,6 +55,8 @@ class MetricWriter:
         for k, v in metrics.items():
             self._tb.add_scalar(k, float(v), int(step))
         self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.log({k: float(v) for k, v in metrics.items()}, step=int(step))
 
     def write_images(self, step: int, images: dict) -> None:
         """images: {tag: uint8[N, H, W, 3]} -> one grid per tag."""
@@ -63,6 +70,26 @@ class MetricWriter:
         if self.enabled:
             self._jsonl.close()
             self._tb.close()
+            if self._wandb is not None:
+                self._wandb.finish()
+
+
+def wandb_run(workdir: str, wandb_cfg, config=None):
+    """A `wandb.init` run for `workdir`: id = a hash of its absolute path (resume='allow' continues it on a re-run),
+    name = `wandb_cfg.name` or the workdir's name; `entity`/`mode` ('online', 'offline', 'disabled') when set."""
+    import hashlib
+
+    try:
+        import wandb
+    except ImportError:
+        raise ImportError("config.wandb.project is set but the wandb package is not installed (pip install wandb); "
+                          "or leave config.wandb.project empty") from None
+    path = os.path.abspath(workdir)
+    kwargs = dict(project=wandb_cfg.project, name=wandb_cfg.get("name") or os.path.basename(path.rstrip("/")),
+                  id=hashlib.sha1(path.encode()).hexdigest()[:16], resume="allow", dir=path,
+                  config=config.to_dict() if hasattr(config, "to_dict") else config)
+    kwargs.update({k: wandb_cfg[k] for k in ("entity", "mode") if wandb_cfg.get(k)})
+    return wandb.init(**kwargs)
 
 
 def read_metrics(workdir: str) -> list:
@@ -73,6 +100,9 @@ def read_metrics(workdir: str) -> list:
             row = json.loads(line)
             rows.setdefault(row["step"], {}).update(row)
     return [rows[s] for s in sorted(rows)]
+
+
+CLEAR_LINE = "\r\033[K"  # back to column 0 and erase: a log line replaces the live bar
 
 
 class Progress:
@@ -104,6 +134,13 @@ class Progress:
         frac = min(max(step / max(self.total, 1), 0.0), 1.0)
         done = int(round(self.BAR * frac))
         return f"[{'#' * done}{'.' * (self.BAR - done)}] {100 * frac:3.0f}%"
+
+    def tick(self, step: int, out=None) -> None:
+        """On a terminal, redraws `\r[bar] step N/T` after every step (the next log line overwrites it)."""
+        if self.tty:
+            out = out or sys.stdout
+            out.write(f"\r{self.bar(step)} step {step}/{self.total}")
+            out.flush()
 
     def line(self, step: int, metrics: dict, rate: float) -> str:
         eta = (self.total - step) / max(rate, 1e-9)
