@@ -17,12 +17,13 @@ import collections
 import dataclasses
 import os
 import time
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from vlmjax.data.scenes import (CLASS_NAMES, COLORS, HELDOUT_CLASSES, SHAPES, SIZES, make_example, record_seed)
+from vlmjax.data.scenes import (CLASS_NAMES, COLORS, HELDOUT_CLASSES, SHAPES, SIZES, captions, make_example,
+                                record_seed, render_scene)
 
 
 @dataclasses.dataclass
@@ -148,11 +149,35 @@ def blind_vqa_prior(data_dir: str, config: str = "default", n_test: int = None) 
     return {"all": float(np.mean(every)), **{t: float(np.mean(h)) for t, h in hits.items()}}, len(every)
 
 
+def write_samples(out_dir: str, n: int = 4, image_size: int = 64) -> List[str]:
+    """Writes the first `n` test scenes as PNG files (`scene<i>.png`) and their captions (`scene<i>.txt`) to
+    `out_dir`, for trying the CLIs and the Python API on images of the kind the scenes runs saw; returns the PNG
+    paths. No dataset build needed."""
+    from PIL import Image
+
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    for i in range(n):
+        img, objs = render_scene(record_seed("test", i, image_size), image_size)
+        path = os.path.join(out_dir, f"scene{i}.png")
+        Image.fromarray(img).save(path)
+        with open(path[:-4] + ".txt", "w") as f:
+            f.write("\n".join(captions(objs)) + "\n")
+        paths.append(path)
+    return paths
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="Build the built-in `scenes` dataset (generated locally).")
-    p.add_argument("--data_dir", required=True)
+    p.add_argument("--data_dir", help="where to build it (a tfds data_dir)")
     p.add_argument("--config", default="default", choices=[c.name for c in Scenes.BUILDER_CONFIGS])
+    p.add_argument("--samples", metavar="DIR", help="instead: write 4 test scenes as DIR/scene<i>.png (+ captions)")
     args = p.parse_args(argv)
+    if args.samples:
+        print("\n".join(write_samples(args.samples)))
+        return
+    if not args.data_dir:
+        p.error("--data_dir is required (or --samples DIR)")
     built, secs = build(os.path.expanduser(args.data_dir), args.config)
     where = os.path.join(args.data_dir, "scenes", args.config)
     print(f"built scenes/{args.config} in {secs:.1f}s at {where}" if built
