@@ -5,12 +5,14 @@ docs/ goes through.
     python benchmarks/seeds.py --name vit_scenes --config experiments/vit_scenes.py --seeds 0,1,2 --split test
     python benchmarks/seeds.py ... -- --config.total_steps=1200     # anything after `--` goes to vlmjax-train
 
-Each seed is a fresh `vlmjax-train` process (`--config.seed=<s>`, workdir `<workdir_root>/<name>/seed<s>`; a finished
-workdir only re-evaluates) with every evaluator's split set to `--split`. Choices (steps, recipe, prompts) are made on
-`validation`; `test` is read once per final recipe: a `test` result for the same recipe is never overwritten (exit
-2) unless `--force`. Writes `benchmarks/results/seeds_<name>_<split>.json`: the command, git commit (and whether the
-tree was dirty), seeds, split, each seed's final `eval/*` metrics and wall seconds, and per metric mean, std
-(ddof=1) and n; prints the markdown table `table()` makes from it.
+Each seed is one `vlmjax-train` process (`--config.seed=<s>`, workdir `<workdir_root>/<name>/seed<s>`; a finished
+workdir is not trained again) whose own periodic evaluations read `validation` only, then one `vlmjax-eval` process
+that evaluates the final checkpoint with every evaluator's split set to `--split`. So the test split is never read
+while training, and the `test` run of a recipe reuses the models its `validation` run trained. Choices (steps,
+recipe, prompts) are made on `validation`; `test` is read once per final recipe: a `test` result for the same recipe
+is never overwritten (exit 2) unless `--force`. Writes `benchmarks/results/seeds_<name>_<split>.json`: the command,
+git commit (and whether the tree was dirty), seeds, split, each seed's final `eval/*` metrics and wall seconds, and
+per metric mean, std (ddof=1) and n; prints the markdown table `table()` makes from it.
 """
 import argparse
 import json
@@ -59,14 +61,14 @@ def table(result: dict, metrics=None) -> str:
     return "\n".join(rows)
 
 
-def final_eval(workdir: str) -> dict:
-    """The last logged value of each `eval/*` metric in `workdir/metrics.jsonl`."""
-    last = {}
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        for line in f:
-            row = json.loads(line)
-            last.update({k: v for k, v in row.items() if k.startswith("eval/")})
-    return last
+def parse_eval_lines(stdout: str) -> dict:
+    """`vlmjax-eval`'s `eval/<evaluator>/<metric>=value` lines -> {name: float}."""
+    out = {}
+    for line in stdout.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key.startswith("eval/"):
+            out[key] = float(value)
+    return out
 
 
 def split_overrides(config_spec: str, split: str) -> list:
@@ -79,15 +81,22 @@ def split_overrides(config_spec: str, split: str) -> list:
 
 
 def run_seed(args, seed: int, extra: list) -> tuple:
-    """(final eval metrics, wall seconds) of one seed's `vlmjax-train` process."""
-    workdir = os.path.join(args.workdir_root, args.name, f"{args.split}_seed{seed}")
-    cmd = [sys.executable, "-m", "vlmjax.cli", "--config", args.config, "--workdir", workdir,
-           f"--config.seed={seed}", *split_overrides(args.config, args.split), *extra]
+    """(final eval metrics on `args.split`, wall seconds) of one seed: train (validation evals), then evaluate."""
+    workdir = os.path.join(args.workdir_root, args.name, f"seed{seed}")
     t = time.time()
-    r = subprocess.run(cmd, cwd=ROOT)
+    train = [sys.executable, "-m", "vlmjax.cli", "--config", args.config, "--workdir", workdir,
+             f"--config.seed={seed}", *split_overrides(args.config, "validation"), *extra]
+    r = subprocess.run(train, cwd=ROOT)
     if r.returncode != 0:
-        raise SystemExit(f"error: seed {seed} failed (exit {r.returncode}): {' '.join(cmd)}")
-    return final_eval(workdir), time.time() - t
+        raise SystemExit(f"error: seed {seed} failed (exit {r.returncode}): {' '.join(train)}")
+    evaluate = [sys.executable, "-m", "vlmjax.cli.evaluate", "--workdir", workdir, "--config", args.config,
+                f"--config.seed={seed}", *split_overrides(args.config, args.split),
+                *[a for a in extra if a.startswith("--config.")]]
+    r = subprocess.run(evaluate, cwd=ROOT, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"error: evaluating seed {seed} failed (exit {r.returncode}): {' '.join(evaluate)}\n"
+                         f"{r.stderr[-2000:]}")
+    return parse_eval_lines(r.stdout), time.time() - t
 
 
 def main(argv=None):

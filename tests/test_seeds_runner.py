@@ -43,9 +43,18 @@ def test_two_seeds_on_validation(tmp_path, scenes_tiny_dir):
     result = json.loads((tmp_path / "seeds_tiny_validation.json").read_text())
     assert result["seeds"] == [0, 1] and result["split"] == "validation"
     for s in ("0", "1"):
-        cfg = json.loads((tmp_path / "w" / "tiny" / f"validation_seed{s}" / "config.json").read_text())
+        workdir = tmp_path / "w" / "tiny" / f"seed{s}"
+        cfg = json.loads((workdir / "config.json").read_text())
         assert cfg["seed"] == int(s)
-        assert all(e["data"]["split"] == "validation" for e in cfg["evals"].values())
+        assert all(e["data"]["split"] == "validation" for e in cfg["evals"].values())  # training never reads test
+        logged = [r for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())
+                  if "eval/test/loss" in r][-1]  # the run's own last validation eval: the same checkpoint and data
+        assert result["per_seed"][s]["eval/test/loss"] == pytest.approx(logged["eval/test/loss"], rel=1e-5)
     losses = [result["per_seed"][s]["eval/test/loss"] for s in ("0", "1")]
     assert losses[0] != losses[1]  # the seed reaches the run
     assert result["summary"]["eval/test/loss"]["mean"] == pytest.approx(sum(losses) / 2)
+
+
+def test_parse_eval_lines():
+    assert seeds.parse_eval_lines("resumed ...\neval/a/accuracy=0.5\neval/b/loss=1.25e-05\nfinal: x=1\n") == {
+        "eval/a/accuracy": 0.5, "eval/b/loss": 1.25e-05}
