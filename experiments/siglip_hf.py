@@ -19,11 +19,9 @@ argument and without the default folder the config is that of google/siglip-base
 naming `config.init_from.path`. Weights come through `config.init_from` (path = the folder, format 'hf_siglip'),
 the tokenizer is the folder's `spiece.model`.
 
-Evaluation only (the default) is one optimizer step at lr 0: the core refuses `total_steps=0`, and a step at lr 0
-leaves every parameter bit for bit as imported (adamw's update, weight decay included, is scaled by the lr). The
-final evaluation then runs on exactly the imported weights, and the checkpoint it writes makes the workdir a
-vlmjax run (`vlmjax-eval`, `vlmjax-zeroshot`, `vlmjax.load`). That step reads one batch of the train data
-(`coco_captions`; `--config.data.name` takes any image-text dataset).
+Evaluation only (the default) is `total_steps=0`: the core evaluates the imported weights, logs them at step 0
+and writes them as a step-0 checkpoint, so the workdir is a vlmjax run (`vlmjax-eval`, `vlmjax-zeroshot`,
+`vlmjax.load`); no train data is opened.
 
 Tokenizer and image differences from HF's `SiglipProcessor`, which matter for exact parity of text embeddings:
 - HF's SiglipTokenizer lowercases, strips punctuation and collapses whitespace before SentencePiece; our `tokenize`
@@ -117,15 +115,13 @@ def get_config(arg=None):
             name="imagenet2012", split="validation", preprocess=img + keep_label))
     c.eval = dict(every_steps=500, batch_size=1024)
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
-    # Evaluation only: one step at lr 0 (module docstring), then the final evaluation.
-    c.total_steps, c.batch_size, c.log_every_steps = 1, 256, 1
-    c.optimizer = dict(name="adamw", lr=0.0, b2=0.95, weight_decay=1e-4, clip_norm=1.0)
+    c.total_steps, c.batch_size, c.log_every_steps = 0, 256, 1  # evaluation only (module docstring)
+    c.optimizer = dict(name="adamw", lr=1e-5, b2=0.95, weight_decay=1e-4, clip_norm=1.0)
     c.schedule = dict(name="cosine", warmup_steps=0)
     c.checkpoint = dict(every_steps=1000, keep=3)
 
     if finetune:  # a small lr from the imported weights, t and b: SigLIP's fine-tuning recipe, shortened
         c.total_steps, c.batch_size, c.log_every_steps = 2000, 1024, 50
-        c.optimizer.lr = 1e-5
         c.schedule.warmup_steps = 200
         c.evals.coco = dict(type="retrieval", caption_key="captions/text", max_captions=5, data=dict(
             name="coco_captions", split="test", preprocess=img + [keep("image", "captions/text")]))

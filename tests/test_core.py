@@ -186,3 +186,26 @@ def test_remat_scan_and_mixed_precision(one_device_run, tmp_path, variant):
         assert got[0] == pytest.approx(ref[0], rel=1e-6) and got[-1] < got[0]
     else:
         np.testing.assert_allclose(got, ref, rtol=1e-5)  # remat recomputes, it does not change the maths
+
+
+def test_total_steps_zero_evaluates_the_initial_weights_without_train_data(one_device_run, tmp_path, monkeypatch):
+    """total_steps=0 with init_from: the evaluation of the copied weights equals the source run's final one, a
+    step-0 checkpoint holds exactly those weights, and the train split is never opened."""
+    from vlmjax.core import loop
+    from vlmjax.core.checkpoint import load_params_numpy
+
+    opened, make_source = [], loop.make_source
+    monkeypatch.setattr(loop, "make_source", lambda data, split: opened.append(split) or make_source(data, split))
+    src, src_final = one_device_run
+    wd = str(tmp_path / "eval_only")
+    cfg = tiny_config(**{"mesh.data": 1, "total_steps": 0, "init_from.workdir": src})
+    final = train(cfg, wd, devices=jax.devices()[:1])
+    assert opened == ["test"]
+    assert final["eval/test/accuracy"] == pytest.approx(src_final["eval/test/accuracy"])
+    assert final["eval/test/loss"] == pytest.approx(src_final["eval/test/loss"], rel=1e-6)
+    assert [r["step"] for r in read_metrics(wd)] == [0]
+    jax.tree.map(np.testing.assert_array_equal, load_params_numpy(wd), load_params_numpy(src))
+    again = train(cfg, wd, devices=jax.devices()[:1])  # re-running re-evaluates the checkpoint
+    assert again["eval/test/loss"] == pytest.approx(final["eval/test/loss"], rel=1e-6)
+    with pytest.raises(ValueError, match=r"config.total_steps=-1: must be >= 0"):
+        Trainer(tiny_config(total_steps=-1), str(tmp_path / "neg"), open_data=False)

@@ -51,6 +51,7 @@ def test_eval_only_imports_the_hf_weights_and_evaluates(hf_folder, scenes_tiny_d
     trainer = Trainer(config, str(tmp_path / "w"))
     final = trainer.run()
     assert 0.0 <= final["eval/zeroshot/accuracy"] <= 1.0  # the run evaluated
+    assert os.path.isdir(tmp_path / "w" / "checkpoints" / "0")  # the imported weights, as a vlmjax run
 
     rng = np.random.default_rng(0)
     images = rng.uniform(-1, 1, (3, 16, 16, 3)).astype(np.float32)
@@ -83,7 +84,7 @@ def test_default_is_siglip_base_patch16_224(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # no models/ folder here: the built-in config.json of the hub model
     c = load_experiment("siglip_hf")
     assert (c.image_size, c.text_len, c.model.text.vocab_size, c.model.image.patch_size) == (224, 64, 32000, [16, 16])
-    assert c.init_from.path == "models/siglip-base-patch16-224" and c.optimizer.lr == 0.0
+    assert c.init_from.path == "models/siglip-base-patch16-224" and c.total_steps == 0  # evaluation only
     ft = load_experiment("siglip_hf:finetune")
     assert ft.optimizer.lr == 1e-5 and ft.schedule.warmup_steps > 0 and "coco" in ft.evals
     assert os.path.basename(c.tokenizer) == "spiece.model"

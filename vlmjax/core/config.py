@@ -164,8 +164,9 @@ def check_runtime(config, num_devices: int, process_count: int = 1) -> tuple:
             raise ValueError(f"config.evals.{name}.data.batch_size={ev.data.batch_size}: must be >= 1")
     if config.nan_policy not in ("stop", "skip"):
         raise ValueError(f"config.nan_policy={config.nan_policy!r}: expected 'stop' or 'skip'")
-    if config.total_steps < 1:
-        raise ValueError(f"config.total_steps={config.total_steps}: must be >= 1")
+    if config.total_steps < 0:
+        raise ValueError(f"config.total_steps={config.total_steps}: must be >= 0 (0: evaluate the initial or "
+                         f"imported weights, train nothing)")
     return shape
 
 

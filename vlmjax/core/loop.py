@@ -74,11 +74,11 @@ class Trainer(Runtime):
         self._log_eval_padding()
         self._eval_sources = {}
         if open_data:  # a missing split fails now, not after an hour of training
-            if open_data != "eval":
+            if open_data != "eval" and cfg.total_steps > 0:  # total_steps=0 evaluates only: no train data
                 self.train_source = make_source(cfg.data, cfg.data.split)
             for name, ev in cfg.evals.items():
                 self._eval_source(ev.data)
-        self.tx, self.schedule = make_optimizer(cfg.optimizer, cfg.schedule, cfg.total_steps)
+        self.tx, self.schedule = make_optimizer(cfg.optimizer, cfg.schedule, max(cfg.total_steps, 1))
         self._load_frozen_runs()
         self._build_state_shardings()
         self._train_step = None
@@ -281,11 +281,37 @@ class Trainer(Runtime):
         return results
 
     # -- loop ------------------------------------------------------------------------------------------------------
+    def _evaluate_initial(self) -> dict:
+        """`total_steps=0`: evaluate the initial state (init_from's imported or copied weights), log it at step 0
+        and checkpoint it, so `vlmjax-eval`, `vlmjax.load` and the other tools can use the workdir. No train data."""
+        cfg = self.config
+        ckpt = Checkpointer(self.workdir, 1, cfg.checkpoint.keep, async_save=False)
+        writer = MetricWriter(self.workdir, enabled=jax.process_index() == 0, wandb_cfg=cfg.wandb, config=cfg)
+        try:
+            step = ckpt.latest_step()
+            state = (ckpt.restore(step, self.abstract_state)[0] if step is not None else self.init_state())
+            if jax.process_index() == 0:
+                with open(os.path.join(self.workdir, "config.json"), "w") as f:
+                    f.write(config_lib.to_json(cfg))
+                record_launch_dir(self.workdir)
+            with jax.set_mesh(self.mesh):
+                final = self.evaluate(state, 0, writer, only=True)
+            writer.write(0, final)
+            if step is None:
+                ckpt.save(0, state, {}, force=True)
+        finally:
+            ckpt.close()
+            writer.close()
+        self.state = state
+        return final
+
     def run(self) -> dict:
         cfg = self.config
         # Before anything is written: may this config resume the workdir's checkpoints? (exit 2 naming the keys)
         check_resume_config(self.workdir, cfg, self.allow_config_change, log, type(self.task).config_defaults())
         os.makedirs(self.workdir, exist_ok=True)
+        if cfg.total_steps == 0:
+            return self._evaluate_initial()
         writer = MetricWriter(self.workdir, enabled=jax.process_index() == 0, wandb_cfg=cfg.wandb, config=cfg)
         train_iter = TrainIterator(self.train_source, self.task.preprocess_fn(cfg.data, train=True),
                                    batch_size=cfg.batch_size // jax.process_count(), seed=cfg.seed,
@@ -299,7 +325,8 @@ class Trainer(Runtime):
             restored = ckpt.restore_latest(self.abstract_state, warn=log)
             if restored is not None:
                 start, state, data_state = restored
-                train_iter.set_state(data_state)
+                if data_state:  # a total_steps=0 run's checkpoint has no input position: start at the beginning
+                    train_iter.set_state(data_state)
                 log(f"resumed from {ckpt.directory}/{start} (step {start} done; continuing at step {start + 1})")
             else:
                 start, state = 0, self.init_state()
