@@ -23,14 +23,11 @@ Evaluation only (the default) is `total_steps=0`: the core evaluates the importe
 and writes them as a step-0 checkpoint, so the workdir is a vlmjax run (`vlmjax-eval`, `vlmjax-zeroshot`,
 `vlmjax.load`); no train data is opened.
 
-Tokenizer and image differences from HF's `SiglipProcessor`, which matter for exact parity of text embeddings:
-- HF's SiglipTokenizer lowercases, strips punctuation and collapses whitespace before SentencePiece; our `tokenize`
-  op encodes the text as given (the zero-shot prompts, e.g. "a photo of a {}.", keep their case and full stop).
-- HF pads to 64 with `</s>` (id 1, as big_vision's `pad_value=1`); our op pads with the model's own pad id
-  (`<pad>`, 0). The text tower has no padding mask and pools at the last position, so a padded prompt embeds
-  differently from HF's; expect lower zero-shot numbers than published until the op can pad with id 1.
-- HF resizes bicubic, our `resize` op bilinear; both map values to [-1, 1].
-Given the same token ids and pixels, the imported model's embeddings equal HF's (tests/test_siglip_hf_experiment.py).
+Text goes through the `tokenize` op as HF's SiglipTokenizer prepares it: canonicalised (punctuation removed, lower
+case, whitespace collapsed), eos appended (kept when a text is cut), padded with eos (`</s>`, id 1, what SigLIP was trained with:
+the text tower has no padding mask and pools at the last position, so the pad id matters); the ids equal HF's
+(tests/test_siglip_hf_experiment.py). Images: HF resizes bicubic, our `resize` op bilinear; both map values to
+[-1, 1]. Given the same token ids and pixels, the imported model's embeddings equal HF's.
 """
 import json
 import os
@@ -78,7 +75,8 @@ def read_hf_config(folder: str) -> dict:
 
 
 def preprocess(size, text_len, caption_key="captions/text"):
-    txt = [dict(op="choice", key=caption_key, out="text"), dict(op="tokenize", max_len=text_len, key="text")]
+    txt = [dict(op="choice", key=caption_key, out="text"), dict(op="tokenize", max_len=text_len, key="text",
+                                                                   pad_id="eos", canonicalize=True, keep_eos=True)]
     return image_pp(size), txt
 
 

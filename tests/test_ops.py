@@ -332,3 +332,20 @@ def test_filter_values_keeps_listed_values_and_eval_pads_the_rest():
     assert _run([dict(op="filter_values", key="name", values=["c0"])], source[0]) == source[0]
     with pytest.raises(ValueError, match="values must be a non-empty list"):
         validate_specs([dict(op="filter_values", key="label", values=[])])
+
+
+def test_tokenize_pad_id_keep_eos_and_canonicalize():
+    tok = CharTokenizer()
+    a, b, c = (ord(ch) + 10 for ch in "abc")
+    ex = _run([dict(op="tokenize", max_len=5, pad_id="eos")], {"text": "ab"}, tokenizer=tok)
+    assert ex["text"].tolist() == [a, b, 2, 2, 2] and ex["text_mask"].tolist() == [1, 1, 1, 0, 0]
+    ex = _run([dict(op="tokenize", max_len=5, pad_id=7)], {"text": "ab"}, tokenizer=tok)
+    assert ex["text"].tolist() == [a, b, 2, 7, 7]
+    ex = _run([dict(op="tokenize", max_len=3, keep_eos=True)], {"text": "abcabc"}, tokenizer=tok)
+    assert ex["text"].tolist() == [a, b, 2]  # cut before the eos, which stays last
+    ex = _run([dict(op="tokenize", max_len=3)], {"text": "abcabc"}, tokenizer=tok)
+    assert ex["text"].tolist() == [a, b, c]  # default: cut after adding it
+    ex = _run([dict(op="tokenize", max_len=8, canonicalize=True)], {"text": " A, b!  C."}, tokenizer=tok)
+    assert ex["text"].tolist()[:6] == [a, ord(" ") + 10, b, ord(" ") + 10, c, 2]
+    with pytest.raises(ValueError, match="pad_id must be an int >= 0, 'eos' or None"):
+        validate_specs([dict(op="tokenize", max_len=4, pad_id="pad")])

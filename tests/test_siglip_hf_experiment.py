@@ -88,3 +88,21 @@ def test_default_is_siglip_base_patch16_224(monkeypatch, tmp_path):
     ft = load_experiment("siglip_hf:finetune")
     assert ft.optimizer.lr == 1e-5 and ft.schedule.warmup_steps > 0 and "coco" in ft.evals
     assert os.path.basename(c.tokenizer) == "spiece.model"
+
+
+def test_text_ids_equal_hf_siglip_tokenizer(hf_folder):
+    """The tokenize op as siglip_hf configures it (canonicalised, eos kept on truncation, padded with eos) gives
+    the ids of HF's SiglipTokenizer with padding='max_length', including a text cut at the length."""
+    transformers = pytest.importorskip("transformers")
+    from vlmjax.data.ops import get_preprocess_fn
+    from vlmjax.data.tokenizer import Tokenizer
+
+    folder, _ = hf_folder
+    config = load_experiment(f"siglip_hf:{folder},runlocal")
+    (spec,) = [op for op in config.data.preprocess if op["op"] == "tokenize"]
+    ours = get_preprocess_fn([dict(spec, max_len=12)], tokenizer=Tokenizer(os.path.join(folder, "spiece.model")))
+    hf_tok = transformers.SiglipTokenizer(vocab_file=os.path.join(folder, "spiece.model"))
+    for text in ["A photo of a Red circle.", "a  blue square, left of a star!",
+                 "red circle left of yellow triangle above blue square left of purple star above green circle"]:
+        ref = hf_tok(text, padding="max_length", max_length=12, truncation=True)["input_ids"]
+        assert ours({"text": text}, None)["text"].tolist() == ref, text

@@ -22,6 +22,7 @@ Ops (`key` defaults to 'image' for image ops):
 """
 import io
 import math
+import string
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -187,23 +188,41 @@ def choice(key, out=None) -> Op:
     return op
 
 
-@register("tokenize")
-def tokenize(max_len: int, key: str = "text", out: Optional[str] = None, eos: bool = True, bos: bool = False, *,
-             tokenizer=None) -> Op:
-    """Longer texts are cut to max_len after adding eos, so a cut text carries no eos (it did not end there).
+def canonicalize_text(text: str) -> str:
+    """HF's SiglipTokenizer (and big_vision's SigLIP) text canonicalisation: punctuation removed, lower case,
+    whitespace collapsed."""
+    return " ".join(text.translate(_PUNCTUATION).lower().split())
 
-    A list of K texts gives int32[K, max_len] tokens and mask."""
+
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+@register("tokenize")
+def tokenize(max_len: int, key: str = "text", out: Optional[str] = None, eos: bool = True, bos: bool = False,
+             pad_id=None, canonicalize: bool = False, keep_eos: bool = False, *, tokenizer=None) -> Op:
+    """Longer texts are cut to max_len after adding eos, so a cut text carries no eos (it did not end there);
+    with `keep_eos` the text is cut before its eos instead, which stays last (HF tokenizers' truncation).
+
+    A list of K texts gives int32[K, max_len] tokens and mask. `pad_id`: the id padding positions hold (default:
+    the tokenizer's pad id; 'eos': its eos id, what SigLIP checkpoints were trained with). `canonicalize`: the
+    text goes through `canonicalize_text` first, as HF's SiglipTokenizer does."""
     if not (isinstance(max_len, (int, np.integer)) and max_len > 0):
         raise ValueError(f"max_len must be a positive int, got {max_len!r}")
+    if not (pad_id is None or pad_id == "eos" or (isinstance(pad_id, (int, np.integer)) and pad_id >= 0)):
+        raise ValueError(f"pad_id must be an int >= 0, 'eos' or None, got {pad_id!r}")
     out = out or key
 
     def one(text):
+        if canonicalize:
+            text = canonicalize_text(text)
         if not text.strip():
             raise DropExample("empty_caption")
         ids = tokenizer.encode(text)
-        ids = ([tokenizer.bos_id] if bos else []) + list(ids) + ([tokenizer.eos_id] if eos else [])
-        ids = ids[:max_len]
-        tokens = np.full(max_len, tokenizer.pad_id, np.int32)
+        end = [tokenizer.eos_id] if eos else []
+        ids = ([tokenizer.bos_id] if bos else []) + list(ids)
+        ids = ids[:max_len - len(end)] + end if keep_eos else (ids + end)[:max_len]
+        pad = tokenizer.eos_id if pad_id == "eos" else tokenizer.pad_id if pad_id is None else pad_id
+        tokens = np.full(max_len, pad, np.int32)
         tokens[:len(ids)] = ids
         mask = np.zeros(max_len, np.int32)
         mask[:len(ids)] = 1

@@ -99,11 +99,13 @@ class ContrastiveTask(Task):
         return lambda example, rng: ops(flatten_features(example), rng)
 
     def text_tokenize_fn(self):
-        """The training data's `tokenize` op (same eos/bos settings) applied to key 'text': host fn(example, rng)."""
+        """The training data's `tokenize` op (its eos/bos/pad_id/canonicalize/keep_eos settings) applied to key
+        'text': host fn(example, rng)."""
         from vlmjax.data.ops import get_preprocess_fn
 
         spec = {"op": "tokenize", "max_len": int(self.config.text_len)}
-        spec.update({k: v for k, v in data_op(self.config.data, "tokenize").items() if k in ("eos", "bos")})
+        same = ("eos", "bos", "pad_id", "canonicalize", "keep_eos")
+        spec.update({k: v for k, v in data_op(self.config.data, "tokenize").items() if k in same})
         return get_preprocess_fn([dict(spec, key="text", out="text")], tokenizer=self.tokenizer())
 
     def _train_keys(self):
