@@ -5,13 +5,13 @@ that names the key: an unknown or misspelt key (with the closest known key), a w
 the devices, a batch that does not split over the data-parallel devices, a bad preprocessing op.
 Free-form sections (`model`, `evals`) are checked by the task against the modules and evaluators it builds.
 """
-import difflib
 import json
 import math
 
 import ml_collections
 
 from vlmjax.core.mesh import DEFAULT_RULES, resolve_mesh_shape
+from vlmjax.names import did_you_mean
 
 FREE_FORM = ("model", "evals", "sharding_rules")
 
@@ -77,9 +77,7 @@ def _type_ok(default, value) -> bool:
 
 
 def _unknown(where, key, known):
-    close = difflib.get_close_matches(key, list(known), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return ValueError(f"unknown key {where}.{key}{hint}; known keys: {', '.join(sorted(known))}")
+    return ValueError(f"unknown key {where}.{key}{did_you_mean(key, known)}; known keys: {', '.join(sorted(known))}")
 
 
 def check_against(cfg, schema, where: str) -> None:
