@@ -352,7 +352,7 @@ def test_zeroshot_cli_on_png(siglip_run, tmp_path):
     got = logit(label_probabilities(task, params, x, lists, aggregate="max")[0])
     np.testing.assert_allclose(got, best, rtol=1e-4, atol=1e-4)
     assert not np.allclose(per_prompt[0], per_prompt[1])  # the max has something to choose
-    with pytest.raises(ValueError, match=r"--eval 'nope'.*\['zeroshot'\]"):
+    with pytest.raises(ValueError, match=r"--eval 'nope'.*\['zeroshot', 'zeroshot_1obj'\]"):
         prompts_of(cfg, labels, "nope")
 
 
