@@ -39,6 +39,7 @@ test: venv
 # Input pipeline vs train step (demo, and 224 px JPEG decode at several worker counts): benchmarks/results/
 # input_pipeline.json. `scenes/raw` (images as uint8 arrays) is its no-PNG-decode variant.
 bench: data
+	$(BIN)/pip install -q -c constraints.txt -e '.[bench]'  # matplotlib, for the reports' plots
 	$(BIN)/python -m vlmjax.data.scenes --data_dir $(DATA_DIR) --config raw
 	$(BIN)/python benchmarks/input_pipeline.py --data_dir $(DATA_DIR)
 
