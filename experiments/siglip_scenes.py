@@ -28,6 +28,9 @@ from .common import SCENES_HYBRID_VIT, image_pp, keep, parse_arg
 # of multi-object scenes say "<main object> with <others> to its left/right", so "a large red circle with" names
 # the main object the way the training text does. Generic photo templates work too, but score lower (the report).
 TEMPLATES = ("a large {} with", "a small {} with", "one large {}", "one small {}")
+# An object anywhere in the scene, as every caption names it (chosen for `multilabel` on validation among the
+# candidates of benchmarks/prompt_sweep.py: benchmarks/results/prompt_sweep_multilabel_prompts.json).
+OBJECT_TEMPLATES = ("a large {}", "a small {}")
 # Every caption the scenes generator can write, under the class of its main object (~12k per class): each class
 # scores its best-matching caption -- zero-shot as retrieval over the caption space. No label or test image is
 # used; the captions come from the same `captions` function as the training text.
@@ -95,7 +98,7 @@ def get_config(arg=None):
         # one-object images, and every object present (multi-label mAP)
         zeroshot_1obj=dict(type="zeroshot", templates=list(TEMPLATES),
                            data=dict(split="test", preprocess=[ONE_OBJECT] + img_pp + [keep("image", "label")])),
-        multilabel=dict(type="zeroshot_multilabel", templates=list(TEMPLATES),
+        multilabel=dict(type="zeroshot_multilabel", templates=list(OBJECT_TEMPLATES),
                         data=dict(split="test", preprocess=img_pp + [keep("image", "multi_labels")])))
     if not (runlocal or "heldout" in flags):  # zero-shot as retrieval over the grammar's caption space (docs/contrastive.md)
         c.evals.caption_retrieval = dict(type="zeroshot", class_prompts=CAPTION_SPACE, aggregate="max",
