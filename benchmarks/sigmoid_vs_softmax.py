@@ -4,8 +4,8 @@ The SigLIP paper's claim: the sigmoid loss is at least as good as softmax at sma
 batch grows. Each arm trains tiny two towers on `scenes` (stored as arrays: `scenes/raw`) downscaled to 32 px (the
 siglip_scenes baseline recipe shrunk: same captions, templates, optimizer and schedule; a conv-stem ViT of width 48
 and a 1-layer text tower) for the same number of steps, so a larger batch sees more examples, as in the paper. t
-(and b) learn at 100x the learning rate (`optimizer.lr_mults`; at 1x and 10x they stay within 0.1 of their init
-over the whole run, the sigmoid arms then stay near chance), from the papers' inits (sigmoid t=10, b=-10; softmax
+(and b) learn at 100x the learning rate (`optimizer.lr_mults`; at 10x they barely moved from their init in a
+first try, and the sigmoid arms stayed near chance), from the papers' inits (sigmoid t=10, b=-10; softmax
 t=1/0.07, capped at 100). Validation R@1 is logged at every quarter of the run (the plateau check: the
 gain of the last quarter); zero-shot and R@1 on the test split are read once, at the end. Regenerates:
 
