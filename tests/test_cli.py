@@ -28,7 +28,7 @@ def test_help_lists_own_flags(prog, capsys):
      "--workdir (see vlmjax-eval --help)"),
     (evaluate, [], "error: --workdir is required (see vlmjax-eval --help)"),
     (export, ["--workdir", "w", "--format", "onnx", "--out", "o"], "error: flag --format=onnx: value should be one of "
-     "<hf_siglip|big_vision>"),
+     "<hf_siglip|big_vision|hf_paligemma|hf_gemma|big_vision_paligemma>"),
     (predict, ["--workdir", "w", "stray"], "error: unexpected argument 'stray' (see vlmjax-predict --help)"),
     (vq, ["encod", "--workdir", "w"],
      "error: unknown command 'encod' (did you mean 'encode'?); known commands: decode, encode (see vlmjax-vq --help)"),

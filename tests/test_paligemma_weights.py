@@ -186,3 +186,50 @@ def test_big_vision_mha_fuses_qkv():
     for k in flat:
         np.testing.assert_allclose(back[k], flat[k], atol=1e-12, err_msg=k)
     assert nest(gw.stack_lm(back))["blocks"]["attn"]["q_kernel"].shape == (3, 8, 2, 4)
+
+
+def test_init_from_hf_paligemma_and_export_with_the_cli(paligemma, tmp_path):
+    """config.init_from (format 'hf_paligemma') fills a prefix-LM run (scanned LM; total_steps 0: the imported
+    weights checkpointed as they are), and `vlmjax-export --format hf_paligemma` gives transformers the HF model's
+    logits back; the run's 'hf_gemma' and 'big_vision_paligemma' exports hold the same weights."""
+    import ml_collections
+
+    import fake_data  # noqa: F401  (registers the `fake:` source)
+    from vlmjax.cli import export as export_cli
+    from vlmjax.core.loop import train
+    from vlmjax.data.tokenizer import train_from_texts
+
+    tok = train_from_texts([f"example {i} of a red blue green circle square" for i in range(300)],
+                           str(tmp_path / "spm.model"), vocab_size=300)
+    paligemma.save_pretrained(str(tmp_path / "hf"))
+    c = ml_collections.ConfigDict()
+    c.task, c.tokenizer, c.image_size, c.text_len, c.image_input = "prefixlm", tok.path, 16, 16, "continuous"
+    c.total_steps, c.batch_size, c.log_every_steps, c.seed = 0, 8, 1, 0
+    pp = [dict(op="decode", key="image"), dict(op="value_range", key="image", vmin=-1, vmax=1),
+          dict(op="chat_caption", max_len=16, key="caption"),
+          dict(op="keep", keys=["image", "tokens", "input_mask", "mask_ar", "mask_loss"])]
+    c.data = dict(name="fake:clean", preprocess=pp)
+    c.evals, c.eval = {}, dict(every_steps=0, batch_size=8)
+    c.model = pw.paligemma_model_config(paligemma.config)["model"]
+    c.model.lm["scan_layers"] = True
+    c.init_from = dict(path=str(tmp_path / "hf"), format="hf_paligemma", include=".*")
+    c.mesh, c.checkpoint = dict(data=1), dict(async_save=False)
+    wd = str(tmp_path / "wd")
+    train(c, wd, devices=jax.devices()[:1])
+
+    out = str(tmp_path / "out")
+    assert export_cli.main(["--workdir", wd, "--format", "hf_paligemma", "--out", out]) == 0
+    back = transformers.PaliGemmaForConditionalGeneration.from_pretrained(out, attn_implementation="eager").eval()
+    images, _, ids, token_type = paligemma_inputs(seed=3)
+    ours_ids = np.where(ids == IMAGE_TOKEN, TEXT["vocab_size"], ids)  # the export's image id: the vocab size
+    np.testing.assert_allclose(hf_paligemma_logits(back, images, ours_ids, token_type),
+                               hf_paligemma_logits(paligemma, images, ids, token_type), atol=1e-4, rtol=0)
+    want = flatten(pw.load_hf_paligemma(out))
+    npz = str(tmp_path / "run.npz")
+    assert export_cli.main(["--workdir", wd, "--format", "big_vision_paligemma", "--out", npz]) == 0
+    got = flatten(pw.load_big_vision_paligemma(npz))
+    assert sorted(got) == sorted(want) and all(np.allclose(got[k], want[k], atol=1e-6) for k in want)
+    assert export_cli.main(["--workdir", wd, "--format", "hf_gemma", "--out", str(tmp_path / "lm")]) == 0
+    lm = flatten(gw.load_hf_gemma(str(tmp_path / "lm")))
+    assert all(np.allclose(lm[k], want[f"lm/{k}"], atol=1e-6) for k in lm) and len(lm) == len(
+        [k for k in want if k.startswith("lm/")])

@@ -12,6 +12,9 @@ holds the run's config and SentencePiece model (`vlmjax_config.json`, `vlmjax_sp
 `vlmjax.load(folder)` gives the run back with its verbs.
 `big_vision`: the two towers' params in one `.npz` under the names of big_vision's released SigLIP checkpoints
 ('params/img/Transformer/encoderblock_0/...', layers unrolled), which `config.init_from` (format 'big_vision') reads.
+`hf_paligemma` / `hf_gemma` / `big_vision_paligemma`: a prefix-LM run as a HF `PaliGemmaForConditionalGeneration`
+folder, its LM alone as a `GemmaForCausalLM` folder, or a big_vision PaliGemma `.npz`
+(vlmjax/models/paligemma_weights.py, docs/prefixlm.md).
 Exit code 2 on bad input.
 """
 import sys
@@ -21,12 +24,14 @@ from absl import flags
 from vlmjax.cli import app
 
 PROG = "vlmjax-export"
-FORMATS = ("hf_siglip", "big_vision")
+FORMATS = ("hf_siglip", "big_vision", "hf_paligemma", "hf_gemma", "big_vision_paligemma")
+TASK_OF = {"hf_paligemma": "prefixlm", "hf_gemma": "prefixlm", "big_vision_paligemma": "prefixlm"}  # else contrastive
 FLAGS = app.new_flags()
 flags.DEFINE_string("workdir", None, "A vlmjax-train workdir.", flag_values=FLAGS)
 flags.DEFINE_enum("format", None, list(FORMATS), "hf_siglip: transformers SiglipModel folder; big_vision: "
-                  "two-towers .npz.", flag_values=FLAGS)
-flags.DEFINE_string("out", None, "hf_siglip: output folder (created); big_vision: .npz file.", flag_values=FLAGS)
+                  "two-towers .npz; hf_paligemma / hf_gemma: transformers PaliGemma / Gemma folder (a prefix-LM run); "
+                  "big_vision_paligemma: PaliGemma .npz.", flag_values=FLAGS)
+flags.DEFINE_string("out", None, "hf_*: output folder (created); big_vision*: .npz file.", flag_values=FLAGS)
 flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).", flag_values=FLAGS)
 
 
@@ -38,11 +43,12 @@ def export(workdir: str, fmt: str, out: str, step: int = None) -> list:
     from vlmjax.models import foreign
 
     raw = load_run_config(workdir)
-    if raw.get("task") != "contrastive":
+    kind = TASK_OF.get(fmt, "contrastive")
+    if raw.get("task") != kind:
         raise ValueError(f"--workdir {workdir!r}: config.task={raw.get('task')!r}; --format {fmt} exports a "
-                         f"contrastive run")
+                         f"{kind} run")
     foreign.check_exportable(raw.model, fmt)  # before the checkpoint is read
-    task, variables, _ = load_run(workdir, ("contrastive",), keys=("params",), step=step)
+    task, variables, _ = load_run(workdir, (kind,), keys=("params",), step=step)
     paths = foreign.export(fmt, variables["params"], task.config.model, out)
     return paths + (save_export_config(task.config, out) if fmt == "hf_siglip" else [])
 

@@ -6,9 +6,11 @@ model's parameter paths: each model file ends with its own `load` / `check_expor
 """
 from typing import Mapping
 
-from vlmjax.models import two_towers
+from vlmjax.models import paligemma_weights, two_towers
 
 FORMATS = {fmt: two_towers for fmt in two_towers.FORMATS}  # 'hf_siglip', 'big_vision'
+# the prefix-LM's: 'hf_gemma', 'hf_paligemma', 'big_vision_paligemma'
+FORMATS.update({fmt: paligemma_weights for fmt in paligemma_weights.FORMATS})
 
 
 def load(fmt: str, path: str, template: Mapping = None) -> dict:
