@@ -349,3 +349,19 @@ def test_tokenize_pad_id_keep_eos_and_canonicalize():
     assert ex["text"].tolist()[:6] == [a, ord(" ") + 10, b, ord(" ") + 10, c, 2]
     with pytest.raises(ValueError, match="pad_id must be an int >= 0, 'eos' or None"):
         validate_specs([dict(op="tokenize", max_len=4, pad_id="pad")])
+
+
+def test_eval_hosts_yield_equal_batch_counts_when_a_filter_empties_one_hosts_first_batch():
+    """Multi-host evaluation runs collectives per batch: every process must yield the same number of batches, also
+    when a selective filter drops all of one host's first rows (here host 0's first 4 records are all label 1)."""
+    from vlmjax.data.pipeline import VALID_KEY, eval_batches
+
+    labels = [1, 0] * 4 + [0, 1] * 8  # global order: host 0 reads records 0, 2, 4, ..., host 1 records 1, 3, ...
+    source = [{"label": np.int64(v)} for v in labels]
+    fn = get_preprocess_fn([dict(op="filter_values", key="label", values=[0])])
+    per_host = [list(eval_batches(source, fn, batch_size=4, process_index=h, process_count=2)) for h in (0, 1)]
+    assert len(per_host[0]) == len(per_host[1]) == 3
+    kept = sum(int(b[VALID_KEY].sum()) for bs in per_host for b in bs)
+    assert kept == labels.count(0)
+    assert list(eval_batches(source, get_preprocess_fn([dict(op="filter_values", key="label", values=[7])]),
+                             batch_size=4)) == []  # nothing survives anywhere: no batch on any host

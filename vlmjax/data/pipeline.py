@@ -156,7 +156,17 @@ def eval_batches(source, preprocess: Callable, *, batch_size: int, process_index
     n = len(source) if max_examples is None else min(len(source), int(max_examples))
     per_host = -(-n // process_count)
     num_batches = -(-per_host // batch_size)
+    # Padding rows copy the shapes of the first record (in global order) that preprocesses: every host finds the
+    # same one, so a host whose own first rows are all dropped (a selective eval filter) still yields each batch.
     template = None
+    for g in range(n):
+        try:
+            template = jax_free_zeros(preprocess(source[g], np.random.default_rng([seed, g])))
+            break
+        except DropExample:
+            continue
+    if template is None:
+        return  # nothing in the split survives preprocessing, on any host
     for b in range(num_batches):
         rows, valid = [], []
         for r in range(batch_size):
@@ -168,12 +178,8 @@ def eval_batches(source, preprocess: Callable, *, batch_size: int, process_index
                     ex = preprocess(source[g], np.random.default_rng([seed, g]))
                 except DropExample:
                     ex = None
-            if ex is not None and template is None:
-                template = jax_free_zeros(ex)
             rows.append(ex)
             valid.append(ex is not None)
-        if template is None:
-            continue  # nothing decodable yet on this host; no example lost
         rows = [template if ex is None else ex for ex in rows]
         batch = stack_rows(rows, "eval")
         batch[VALID_KEY] = np.asarray(valid)
