@@ -71,26 +71,31 @@ def parse_eval_lines(stdout: str) -> dict:
     return out
 
 
-def split_overrides(config_spec: str, split: str) -> list:
-    """`--config.evals.<name>.data.split=<split>` for every evaluator of the experiment."""
+def eval_names(config_spec: str) -> list:
+    """The names of the experiment's evaluators (config.evals)."""
     sys.path.insert(0, ROOT)
     from vlmjax.core.config import load_experiment
 
-    evals = load_experiment(config_spec).get("evals", {}) or {}
-    return [f"--config.evals.{name}.data.split={split}" for name in evals]
+    return list(load_experiment(config_spec).get("evals", {}) or {})
 
 
-def run_seed(args, seed: int, extra: list) -> tuple:
-    """(final eval metrics on `args.split`, wall seconds) of one seed: train (validation evals), then evaluate."""
+def split_overrides(names, split: str) -> list:
+    """`--config.evals.<name>.data.split=<split>` for every evaluator name."""
+    return [f"--config.evals.{name}.data.split={split}" for name in names]
+
+
+def run_seed(args, seed: int, extra: list, names: list) -> tuple:
+    """(final eval metrics on `args.split`, wall seconds) of one seed: train (validation evals), then evaluate.
+    `names`: the experiment's evaluators."""
     workdir = os.path.join(args.workdir_root, args.name, f"seed{seed}")
     t = time.time()
     train = [sys.executable, "-m", "vlmjax.cli", "--config", args.config, "--workdir", workdir,
-             f"--config.seed={seed}", *split_overrides(args.config, "validation"), *extra]
+             f"--config.seed={seed}", *split_overrides(names, "validation"), *extra]
     r = subprocess.run(train, cwd=ROOT)
     if r.returncode != 0:
         raise SystemExit(f"error: seed {seed} failed (exit {r.returncode}): {' '.join(train)}")
     evaluate = [sys.executable, "-m", "vlmjax.cli.evaluate", "--workdir", workdir, "--config", args.config,
-                f"--config.seed={seed}", *split_overrides(args.config, args.split),
+                f"--config.seed={seed}", *split_overrides(names, args.split),
                 *[a for a in extra if a.startswith("--config.")]]
     r = subprocess.run(evaluate, cwd=ROOT, capture_output=True, text=True)
     if r.returncode != 0:
@@ -122,9 +127,9 @@ def main(argv=None):
               f"test is read once per final recipe; choose on validation, or pass --force", file=sys.stderr)
         return 2
     commit, dirty = git_commit()
-    per_seed, wall = {}, {}
+    per_seed, wall, names = {}, {}, eval_names(args.config)
     for s in seeds:
-        per_seed[str(s)], wall[str(s)] = run_seed(args, s, extra)
+        per_seed[str(s)], wall[str(s)] = run_seed(args, s, extra, names)
     result = {"name": args.name, "command": command, "config": args.config, "overrides": extra, "split": args.split,
               "commit": commit, "dirty": dirty, "seeds": seeds, "per_seed": per_seed, "wall_s": wall,
               "summary": summarize(per_seed)}

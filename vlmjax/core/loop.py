@@ -281,6 +281,14 @@ class Trainer(Runtime):
         return results
 
     # -- loop ------------------------------------------------------------------------------------------------------
+    def _write_run_record(self) -> None:
+        """Process 0 writes the resolved config.json and the launch directory, against which the config's relative
+        paths resolve from anywhere (run_paths.py)."""
+        if jax.process_index() == 0:
+            with open(os.path.join(self.workdir, "config.json"), "w") as f:
+                f.write(config_lib.to_json(self.config))
+            record_launch_dir(self.workdir)
+
     def _evaluate_initial(self) -> dict:
         """`total_steps=0`: evaluate the initial state (init_from's imported or copied weights), log it at step 0
         and checkpoint it, so `vlmjax-eval`, `vlmjax.load` and the other tools can use the workdir. No train data."""
@@ -288,16 +296,13 @@ class Trainer(Runtime):
         ckpt = Checkpointer(self.workdir, 1, cfg.checkpoint.keep, async_save=False)
         writer = MetricWriter(self.workdir, enabled=jax.process_index() == 0, wandb_cfg=cfg.wandb, config=cfg)
         try:
-            step = ckpt.latest_step()
-            state = (ckpt.restore(step, self.abstract_state)[0] if step is not None else self.init_state())
-            if jax.process_index() == 0:
-                with open(os.path.join(self.workdir, "config.json"), "w") as f:
-                    f.write(config_lib.to_json(cfg))
-                record_launch_dir(self.workdir)
+            restored = ckpt.restore_latest(self.abstract_state, warn=log)
+            state = restored[1] if restored is not None else self.init_state()
+            self._write_run_record()
             with jax.set_mesh(self.mesh):
                 final = self.evaluate(state, 0, writer, only=True)
             writer.write(0, final)
-            if step is None:
+            if restored is None:
                 ckpt.save(0, state, {}, force=True)
         finally:
             ckpt.close()
@@ -334,10 +339,7 @@ class Trainer(Runtime):
             ckpt.close()
             writer.close()
             raise
-        if jax.process_index() == 0:  # once the checkpoints it describes are known to fit it
-            with open(os.path.join(self.workdir, "config.json"), "w") as f:
-                f.write(config_lib.to_json(cfg))
-            record_launch_dir(self.workdir)  # its relative paths resolve against it from anywhere (run_paths.py)
+        self._write_run_record()  # once the checkpoints it describes are known to fit it
         if self._train_step is None:
             self._train_step = self.train_step_fn()
         progress = Progress(cfg.total_steps, cfg.batch_size, start)

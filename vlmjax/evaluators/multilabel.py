@@ -9,10 +9,8 @@ positives. Metric `mAP`: the mean over the classes present in at least one image
 import numpy as np
 
 from vlmjax.evaluators import retrieval_metrics as rm
-from vlmjax.evaluators.base import Evaluator
 from vlmjax.evaluators.zeroshot import KEYS as ZEROSHOT_KEYS
-from vlmjax.evaluators.zeroshot import class_embeddings, class_names_of, zeroshot_prompts
-from vlmjax.tasks.text_inputs import tokenize_texts
+from vlmjax.evaluators.zeroshot import ZeroShotEvaluator, class_names_of, zeroshot_prompts
 
 KEYS = ZEROSHOT_KEYS + ("multilabel_key",)
 
@@ -34,31 +32,19 @@ def average_precision(scores, positives) -> np.ndarray:
     return out
 
 
-class MultiLabelEvaluator(Evaluator):
-    def __init__(self, data, task, prompts, aggregate, multilabel_key):
-        super().__init__(data=data)
-        self.task, self.prompts, self.aggregate = task, prompts, aggregate
-        self._tokens = None
-        embed_image = task.predict_fns()["embed_image"]
-
-        def predict(variables, batch):
-            return {"zimg": embed_image(variables, batch["image"]), "multi": batch[multilabel_key]}
-
-        self.predict = predict
+class MultiLabelEvaluator(ZeroShotEvaluator):
+    """A zero-shot evaluator whose label is the multi-hot `multilabel_key` (int[C]), reduced to mAP."""
 
     def run(self, variables, runtime):
-        if self._tokens is None:
-            self._tokens = tokenize_texts(self.task.text_tokenize_fn(), [p for ps in self.prompts for p in ps])
-        classes = class_embeddings(self.task, variables, self.prompts, runtime, self.aggregate, self._tokens)
-        out = runtime.predict_all(self.predict, variables, self.data)
-        if out["multi"].shape[1:] != (len(self.prompts),):
-            raise ValueError(f"zeroshot_multilabel: the labels are {out['multi'].shape[1:]} per image but there are "
+        classes, out = self.embed(variables, runtime)
+        if out["label"].shape[1:] != (len(self.prompts),):
+            raise ValueError(f"zeroshot_multilabel: the labels are {out['label'].shape[1:]} per image but there are "
                              f"{len(self.prompts)} classes")
-        ap = average_precision(rm.class_scores(out["zimg"], classes), out["multi"])
+        ap = average_precision(rm.class_scores(out["zimg"], classes), out["label"])
         return {"mAP": float(np.nanmean(ap))}
 
 
-def build(task, cfg, where: str) -> Evaluator:
+def build(task, cfg, where: str) -> ZeroShotEvaluator:
     names = class_names_of(cfg, cfg.get("label_key", "label"))
     prompts, aggregate = zeroshot_prompts(cfg, names, where)
-    return MultiLabelEvaluator(cfg.data, task, prompts, aggregate, cfg.get("multilabel_key", "multi_labels"))
+    return MultiLabelEvaluator(cfg.data, task, names, prompts, cfg.get("multilabel_key", "multi_labels"), aggregate)

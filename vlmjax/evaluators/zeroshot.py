@@ -108,11 +108,16 @@ class ZeroShotEvaluator(Evaluator):
 
         self.predict = predict
 
-    def run(self, variables, runtime):
+    def embed(self, variables, runtime) -> tuple:
+        """(class embeddings as `class_embeddings` returns them, {'zimg': float[N, D], 'label': [N, ...]}) of the
+        split's images, `label` being the batch's `label_key`."""
         if self._tokens is None:  # the scenes caption space is 300k prompts: seconds of tokenizing per eval
             self._tokens = tokenize_texts(self.task.text_tokenize_fn(), [p for ps in self.prompts for p in ps])
         classes = class_embeddings(self.task, variables, self.prompts, runtime, self.aggregate, self._tokens)
-        out = runtime.predict_all(self.predict, variables, self.data)
+        return classes, runtime.predict_all(self.predict, variables, self.data)
+
+    def run(self, variables, runtime):
+        classes, out = self.embed(variables, runtime)
         acc = rm.zeroshot_accuracy(out["zimg"], classes, out["label"])
         return {"accuracy": acc["top1"], **({"top5": acc["top5"]} if "top5" in acc else {})}
 
