@@ -5,7 +5,7 @@
 arguments before anything compiles. An op that meets a bad record raises `DropExample(reason)`; the pipeline drops
 the example and counts the reason. The op contract, the registry and the helpers for writing ops
 (`get`, `as_text`, `image_hw`, `in_key_out_key`) are in `vlmjax.data.op_registry`; this module imports every host
-op family (`filters`, `negatives`, `chat_ops`), so a spec list may use any of their ops.
+op family (`filters`, `negatives`, `mentions`, `chat_ops`), so a spec list may use any of their ops.
 
 Ops (`key` defaults to 'image' for image ops):
   decode(key)                                  PNG/JPEG bytes -> uint8[H, W, 3]; decoded arrays pass through
@@ -30,11 +30,11 @@ from PIL import Image
 
 # The op families besides this module's: their @register lines fill op_registry.OPS when imported here, so every
 # op resolves whatever the caller imported before.
-from vlmjax.data import chat_ops, filters, negatives
+from vlmjax.data import chat_ops, filters, mentions, negatives
 from vlmjax.data.op_registry import (OPS, DropExample, Example, Op, as_text, build_from_registry, get,
                                      image_hw, in_key_out_key, register, spec_dict)
 
-OP_FAMILIES = (chat_ops, filters, negatives)
+OP_FAMILIES = (chat_ops, filters, mentions, negatives)
 
 
 def _names(keys) -> List[str]:

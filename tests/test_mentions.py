@@ -1,0 +1,53 @@
+"""scene_object_mention: the partial caption names an object of the scene; its negatives name none."""
+import numpy as np
+import pytest
+
+from vlmjax.data import ops
+from vlmjax.data.scenes import COLORS, SHAPES, SIZES, render_scene
+
+
+def _objects(objs):
+    return {"color": [COLORS.index(o["color"]) for o in objs], "shape": [SHAPES.index(o["shape"]) for o in objs],
+            "size": [SIZES.index(o["size"]) for o in objs]}
+
+
+def _phrases(objs):
+    return {f"a {o['size']} {o['color']} {o['shape']}" for o in objs}
+
+
+def test_mention_is_present_and_negatives_absent_one_word_away():
+    fn = ops.get_preprocess_fn([dict(op="scene_object_mention", prob=1.0, num=6, avoid=["red square"])])
+    seen_multi = 0
+    for seed in range(60):
+        _, objs = render_scene(seed, 64)
+        ex = fn({"objects": _objects(objs), "text": "full caption", "text_neg": ["x"] * 6,
+                 "text_neg_valid": np.ones(6, np.int32)}, np.random.default_rng(seed))
+        present = _phrases(objs)
+        assert ex["text"] in present
+        seen_multi += len(objs) > 1
+        words = ex["text"].split()
+        for neg, ok in zip(ex["text_neg"], ex["text_neg_valid"]):
+            if not ok:
+                assert neg == ex["text"]
+                continue
+            assert neg not in present and "red square" not in neg
+            assert sum(a != b for a, b in zip(neg.split(), words)) == 1  # one attribute changed
+        assert ex["text_neg_valid"].sum() == 6  # 9 one-word edits, at most 2 taken by the other objects + 1 avoided
+    assert seen_multi > 20
+
+
+def test_mention_prob_zero_leaves_the_caption_and_draws_are_a_function_of_the_rng():
+    _, objs = render_scene(3, 64)
+    ex = {"objects": _objects(objs), "text": "full caption"}
+    never = ops.get_preprocess_fn([dict(op="scene_object_mention", prob=0.0, num=2)])
+    assert never(dict(ex), np.random.default_rng(0))["text"] == "full caption"
+    half = ops.get_preprocess_fn([dict(op="scene_object_mention", prob=0.5, num=2)])
+    outs = [half(dict(ex), np.random.default_rng(s))["text"] for s in range(200)]
+    assert outs == [half(dict(ex), np.random.default_rng(s))["text"] for s in range(200)]
+    assert 60 < sum(t != "full caption" for t in outs) < 140
+
+
+@pytest.mark.parametrize("kwargs", [dict(prob=1.5, num=2), dict(prob=0.5, num=0), dict(prob=0.5, num=2, avoid="red square")])
+def test_mention_rejects_bad_arguments(kwargs):
+    with pytest.raises(ValueError, match="scene_object_mention"):
+        ops.get_preprocess_fn([dict(op="scene_object_mention", **kwargs)])

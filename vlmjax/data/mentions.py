@@ -1,0 +1,79 @@
+"""Partial captions for `scenes`: a caption that names one object of the scene, with absent objects as negatives.
+
+Every `scenes` caption names every object inside a sentence about the whole scene ("a large red circle with a small
+blue square to its right"), so a text naming one object alone ("a small blue square") never occurs in training, and
+a tower trained only on full captions ranks images by their main object: multi-label mAP with object prompts stays
+near 0.45 (docs/contrastive.md). Web alt-text often names one thing in a picture; this op adds such text. With
+probability `prob` the example's caption is replaced by the phrase of one of its objects, drawn uniformly, in the
+words the full captions use for it ("a small blue square"); the `num` hard negatives become objects that are NOT in
+the scene, each one word away from the mention (another colour, shape or size), so the pairwise hard-negative term
+teaches presence against absence. Class labels are never used: the phrase comes from the scene's own object list,
+the same source as its captions.
+
+Op:
+  scene_object_mention(prob, num, key='objects', text='text', neg='text_neg', avoid=())
+      objects {'color', 'shape', 'size'}: int[n] (the record's ClassLabel ids) -> `text` (str) and, when it fires,
+      `neg` (a list of `num` texts) and `<neg>_valid` int32[num]; otherwise the example is returned unchanged. Put
+      it after `hard_negative_caption` (whose `num` must equal this one's) and before the `tokenize` ops. `avoid`:
+      class names ("red square") that no negative may name -- a run that withholds them never shows them.
+"""
+from typing import Sequence
+
+import numpy as np
+
+from vlmjax.data.op_registry import Op, get, register
+from vlmjax.data.scenes import COLORS, SHAPES, SIZES
+
+_ATTRS = (("color", COLORS), ("shape", SHAPES), ("size", SIZES))
+
+
+def phrase(size: str, color: str, shape: str) -> str:
+    """The words a scenes caption uses for one object: 'a small red circle'."""
+    return f"a {size} {color} {shape}"
+
+
+def absent_neighbours(objects, i: int, avoid: Sequence[str] = ()) -> list:
+    """Phrases one attribute away from object i (another colour, shape or size) that name no object of the scene.
+
+    objects: {'color', 'shape', 'size'} -> int[n] ids into COLORS / SHAPES / SIZES. Sorted, so the draw below is a
+    function of the rng alone.
+    """
+    present = {tuple(int(objects[a][j]) for a, _ in _ATTRS) for j in range(len(objects["color"]))}
+    mine = [int(objects[a][i]) for a, _ in _ATTRS]
+    out = []
+    for k, (_, names) in enumerate(_ATTRS):
+        for v in range(len(names)):
+            if v == mine[k]:
+                continue
+            other = list(mine)
+            other[k] = v
+            colour, shape = COLORS[other[0]], SHAPES[other[1]]
+            if tuple(other) not in present and f"{colour} {shape}" not in avoid:
+                out.append(phrase(SIZES[other[2]], colour, shape))
+    return sorted(out)
+
+
+@register("scene_object_mention")
+def scene_object_mention(prob: float, num: int, key: str = "objects", text: str = "text", neg: str = "text_neg",
+                         avoid: Sequence[str] = ()) -> Op:
+    if not 0 <= prob <= 1:
+        raise ValueError(f"scene_object_mention: prob must be in [0, 1], got {prob}")
+    if not (isinstance(num, (int, np.integer)) and num >= 1):
+        raise ValueError(f"scene_object_mention: num must be an int >= 1, got {num!r}")
+    if isinstance(avoid, str):
+        raise ValueError(f"scene_object_mention: avoid must be a list of class names, got {avoid!r}")
+    avoid = tuple(avoid)
+
+    def op(ex, rng):
+        objects = get(ex, key)
+        if rng.random() >= prob:
+            return ex
+        i = int(rng.integers(len(objects["color"])))
+        mention = phrase(*(names[int(objects[a][i])] for a, names in (_ATTRS[2], _ATTRS[0], _ATTRS[1])))
+        candidates = absent_neighbours(objects, i, avoid)
+        picked = [candidates[j] for j in rng.permutation(len(candidates))[:num]]
+        valid = np.zeros(num, np.int32)
+        valid[:len(picked)] = 1
+        return {**ex, text: mention, neg: picked + [mention] * (num - len(picked)), f"{neg}_valid": valid}
+
+    return op
