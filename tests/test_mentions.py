@@ -41,6 +41,9 @@ def test_mention_prob_zero_leaves_the_caption_and_draws_are_a_function_of_the_rn
     ex = {"objects": _objects(objs), "text": "full caption"}
     never = ops.get_preprocess_fn([dict(op="scene_object_mention", prob=0.0, num=2)])
     assert never(dict(ex), np.random.default_rng(0))["text"] == "full caption"
+    flat = {f"objects/{k}": v for k, v in ex["objects"].items()} | {"text": "full caption"}  # the grain layout
+    always = ops.get_preprocess_fn([dict(op="scene_object_mention", prob=1.0, num=2)])
+    assert always(flat, np.random.default_rng(0))["text"] == always(dict(ex), np.random.default_rng(0))["text"]
     half = ops.get_preprocess_fn([dict(op="scene_object_mention", prob=0.5, num=2)])
     outs = [half(dict(ex), np.random.default_rng(s))["text"] for s in range(200)]
     assert outs == [half(dict(ex), np.random.default_rng(s))["text"] for s in range(200)]

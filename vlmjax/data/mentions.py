@@ -12,7 +12,8 @@ the same source as its captions.
 
 Op:
   scene_object_mention(prob, num, key='objects', text='text', neg='text_neg', avoid=())
-      objects {'color', 'shape', 'size'}: int[n] (the record's ClassLabel ids) -> `text` (str) and, when it fires,
+      objects {'color', 'shape', 'size'}: int[n] (the record's ClassLabel ids; nested, or flat keys
+      'objects/color', ...) -> `text` (str) and, when it fires,
       `neg` (a list of `num` texts) and `<neg>_valid` int32[num]; otherwise the example is returned unchanged. Put
       it after `hard_negative_caption` (whose `num` must equal this one's) and before the `tokenize` ops. `avoid`:
       class names ("red square") that no negative may name -- a run that withholds them never shows them.
@@ -65,7 +66,8 @@ def scene_object_mention(prob: float, num: int, key: str = "objects", text: str 
     avoid = tuple(avoid)
 
     def op(ex, rng):
-        objects = get(ex, key)
+        # the record's nested feature, or its flat 'objects/color', ... keys (as the grain source yields them)
+        objects = ex[key] if key in ex else {a: get(ex, f"{key}/{a}") for a, _ in _ATTRS}
         if rng.random() >= prob:
             return ex
         i = int(rng.integers(len(objects["color"])))
