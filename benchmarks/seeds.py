@@ -4,15 +4,20 @@ docs/ goes through.
     python benchmarks/seeds.py --name vit_scenes --config experiments/vit_scenes.py --seeds 0,1,2 --split validation
     python benchmarks/seeds.py --name vit_scenes --config experiments/vit_scenes.py --seeds 0,1,2 --split test
     python benchmarks/seeds.py ... -- --config.total_steps=1200     # anything after `--` goes to vlmjax-train
+    python benchmarks/seeds.py --name vit_scenes --config experiments/vit_scenes.py --eval_data scenes/texture
 
 Each seed is one `vlmjax-train` process (`--config.seed=<s>`, workdir `<workdir_root>/<name>/seed<s>`; a finished
 workdir is not trained again) whose own periodic evaluations read `validation` only, then one `vlmjax-eval` process
 that evaluates the final checkpoint with every evaluator's split set to `--split`. So the test split is never read
 while training, and the `test` run of a recipe reuses the models its `validation` run trained. Choices (steps,
 recipe, prompts) are made on `validation`; `test` is read once per final recipe: a `test` result for the same recipe
-is never overwritten (exit 2) unless `--force`. Writes `benchmarks/results/seeds_<name>_<split>.json`: the command,
-git commit (and whether the tree was dirty), seeds, split, each seed's final `eval/*` metrics and wall seconds, and
-per metric mean, std (ddof=1) and n; prints the markdown table `table()` makes from it.
+is never overwritten (exit 2) unless `--force`. `--eval_data NAME` (e.g. `scenes/texture`) sets every evaluator's
+`data.name` in that final evaluation only: training is unchanged, so it reuses the workdirs of a run without it (a
+shift test of the same models). Writes `benchmarks/results/seeds_<name>_<split>.json` (with `--eval_data`:
+`seeds_<name>_<split>_<eval_data, / as _>.json`, its own file, so the test rule holds per file): the command, git
+commit (and whether the tree was dirty), seeds, split, eval_data (null without it), each seed's final `eval/*`
+metrics and wall seconds, and per metric mean, std (ddof=1) and n; prints the markdown table `table()` makes from
+it.
 """
 import argparse
 import json
@@ -50,9 +55,12 @@ def summarize(per_seed: dict) -> dict:
 
 
 def table(result: dict, metrics=None) -> str:
-    """Markdown: one row per metric, `mean ± std (n seeds)`, under a line naming split, commit and command."""
+    """Markdown: one row per metric, `mean ± std (n seeds)`, under a line naming split (and eval_data), commit and
+    command."""
     summary = result["summary"]
-    rows = [f"Split `{result['split']}`, commit `{result['commit'][:10]}`{' (dirty tree)' if result['dirty'] else ''}, "
+    data = f" of `{result['eval_data']}`" if result.get("eval_data") else ""
+    dirty = " (dirty tree)" if result["dirty"] else ""
+    rows = [f"Split `{result['split']}`{data}, commit `{result['commit'][:10]}`{dirty}, "
             f"seeds {', '.join(map(str, result['seeds']))}: `{result['command']}`", "",
             "| metric | mean ± std | seeds |", "|---|---|---|"]
     for k in metrics or sorted(summary):
@@ -84,19 +92,38 @@ def split_overrides(names, split: str) -> list:
     return [f"--config.evals.{name}.data.split={split}" for name in names]
 
 
-def run_seed(args, seed: int, extra: list, names: list) -> tuple:
-    """(final eval metrics on `args.split`, wall seconds) of one seed: train (validation evals), then evaluate.
-    `names`: the experiment's evaluators."""
+def data_overrides(names, eval_data) -> list:
+    """`--config.evals.<name>.data.name=<eval_data>` for every evaluator name; none without eval_data."""
+    return [f"--config.evals.{name}.data.name={eval_data}" for name in names] if eval_data else []
+
+
+def result_path(out_dir: str, name: str, split: str, eval_data=None) -> str:
+    """`<out_dir>/seeds_<name>_<split>.json`, or with eval_data `..._<split>_<eval_data, / as _>.json`."""
+    tail = f"_{eval_data.replace('/', '_')}" if eval_data else ""
+    return os.path.join(out_dir, f"seeds_{name}_{split}{tail}.json")
+
+
+def commands(args, seed: int, extra: list, names: list) -> tuple:
+    """(train, evaluate) command lines of one seed. Training is the same with or without `args.eval_data` (a
+    finished workdir resumes at its last step and is not trained again); only the evaluation reads eval_data."""
     workdir = os.path.join(args.workdir_root, args.name, f"seed{seed}")
-    t = time.time()
     train = [sys.executable, "-m", "vlmjax.cli", "--config", args.config, "--workdir", workdir,
              f"--config.seed={seed}", *split_overrides(names, "validation"), *extra]
+    evaluate = [sys.executable, "-m", "vlmjax.cli.evaluate", "--workdir", workdir, "--config", args.config,
+                f"--config.seed={seed}", *split_overrides(names, args.split),
+                *data_overrides(names, args.eval_data),
+                *[a for a in extra if a.startswith("--config.")]]
+    return train, evaluate
+
+
+def run_seed(args, seed: int, extra: list, names: list) -> tuple:
+    """(final eval metrics on `args.split` of `args.eval_data`, wall seconds) of one seed: train (validation
+    evals), then evaluate. `names`: the experiment's evaluators."""
+    t = time.time()
+    train, evaluate = commands(args, seed, extra, names)
     r = subprocess.run(train, cwd=ROOT)
     if r.returncode != 0:
         raise SystemExit(f"error: seed {seed} failed (exit {r.returncode}): {' '.join(train)}")
-    evaluate = [sys.executable, "-m", "vlmjax.cli.evaluate", "--workdir", workdir, "--config", args.config,
-                f"--config.seed={seed}", *split_overrides(names, args.split),
-                *[a for a in extra if a.startswith("--config.")]]
     r = subprocess.run(evaluate, cwd=ROOT, capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"error: evaluating seed {seed} failed (exit {r.returncode}): {' '.join(evaluate)}\n"
@@ -115,10 +142,13 @@ def main(argv=None):
     ap.add_argument("--split", default="validation", choices=("validation", "test", "train"))
     ap.add_argument("--workdir_root", default=os.path.join(ROOT, "workdirs", "seeds"))
     ap.add_argument("--out_dir", default=RESULTS)
+    ap.add_argument("--eval_data", default=None, metavar="NAME",
+                    help="dataset of the final evaluation (every evaluator's data.name), e.g. scenes/texture; "
+                         "training is unchanged. Results go to seeds_<name>_<split>_<NAME, / as _>.json")
     ap.add_argument("--force", action="store_true", help="overwrite an existing test-split result")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s]
-    out = os.path.join(args.out_dir, f"seeds_{args.name}_{args.split}.json")
+    out = result_path(args.out_dir, args.name, args.split, args.eval_data)
     command = " ".join(["python benchmarks/seeds.py", *argv, *(["--", *extra] if extra else [])])
     if args.split == "test" and os.path.exists(out) and not args.force:
         with open(out) as f:
@@ -131,8 +161,8 @@ def main(argv=None):
     for s in seeds:
         per_seed[str(s)], wall[str(s)] = run_seed(args, s, extra, names)
     result = {"name": args.name, "command": command, "config": args.config, "overrides": extra, "split": args.split,
-              "commit": commit, "dirty": dirty, "seeds": seeds, "per_seed": per_seed, "wall_s": wall,
-              "summary": summarize(per_seed)}
+              "eval_data": args.eval_data, "commit": commit, "dirty": dirty, "seeds": seeds, "per_seed": per_seed,
+              "wall_s": wall, "summary": summarize(per_seed)}
     os.makedirs(args.out_dir, exist_ok=True)
     with open(out, "w") as f:
         json.dump(result, f, indent=2, sort_keys=True)

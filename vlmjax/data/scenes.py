@@ -1,7 +1,11 @@
 """`scenes`: the built-in, locally generated image/text data for all three model families -- the scene generator.
 
-Each image holds 1-3 non-overlapping flat shapes on a plain background. Every example is a pure function of
-(split, index, image size), so nothing is downloaded and any example can be re-rendered for a test. This module
+Each image holds 1-3 non-overlapping flat shapes on a background in one of the rendering `STYLES`: `dark` (a dark
+grey with a faint vertical ramp; the only style before them, and still bit-identical), `light` (a light grey, same
+ramp), `noise` (any grey, Gaussian pixel noise over the whole image) and `texture` (two-tone stripes or a
+checkerboard in mid greys: the held-out style). The style changes the image only: a seed's objects, captions and
+questions are the same in every style. Every example is a pure function of (split, index, image size, the config's
+styles), so nothing is downloaded and any example can be re-rendered for a test. This module
 renders scenes and writes their text (numpy + PIL only); the tfds builder that stores them as ArrayRecord is
 `vlmjax.data.sources.scenes`.
 
@@ -14,7 +18,8 @@ Scene rules that keep every generated sentence true and unambiguous:
 Held-out compositions: a record of a train split built without `HELDOUT_CLASSES` is the first scene in the
 sequence `record_seed` walks that has no object of those classes, so neither its image nor its text shows them.
 
-Build: `python -m vlmjax.data.scenes --data_dir DIR [--config default|tiny|raw|tiny_raw|heldout|tiny_heldout]`
+Build: `python -m vlmjax.data.scenes --data_dir DIR [--config default|tiny|raw|tiny_raw|heldout|tiny_heldout|styles|
+texture|light|tiny_styles|tiny_texture]`
 (the configs: `vlmjax.data.sources.scenes`).
 """
 import functools
@@ -31,6 +36,9 @@ RGB = np.array([(220, 40, 40), (40, 180, 60), (40, 90, 225), (235, 215, 40), (14
 SHAPES = ("circle", "square", "triangle", "cross")
 PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "cross": "crosses"}
 SIZES = ("small", "large")
+# Rendering styles (background only; objects are the same for a seed in every style). `texture` is the held-out
+# style: no training split of a built-in config shows it.
+STYLES = ("dark", "light", "noise", "texture")
 CLASS_NAMES = tuple(f"{c} {s}" for c in COLORS for s in SHAPES)
 OBJECT_NAME = rf"(?:{'|'.join(COLORS)}) (?:{'|'.join(SHAPES)})"  # regex of a class name ("red circle") in a caption
 NUMBER_WORDS = ("zero", "one", "two", "three")
@@ -113,17 +121,67 @@ def _sample_layout(rng: np.random.Generator, image_size: int):
             return [objs[i] for i in order], [boxes[i] for i in order]
 
 
-def render_scene(seed: int, image_size: int = 64) -> Tuple[np.ndarray, List[Obj]]:
-    """(uint8[S, S, 3] image, objects sorted left to right) for one seed."""
+def style_of(seed: int, styles: Sequence[str]) -> str:
+    """The rendering style of the record with `seed` in a dataset of `styles`: styles[0] when there is one, else a
+    draw from `np.random.default_rng([seed, 8])` (a stream nothing else uses), so it is re-computable from the seed."""
+    if len(styles) == 1:
+        return styles[0]
+    return styles[int(np.random.default_rng([seed, 8]).integers(len(styles)))]
+
+
+def _plain(rng: np.random.Generator, image_size: int, low: float, high: float) -> np.ndarray:
+    """float[S, S, 3]: a grey of level uniform(low, high), tinted per channel by up to +-8, plus a vertical ramp."""
+    gray = rng.uniform(low, high) + rng.uniform(-8, 8, size=3)
+    ramp = np.linspace(0, rng.uniform(0, 12), image_size, dtype=np.float32)
+    return np.broadcast_to((gray[None, :] + ramp[:, None])[:, None, :], (image_size, image_size, 3))
+
+
+def _two_tone(rng: np.random.Generator, image_size: int) -> np.ndarray:
+    """float[S, S, 3]: stripes at a random angle, or a checkerboard at a random angle, in two mid greys (about
+    85-115 and 35-55 above it, one shared tint); period 10-25% of the width (at least 4 px)."""
+    dark = rng.uniform(85, 115)
+    tones = np.array([dark, dark + rng.uniform(35, 55)])[:, None] + rng.uniform(-5, 5, size=3)[None, :]
+    period = max(4.0, rng.uniform(0.10, 0.25) * image_size)
+    angle = rng.uniform(0, np.pi)
+    y, x = np.mgrid[:image_size, :image_size].astype(np.float64) + 0.5
+    u = x * np.cos(angle) + y * np.sin(angle)
+    v = -x * np.sin(angle) + y * np.cos(angle)
+    band = np.floor(u / period * 2).astype(np.int64)  # half a period per tone
+    if rng.random() < 0.5:  # checkerboard
+        band = band + np.floor(v / period * 2).astype(np.int64)
+    return tones[band % 2]
+
+
+def _background(style: str, style_rng: np.random.Generator, image_size: int) -> np.ndarray:
+    """float[S, S, 3] background of a non-dark style, drawn from `style_rng` only."""
+    if style == "light":  # <= 195 + 8 + 12 = 215, so yellow keeps its contrast
+        return _plain(style_rng, image_size, 165, 195)
+    if style == "noise":  # any grey level, dark or light; the noise itself is added over the whole image
+        return _plain(style_rng, image_size, 20, 195)
+    if style == "texture":
+        return _two_tone(style_rng, image_size)
+    raise ValueError(f"unknown scene style {style!r}; expected one of {STYLES}")
+
+
+def render_scene(seed: int, image_size: int = 64, style: str = "dark") -> Tuple[np.ndarray, List[Obj]]:
+    """(uint8[S, S, 3] image, objects sorted left to right) for one seed, in rendering style `style` (STYLES).
+
+    The style changes the background only (and `noise` adds Gaussian noise, sigma 10-15, over the whole image):
+    object layout and colours come from `default_rng(seed)` as in version 1.1.0, whose `dark` background draws are
+    made (and for other styles discarded) in the same order, so `dark` is bit-identical to 1.1.0 and every style
+    shows the same objects for a seed. A non-dark style draws from `default_rng([seed, 7])` alone."""
     rng = np.random.default_rng(seed)
     objs, boxes = _sample_layout(rng, image_size)
-    gray = rng.uniform(20, 70) + rng.uniform(-8, 8, size=3)
-    ramp = np.linspace(0, rng.uniform(0, 12), image_size, dtype=np.float32)
     img = np.empty((image_size, image_size, 3), np.float32)
-    img[:] = (gray[None, :] + ramp[:, None])[:, None, :]
+    img[:] = _plain(rng, image_size, 20, 70)  # the dark background (drawn for every style: the objects' stream)
+    if style != "dark":
+        style_rng = np.random.default_rng([seed, 7])
+        img[:] = _background(style, style_rng, image_size)
     for o, (x0, y0, e) in zip(objs, boxes):
         colour = RGB[COLORS.index(o["color"])] + rng.uniform(-COLOR_JITTER, COLOR_JITTER, size=3)
         img[y0:y0 + e, x0:x0 + e][shape_mask(o["shape"], e)] = colour
+    if style == "noise":
+        img += style_rng.normal(0, style_rng.uniform(10, 15), size=img.shape).astype(np.float32)
     return np.clip(np.rint(img), 0, 255).astype(np.uint8), objs
 
 
@@ -249,9 +307,10 @@ def _png(img: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def make_example(seed: int, image_size: int, image_format: str = "png") -> dict:
-    """One record in the dataset's feature layout (image as PNG bytes, or the uint8 array for 'raw')."""
-    img, objs = render_scene(seed, image_size)
+def make_example(seed: int, image_size: int, image_format: str = "png", style: str = "dark") -> dict:
+    """One record in the dataset's feature layout (image as PNG bytes, or the uint8 array for 'raw'), rendered in
+    `style` (the text does not depend on it)."""
+    img, objs = render_scene(seed, image_size, style)
     qa = questions(objs, np.random.default_rng([seed, 1]))
     return {
         "image": img if image_format == "raw" else _png(img),

@@ -10,7 +10,16 @@ train image holds an object of the 4 `HELDOUT_CLASSES` (so no train caption or q
 test keep every class. The held-out class names are the config's `heldout` and the dataset's
 `info.metadata['heldout_classes']`; their test images are those with `num_objects == 1` and `label` one of them.
 
-Build: `python -m vlmjax.data.scenes --data_dir DIR [--config NAME]` (or `make data` for default and tiny).
+Rendering styles (`STYLES` of `vlmjax.data.scenes`; the background only, the objects and text of a record are the
+same in every style): a config's `styles` (default `("dark",)`: every config above); with several, a record's style
+is `style_of(seed, styles)` of its seed (`info.metadata['styles']` lists them; absent from a dataset built
+before styles: dark). `styles` (as default; dark, light and
+noise in every split: the training mix), `texture` (every split in the held-out two-tone texture style, which no
+training split of `styles` shows; 2k/2k/2k: an evaluation set), `light` (every split light, 2k/2k/2k: dark-trained
+models on light backgrounds), and `tiny_styles` / `tiny_texture` (32 px, tiny's sizes).
+
+Build: `python -m vlmjax.data.scenes --data_dir DIR [--config NAME]` (NAME: default, tiny, raw, tiny_raw, heldout,
+tiny_heldout, styles, texture, light, tiny_styles, tiny_texture; `make data` builds default and tiny).
 """
 import argparse
 import collections
@@ -22,8 +31,8 @@ from typing import Dict, List, Tuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from vlmjax.data.scenes import (CLASS_NAMES, COLORS, HELDOUT_CLASSES, SHAPES, SIZES, captions, make_example,
-                                record_seed, render_scene)
+from vlmjax.data.scenes import (CLASS_NAMES, COLORS, HELDOUT_CLASSES, SHAPES, SIZES, STYLES, captions,
+                                make_example, record_seed, render_scene, style_of)
 
 
 @dataclasses.dataclass
@@ -34,9 +43,12 @@ class ScenesConfig(tfds.core.BuilderConfig):
     num_test: int = 2_000
     image_format: str = "png"  # 'png', or 'raw': the uint8 array (tfds Tensor, zlib), read with no image decoder
     heldout: Tuple[str, ...] = ()  # class names no train record shows (CLASS_NAMES entries)
+    styles: Tuple[str, ...] = ("dark",)  # rendering styles (STYLES entries); a record's is style_of(seed, styles)
 
 
 _TINY = dict(image_size=32, num_train=4096, num_validation=512, num_test=512)
+_MIX = ("dark", "light", "noise")  # the `styles` training mix; `texture` is held out of every training split
+_SMALL = dict(num_train=2_000, num_validation=2_000, num_test=2_000)  # single-style evaluation sets
 
 
 class Scenes(tfds.core.GeneratorBasedBuilder):
@@ -44,7 +56,10 @@ class Scenes(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.1.0")
     RELEASE_NOTES = {"1.0.0": "Initial release.",
-                     "1.1.0": "`multi_labels` (multi-hot of the classes present); `heldout` configs."}
+                     "1.1.0": "`multi_labels` (multi-hot of the classes present); `heldout` configs. Later, "
+                              "same version and record layout: rendering styles (`styles`, `texture`, `light`, "
+                              "`tiny_styles`, `tiny_texture` configs; `dark`, every earlier config, is "
+                              "bit-identical)."}
     BUILDER_CONFIGS = [
         ScenesConfig(name="default", description="64x64 images; 50k/2k/2k examples."),
         ScenesConfig(name="tiny", description="32x32 images; 4096/512/512 examples (tests).", **_TINY),
@@ -56,6 +71,15 @@ class Scenes(tfds.core.GeneratorBasedBuilder):
                      heldout=HELDOUT_CLASSES),
         ScenesConfig(name="tiny_heldout", description=f"As tiny; no train image holds a "
                      f"{', '.join(HELDOUT_CLASSES)}.", heldout=HELDOUT_CLASSES, **_TINY),
+        ScenesConfig(name="styles", description=f"As default; each record in one of the styles {', '.join(_MIX)}.",
+                     styles=_MIX),
+        ScenesConfig(name="texture", description="64x64, every split in the held-out two-tone `texture` style; "
+                     "2k/2k/2k examples.", styles=("texture",), **_SMALL),
+        ScenesConfig(name="light", description="64x64, every split on a light background; 2k/2k/2k examples.",
+                     styles=("light",), **_SMALL),
+        ScenesConfig(name="tiny_styles", description=f"As tiny; styles {', '.join(_MIX)}.", styles=_MIX, **_TINY),
+        ScenesConfig(name="tiny_texture", description="As tiny, every split in the `texture` style.",
+                     styles=("texture",), **_TINY),
     ]
     DEFAULT_CONFIG_NAME = "default"
 
@@ -73,6 +97,9 @@ class Scenes(tfds.core.GeneratorBasedBuilder):
         unknown = [c for c in cfg.heldout if c not in CLASS_NAMES]
         if unknown:
             raise ValueError(f"scenes config {cfg.name!r}: heldout classes {unknown} are not in {list(CLASS_NAMES)}")
+        if not cfg.styles or any(st not in STYLES for st in cfg.styles):
+            raise ValueError(f"scenes config {cfg.name!r}: styles {list(cfg.styles)}, expected a non-empty list of "
+                             f"{list(STYLES)}")
         image = (tfds.features.Tensor(shape=(s, s, 3), dtype=np.uint8, encoding=tfds.features.Encoding.ZLIB)
                  if fmt == "raw" else tfds.features.Image(shape=(s, s, 3), encoding_format="png"))
         return tfds.core.DatasetInfo(
@@ -96,7 +123,7 @@ class Scenes(tfds.core.GeneratorBasedBuilder):
                 }),
             }),
             supervised_keys=("image", "label"),
-            metadata=tfds.core.MetadataDict(heldout_classes=list(cfg.heldout)),
+            metadata=tfds.core.MetadataDict(heldout_classes=list(cfg.heldout), styles=list(cfg.styles)),
             disable_shuffling=True,  # record i is record_seed(split, i, ...): re-renderable
         )
 
@@ -108,9 +135,10 @@ class Scenes(tfds.core.GeneratorBasedBuilder):
                 "test": self._generate_examples("test", cfg.num_test)}
 
     def _generate_examples(self, split: str, num: int, excluded=()):
-        size, fmt = self.builder_config.image_size, self.builder_config.image_format
+        size, fmt, styles = self.builder_config.image_size, self.builder_config.image_format, self.builder_config.styles
         for i in range(num):
-            yield i, make_example(record_seed(split, i, size, excluded), size, fmt)
+            seed = record_seed(split, i, size, excluded)
+            yield i, make_example(seed, size, fmt, style_of(seed, styles))
 
 
 def build(data_dir: str, config="default") -> Tuple[bool, float]:
