@@ -16,7 +16,8 @@ closed-world retrieval over the caption space, not zero-shot) and image <-> capt
 Variants: `:no_order` (K=3 shape/size edits, no position inputs), `:baseline` (the plain SigLIP run with a smaller
 tower, no hard negatives), `:phrases` (whole object phrases swapped), `:softmax` (CLIP's loss and inits,
 experiments/clip_scenes.py), `:runlocal` (a tiny smoke test without hard negatives; add `hardneg` for K=3 ones),
-`:no_mentions` (the recipe before partial captions), `:heldout` (trains on `scenes/heldout`, whose train split never shows the 4 `HELDOUT_CLASSES`, with no hard
+`:no_mentions` (the recipe before partial captions), `:presence` (instead of partial captions in the batch, every
+image's mention against absent objects in their own sigmoid term, `losses.contrastive.presence_loss`), `:heldout` (trains on `scenes/heldout`, whose train split never shows the 4 `HELDOUT_CLASSES`, with no hard
 negative naming them either; evaluators on validation, which has every class; combine as `heldout,runlocal`).
 The measured accuracy of each, and of LiT (experiments/lit_scenes.py): docs/contrastive.md.
 """
@@ -57,7 +58,7 @@ TRAIN_KEYS = ["image", "text", "text_mask"]
 ONE_OBJECT = dict(op="filter_values", key="num_objects", values=[1])
 
 
-def text_pp(text_len, hard_negatives=False, phrases=False, order=False, mentions=False):
+def text_pp(text_len, hard_negatives=False, phrases=False, order=False, mentions=False, presence=False):
     pp = [dict(op="choice", key="captions", out="text")]
     if hard_negatives:
         phrase = OBJECT_NAME if order else OBJECT_PHRASE if phrases else None
@@ -68,10 +69,15 @@ def text_pp(text_len, hard_negatives=False, phrases=False, order=False, mentions
             pp += [dict(op="scene_object_mention", prob=MENTION_PROB, num=num)]
         pp += [dict(op="tokenize", max_len=text_len, key="text_neg")]
     keys = TRAIN_KEYS + (["text_neg", "text_neg_mask", "text_neg_valid"] if hard_negatives else [])
+    if presence:  # every image: one of its objects named alone against absent ones, in their own loss term
+        pp += [dict(op="scene_object_mention", prob=1.0, num=6, text="mention", neg="mention_neg"),
+               dict(op="tokenize", max_len=text_len, key="mention"),
+               dict(op="tokenize", max_len=text_len, key="mention_neg")]
+        keys += ["mention", "mention_mask", "mention_neg", "mention_neg_mask", "mention_neg_valid"]
     return pp + [dict(op="tokenize", max_len=text_len, key="text"), keep(*keys)]
 
 
-VARIANTS = ("runlocal", "baseline", "softmax", "hardneg", "no_order", "phrases", "heldout", "no_mentions")
+VARIANTS = ("runlocal", "baseline", "softmax", "hardneg", "no_order", "phrases", "heldout", "no_mentions", "presence")
 
 
 def get_config(arg=None):
@@ -90,7 +96,10 @@ def get_config(arg=None):
     baseline, runlocal = "baseline" in flags, "runlocal" in flags
     hard_negatives = "hardneg" in flags or not (baseline or runlocal)
     order = hard_negatives and not ({"no_order", "phrases"} & flags) and not runlocal
-    mentions = order and "no_mentions" not in flags
+    presence = "presence" in flags
+    mentions = order and not ({"no_mentions", "presence"} & flags)
+    if presence:
+        c.presence_weight = 1.0
     if hard_negatives:
         c.hard_negative_weight, c.hard_negative_loss = 1.0, "pairwise"
     c.log_every_steps = 100
@@ -98,7 +107,7 @@ def get_config(arg=None):
     img_pp = image_pp()
     # No flips or crops: captions state left/right relations and sizes.
     c.data = dict(name="scenes/default", split="train",
-                  preprocess=img_pp + text_pp(c.text_len, hard_negatives, "phrases" in flags, order, mentions))
+                  preprocess=img_pp + text_pp(c.text_len, hard_negatives, "phrases" in flags, order, mentions, presence))
     c.evals = dict(
         zeroshot=dict(type="zeroshot", templates=list(TEMPLATES),
                       data=dict(split="test", preprocess=img_pp + [keep("image", "label")])),

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from vlmjax.losses.contrastive import hard_negative_loss, make_loss_fn, sigmoid_loss, softmax_loss
+from vlmjax.losses.contrastive import (hard_negative_loss, make_loss_fn, presence_loss, sigmoid_loss,
+                                      softmax_loss)
 
 B, D = 32, 8
 LOG_T, BIAS = math.log(10.0), -3.0
@@ -260,3 +261,23 @@ def test_sigmoid_hard_negative_is_one_more_negative_column():
     labels = np.concatenate([2 * np.eye(B) - 1, -np.eye(B)], axis=1)  # zero weight off the extra diagonal
     ls = -np.logaddexp(0, -labels * logits) * (labels != 0)
     assert float(total) == pytest.approx(-ls.sum() / B, rel=1e-5)
+
+
+def test_presence_loss_matches_loop_formula():
+    # one true text and K=3 false ones per image, some false ones missing: independent sigmoid terms, by loops
+    k = 3
+    zneg = np.stack([_embeddings(seed=20 + j)[1] + ZIMG for j in range(k)], axis=1)
+    zneg = zneg / np.linalg.norm(zneg, axis=-1, keepdims=True)
+    valid = (np.arange(B * k).reshape(B, k) % 3 != 2).astype(np.int32)
+    loss, metrics = jax.jit(presence_loss)(ZIMG, ZTXT, zneg, jnp.float32(LOG_T), jnp.float32(BIAS), valid)
+    t = math.exp(LOG_T)
+    pos = [t * float(np.dot(ZIMG[i].astype(np.float64), ZTXT[i])) + BIAS for i in range(B)]
+    neg = [[t * float(np.dot(ZIMG[i].astype(np.float64), zneg[i, j])) + BIAS for j in range(k)] for i in range(B)]
+    ref = sum(-_log_sigmoid(pos[i]) - sum(_log_sigmoid(-neg[i][j]) for j in range(k) if valid[i, j])
+              for i in range(B)) / B
+    assert float(loss) == pytest.approx(ref, rel=1e-5)
+    n = int(valid.sum())
+    right = sum(p > 0 for p in pos) + sum(neg[i][j] < 0 for i in range(B) for j in range(k) if valid[i, j])
+    assert float(metrics["presence_accuracy"]) == pytest.approx(right / (B + n))
+    assert float(metrics["presence_neg_logit"]) == pytest.approx(
+        sum(neg[i][j] for i in range(B) for j in range(k) if valid[i, j]) / n, rel=1e-5)

@@ -113,6 +113,30 @@ def hard_negative_loss(kind, zimg, ztxt, zneg, log_t, bias, valid):
     return jnp.sum(per) / zimg.shape[0], metrics
 
 
+def presence_loss(zimg, zpos, zneg, log_t, bias, valid):
+    """Per-image object presence, scored on the batch loss's own logit scale: a text naming something the image
+    shows against K texts naming things it does not (multi-label, as a sigmoid classifier per pair).
+
+    zimg, zpos: float[B, D] L2-normalised (image i, a text true for it); zneg: float[B, K, D] texts false for image i;
+    valid: int/bool[B, K] (0 = no such negative); log_t, bias: float[] (bias may be None) -> (float[] loss, metrics).
+    Loss: sum_i [-log sigmoid(logit(i, pos_i)) - sum_k valid_ik log sigmoid(-logit(i, neg_ik))] / B. Unlike the
+    batch loss, a text may be true for several images (two scenes that both hold a small red circle), so it is never
+    used as another image's negative; unlike the pairwise hard-negative term, each logit is pushed to an absolute
+    side of 0, so one text's logits rank images by whether they show it. Elementwise over the batch.
+    """
+    t = jnp.exp(jnp.reshape(log_t, ()).astype(jnp.float32))
+    b = 0.0 if bias is None else jnp.reshape(bias, ()).astype(jnp.float32)
+    pos = t * jnp.sum(zimg.astype(jnp.float32) * zpos.astype(jnp.float32), axis=-1) + b  # [B]
+    neg = t * jnp.einsum("bd,bkd->bk", zimg.astype(jnp.float32), zneg.astype(jnp.float32)) + b  # [B, K]
+    valid = valid.astype(jnp.float32)
+    per = -jax.nn.log_sigmoid(pos) - jnp.sum(jax.nn.log_sigmoid(-neg) * valid, axis=-1)
+    sg = lax.stop_gradient
+    n = jnp.maximum(jnp.sum(valid), 1.0)
+    metrics = {"presence_pos_logit": jnp.mean(sg(pos)), "presence_neg_logit": jnp.sum(sg(neg) * valid) / n,
+               "presence_accuracy": (jnp.sum(sg(pos) > 0) + jnp.sum((sg(neg) < 0) * valid)) / (pos.shape[0] + n)}
+    return jnp.sum(per) / zimg.shape[0], metrics
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Sharded versions.
 

@@ -8,7 +8,10 @@ logits), `hard_negative_weight` (> 0: the batch also carries `text_neg`, `text_n
 caption false for its image, int32[B, L], or K of them, int32[B, K, L] (the op's `num`), from the
 `hard_negative_caption` op then `tokenize` -- and the loss adds
 `losses.contrastive.hard_negative_loss` times this weight), `hard_negative_loss` ('sigmoid' | 'pairwise'; '' =
-'sigmoid' for the sigmoid loss, 'pairwise' for softmax). `config.model`: `image` (ViT keys), `text`
+'sigmoid' for the sigmoid loss, 'pairwise' for softmax), `presence_weight` (> 0: the batch also carries
+`mention`/`mention_mask` int32[B, L], a text true for its image, and `mention_neg`/`mention_neg_mask` int32[B, K, L]
+with `mention_neg_valid` int32[B, K], texts false for it -- e.g. the `scene_object_mention` op with prob 1 -- and the
+loss adds `losses.contrastive.presence_loss` times this weight). `config.model`: `image` (ViT keys), `text`
 (TextTransformer keys; vocab_size defaults to the tokenizer's), `out_dim` (projection dim: int, or [image, text]
 with 0 = no head on that tower), `temperature_init`, `bias_init` (None: no bias), `temperature_max` (0: no clamp).
 
@@ -19,7 +22,7 @@ import math
 
 import numpy as np
 
-from vlmjax.losses.contrastive import LOSSES, hard_negative_loss, make_loss_fn
+from vlmjax.losses.contrastive import LOSSES, hard_negative_loss, make_loss_fn, presence_loss
 from vlmjax.models.text import TextTransformer
 from vlmjax.models.two_towers import TwoTowers
 from vlmjax.models.vit import ViT
@@ -29,6 +32,7 @@ from vlmjax.tasks.text_inputs import data_op, flatten_features, load_tokenizer
 
 LOSS_IMPLS = ("", "dense", "all_gather", "ring")
 NEG_KEYS = ("text_neg", "text_neg_mask", "text_neg_valid")
+PRESENCE_KEYS = ("mention", "mention_mask", "mention_neg", "mention_neg_mask", "mention_neg_valid")
 MODEL_KEYS = ("image", "text", "out_dim", "temperature_init", "bias_init", "temperature_max")
 TOKENIZER_MISSING = ("config.tokenizer={!r}: no SentencePiece model at that path. Train one with `python -m "
                      "vlmjax.data.tokenizer --data_dir DIR --dataset scenes/default --out DIR/scenes_spm.model` "
@@ -70,7 +74,7 @@ class ContrastiveTask(Task):
     @classmethod
     def config_defaults(cls):
         return {"tokenizer": "", "text_len": 16, "image_size": 64, "loss": "sigmoid", "loss_impl": "",
-                "hard_negative_weight": 0.0, "hard_negative_loss": ""}
+                "hard_negative_weight": 0.0, "hard_negative_loss": "", "presence_weight": 0.0}
 
     # -- set-up ---------------------------------------------------------------------------------------------------
     def tokenizer(self):
@@ -88,6 +92,8 @@ class ContrastiveTask(Task):
             raise ValueError(f"config.text_len={c.text_len}: must be >= 1")
         if float(c.hard_negative_weight) < 0:
             raise ValueError(f"config.hard_negative_weight={c.hard_negative_weight}: must be >= 0")
+        if float(c.presence_weight) < 0:
+            raise ValueError(f"config.presence_weight={c.presence_weight}: must be >= 0")
         if c.hard_negative_loss not in ("", "sigmoid", "pairwise"):
             raise ValueError(f"config.hard_negative_loss={c.hard_negative_loss!r}: expected 'sigmoid', 'pairwise' "
                              f"or ''")
@@ -109,7 +115,8 @@ class ContrastiveTask(Task):
         return get_preprocess_fn([dict(spec, key="text", out="text")], tokenizer=self.tokenizer())
 
     def _train_keys(self):
-        return ("image", "text", "text_mask") + (NEG_KEYS if self.config.hard_negative_weight else ())
+        return (("image", "text", "text_mask") + (NEG_KEYS if self.config.hard_negative_weight else ())
+                + (PRESENCE_KEYS if self.config.presence_weight else ()))
 
     def dummy_batch(self, batch_size):
         s, n = int(self.config.image_size), int(self.config.text_len)
@@ -120,6 +127,12 @@ class ContrastiveTask(Task):
             shape = (batch_size, n) if k == 1 else (batch_size, k, n)
             batch.update(text_neg=np.zeros(shape, np.int32), text_neg_mask=np.ones(shape, np.int32),
                          text_neg_valid=np.ones(shape[:-1], np.int32))
+        if self.config.presence_weight:
+            k = int(data_op(self.config.data, "scene_object_mention").get("num", 1))
+            batch.update(mention=np.zeros((batch_size, n), np.int32), mention_mask=np.ones((batch_size, n), np.int32),
+                         mention_neg=np.zeros((batch_size, k, n), np.int32),
+                         mention_neg_mask=np.ones((batch_size, k, n), np.int32),
+                         mention_neg_valid=np.ones((batch_size, k), np.int32))
         return batch
 
     def _negatives_per_example(self) -> int:
@@ -135,9 +148,12 @@ class ContrastiveTask(Task):
             neg = ("; with config.hard_negative_weight > 0 also `text_neg` (op 'hard_negative_caption', then "
                    "'tokenize' with key 'text_neg') and keep `text_neg_valid`"
                    if self.config.hard_negative_weight else "")
+            neg += ("; with config.presence_weight > 0 also `mention` and `mention_neg` (op 'scene_object_mention' "
+                    "with prob 1, text='mention', neg='mention_neg', then 'tokenize' of both) and keep "
+                    "`mention_neg_valid`" if self.config.presence_weight else "")
             raise ValueError(f"{where}: no {missing} in the batch (it has {sorted(batch)}); config.data.preprocess "
                              f"must produce `image` and a tokenized `text` (op 'tokenize' with key/out 'text'){neg}")
-        for k in ("text", "text_neg"):
+        for k in ("text", "text_neg", "mention", "mention_neg"):
             if k in batch and batch[k].shape[-1] != int(self.config.text_len):
                 raise ValueError(f"{where}: {k} has length {batch[k].shape[-1]} but config.text_len="
                                  f"{self.config.text_len}; make the tokenize op's max_len equal to it")
@@ -161,19 +177,29 @@ class ContrastiveTask(Task):
         loss, metrics = self.loss_fn()(zimg, ztxt, out["log_temperature"], out.get("bias"))
         weight = float(self.config.hard_negative_weight)
         if weight:
-            ids, mask = batch["text_neg"], batch["text_neg_mask"]  # int32[B, L] or [B, K, L]
-            _, zneg, _ = self.model.apply({"params": params, **state}, text=ids.reshape(-1, ids.shape[-1]),
-                                          text_mask=mask.reshape(-1, ids.shape[-1]), train=True, rngs=rngs)
-            zneg = zneg.reshape(*ids.shape[:-1], zneg.shape[-1])
+            zneg = self._embed_texts(params, state, batch["text_neg"], batch["text_neg_mask"], rngs)
             kind = self.config.hard_negative_loss or ("sigmoid" if self.config.loss == "sigmoid" else "pairwise")
             neg_loss, neg_metrics = hard_negative_loss(kind, zimg, ztxt, zneg, out["log_temperature"],
                                                        out.get("bias"), batch["text_neg_valid"])
             metrics = {**metrics, **neg_metrics, "batch_loss": loss, "hard_neg_loss": neg_loss}
             loss = loss + weight * neg_loss
+        if self.config.presence_weight:
+            zpos = self._embed_texts(params, state, batch["mention"], batch["mention_mask"], rngs)
+            zabs = self._embed_texts(params, state, batch["mention_neg"], batch["mention_neg_mask"], rngs)
+            p_loss, p_metrics = presence_loss(zimg, zpos, zabs, out["log_temperature"], out.get("bias"),
+                                              batch["mention_neg_valid"])
+            metrics = {"batch_loss": loss, **metrics, **p_metrics, "presence_loss": p_loss}
+            loss = loss + float(self.config.presence_weight) * p_loss
         metrics = {**metrics, "temperature": out["temperature"]}
         if "bias" in out:
             metrics["bias"] = out["bias"]
         return loss, (metrics, state)
+
+    def _embed_texts(self, params, state, ids, mask, rngs):
+        """int32[..., L] ids and mask -> float[..., D] text embeddings (training mode), any leading shape."""
+        _, z, _ = self.model.apply({"params": params, **state}, text=ids.reshape(-1, ids.shape[-1]),
+                                   text_mask=mask.reshape(-1, ids.shape[-1]), train=True, rngs=rngs)
+        return z.reshape(*ids.shape[:-1], z.shape[-1])
 
     # -- inference ----------------------------------------------------------------------------------------------
     def embed_image(self, variables, images):
