@@ -58,3 +58,25 @@ def test_two_seeds_on_validation(tmp_path, scenes_tiny_dir):
 def test_parse_eval_lines():
     assert seeds.parse_eval_lines("resumed ...\neval/a/accuracy=0.5\neval/b/loss=1.25e-05\nfinal: x=1\n") == {
         "eval/a/accuracy": 0.5, "eval/b/loss": 1.25e-05}
+
+
+def test_style_table_reads_each_cell_from_its_own_file(tmp_path):
+    """benchmarks/style_table.py: a run's own file for the data it trained on, the --eval_data file otherwise, '--'
+    for a missing one, mean ± std over the seeds."""
+    import style_table
+
+    def write(run, eval_data, values):
+        per_seed = {str(i): {"eval/test/accuracy": v} for i, v in enumerate(values)}
+        path = seeds.result_path(str(tmp_path), run, "validation", eval_data)
+        with open(path, "w") as f:
+            json.dump({"summary": seeds.summarize(per_seed)}, f)
+
+    write("vit_dark", None, [0.9, 0.8, 1.0])              # trained and evaluated on scenes/default
+    write("vit_dark", "scenes/texture", [0.5])
+    write("vit_styles", "scenes/default", [0.95])          # trained on scenes/styles, evaluated on dark
+    write("vit_styles", None, [0.1])                        # its own (styles mix) file is no column of the table
+    rows = {line.split(" | ")[1]: line for line in style_table.table("validation", str(tmp_path)).splitlines()
+            if line.startswith("| ") and "`scenes/" in line}
+    assert rows["`scenes/default`"].endswith("| 0.900 ± 0.100 (3) | -- | 0.500 (1) |")
+    assert rows["`scenes/styles`"].endswith("| 0.950 (1) | -- | -- |")
+    assert len(rows) == 2  # rows of runs without any file are left out
