@@ -1,0 +1,45 @@
+r"""A markdown table comparing seeds-runner results side by side: one column per JSON file, one row per metric.
+
+    python benchmarks/compare_table.py benchmarks/results/seeds_siglip_scenes_validation.json \
+        benchmarks/results/seeds_siglip_presence_validation.json --metrics eval/multilabel/mAP,eval/zeroshot_1obj/accuracy
+
+Each cell is `mean ± std (n)` from the file's summary (`benchmarks/seeds.py` writes them), '--' when the file lacks
+the metric; the header names each file's config, split and commit, so a table in docs/ says where it came from.
+"""
+import argparse
+import json
+import os
+
+
+def column(path: str) -> dict:
+    with open(path) as f:
+        result = json.load(f)
+    data = f" of {result['eval_data']}" if result.get("eval_data") else ""
+    return {"title": f"`{result.get('config', os.path.basename(path))}` ({result['split']}{data}, "
+                     f"{str(result.get('commit', '?'))[:7]})", "summary": result["summary"]}
+
+
+def fmt(s) -> str:
+    if s is None:
+        return "--"
+    return f"{s['mean']:.3f} ± {s['std']:.3f} ({s['n']})" if s["n"] > 1 else f"{s['mean']:.3f} (1)"
+
+
+def table(paths, metrics=None) -> str:
+    cols = [column(p) for p in paths]
+    metrics = metrics or sorted({m for c in cols for m in c["summary"]})
+    rows = ["| metric | " + " | ".join(c["title"] for c in cols) + " |", "|---|" + "---|" * len(cols)]
+    rows += [f"| `{m}` | " + " | ".join(fmt(c["summary"].get(m)) for c in cols) + " |" for m in metrics]
+    return "\n".join(rows)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("files", nargs="+")
+    ap.add_argument("--metrics", default="", help="comma-separated; default: every metric of any file")
+    args = ap.parse_args()
+    print(table(args.files, [m for m in args.metrics.split(",") if m] or None))
+
+
+if __name__ == "__main__":
+    main()
