@@ -7,18 +7,23 @@ r"""SigLIP (sigmoid loss) on the built-in `scenes` captions, on CPU; zero-shot o
         --eval caption_retrieval
 
 Default: 2400 steps at batch 128 with vit_scenes' hybrid image tower plus CoordConv input channels and a fixed
-sin-cos position embedding, and K=6 NegCLIP-style hard-negative captions per image (shape, size, colour and side
-word edits and swaps, and "colour shape" name swaps that only move the objects; a (K+1)-way pairwise term); a
-quarter of the training texts are partial captions naming one object alone, with absent objects as negatives.
-Evaluators: `zeroshot` (the four class-name `TEMPLATES`), `caption_retrieval` (each class scored by its
+sin-cos position embedding, K=6 NegCLIP-style hard-negative captions per image (shape, size, colour and side word
+edits and swaps, and "colour shape" name swaps that only move the objects; a (K+1)-way pairwise term), and a
+presence term: every image's mention of one of its objects ("a small red circle") against 6 absent objects one word
+away, as independent sigmoid pairs (`losses.contrastive.presence_loss`; chosen over in-batch partial captions on
+validation multi-label mAP, docs/contrastive.md).
+Evaluators: `zeroshot` (the four class-name `TEMPLATES`, main-object label), `zeroshot_1obj` (one-object images),
+`multilabel` (mAP over every object present, `OBJECT_TEMPLATES`), `caption_retrieval` (each class scored by its
 best-matching caption among every caption the generator can write with that class as the main object:
 closed-world retrieval over the caption space, not zero-shot) and image <-> caption `retrieval`.
-Variants: `:no_order` (K=3 shape/size edits, no position inputs), `:baseline` (the plain SigLIP run with a smaller
-tower, no hard negatives), `:phrases` (whole object phrases swapped), `:softmax` (CLIP's loss and inits,
-experiments/clip_scenes.py), `:runlocal` (a tiny smoke test without hard negatives; add `hardneg` for K=3 ones),
-`:no_mentions` (the recipe before partial captions), `:presence` (instead of partial captions in the batch, every
-image's mention against absent objects in their own sigmoid term, `losses.contrastive.presence_loss`), `:heldout` (trains on `scenes/heldout`, whose train split never shows the 4 `HELDOUT_CLASSES`, with no hard
-negative naming them either; evaluators on validation, which has every class; combine as `heldout,runlocal`).
+Variants: `:mentions` (instead of the presence term, a quarter of the training captions replaced by a mention, its
+absent objects as hard negatives), `:no_mentions` (neither: the recipe before them), `:presence` (the default; kept
+so the commands of earlier results still run), `:no_order` (K=3 shape/size edits, no position inputs, no presence
+term), `:baseline` (the plain SigLIP run with a smaller tower, no hard negatives), `:phrases` (whole object phrases
+swapped), `:softmax` (CLIP's loss and inits, experiments/clip_scenes.py), `:runlocal` (a tiny smoke test without
+hard negatives; add `hardneg` for K=3 ones, `presence` for the presence term), `:heldout` (trains on
+`scenes/heldout`, whose train split never shows the 4 `HELDOUT_CLASSES`, with no hard negative or mention naming
+them either; evaluators on validation, which has every class; combine as `heldout,runlocal`).
 The measured accuracy of each, and of LiT (experiments/lit_scenes.py): docs/contrastive.md.
 """
 import ml_collections
@@ -49,10 +54,10 @@ NUM_NEGATIVES = 3
 # The default adds what teaches left/right (docs/contrastive.md; `:no_order` leaves it out): colour and side words,
 # and "colour shape" names swapped with the sizes kept, which only moves the objects; K=6.
 ORDER_GROUPS = NEGATIVE_GROUPS + [list(COLORS), ["left", "right"], ["top", "bottom"]]
-# Partial captions (vlmjax/data/mentions.py): this share of the training texts name one object of the scene alone
-# ("a small blue square"), with absent objects one word away as its hard negatives. Full captions name every object
-# only inside a sentence about the whole scene, and a tower trained on them alone ranks images by their main object
-# (multi-label mAP 0.45). 0.25 is a design choice, not tuned (docs/contrastive.md).
+# Mentions (vlmjax/data/mentions.py): a text naming one object of the scene alone ("a small blue square"). Full
+# captions name every object only inside a sentence about the whole scene, and a tower trained on them alone ranks
+# images by their main object (multi-label mAP 0.45). `:mentions` puts them in the batch as this share of the
+# training captions (0.25: a design choice, not tuned); the default scores them in the presence term instead.
 MENTION_PROB = 0.25
 TRAIN_KEYS = ["image", "text", "text_mask"]
 ONE_OBJECT = dict(op="filter_values", key="num_objects", values=[1])
@@ -77,7 +82,8 @@ def text_pp(text_len, hard_negatives=False, phrases=False, order=False, mentions
     return pp + [dict(op="tokenize", max_len=text_len, key="text"), keep(*keys)]
 
 
-VARIANTS = ("runlocal", "baseline", "softmax", "hardneg", "no_order", "phrases", "heldout", "no_mentions", "presence")
+VARIANTS = ("runlocal", "baseline", "softmax", "hardneg", "no_order", "phrases", "heldout", "no_mentions", "presence",
+            "mentions")
 
 
 def get_config(arg=None):
@@ -96,8 +102,8 @@ def get_config(arg=None):
     baseline, runlocal = "baseline" in flags, "runlocal" in flags
     hard_negatives = "hardneg" in flags or not (baseline or runlocal)
     order = hard_negatives and not ({"no_order", "phrases"} & flags) and not runlocal
-    presence = "presence" in flags
-    mentions = order and not ({"no_mentions", "presence"} & flags)
+    mentions = order and "mentions" in flags
+    presence = "presence" in flags or (order and not ({"mentions", "no_mentions"} & flags))
     if presence:
         c.presence_weight = 1.0
     if hard_negatives:
