@@ -1,4 +1,4 @@
-r"""The rendering-style robustness table of docs/contrastive.md, generated from the seeds runner's JSON files.
+r"""The rendering-style robustness table of docs/robustness.md, generated from the seeds runner's JSON files.
 
     python benchmarks/style_table.py [--split validation|test]
 
@@ -8,11 +8,13 @@ exists, on `scenes/styles` (dark, light and noisy backgrounds); both are evaluat
 `benchmarks/results/seeds_<run>_<split>[_<eval data>].json` (written by `benchmarks/seeds.py --eval_data ...`) and
 printed as mean ± std over its seeds; a missing file prints as "--". The commands that produce the files:
 
-    python benchmarks/seeds.py --name vit_dark --config vit_scenes --seeds 0 --split validation
-    python benchmarks/seeds.py --name vit_dark --config vit_scenes --seeds 0 --split validation --eval_data scenes/texture
-    python benchmarks/seeds.py --name vit_styles --config vit_scenes --seeds 0 --split validation \
+    python benchmarks/seeds.py --name vit_dark --config vit_scenes --seeds 0,1,2 --split validation
+    python benchmarks/seeds.py --name vit_dark --config vit_scenes --seeds 0,1,2 --split validation \
+        --eval_data scenes/texture
+    python benchmarks/seeds.py --name vit_styles --config vit_scenes --seeds 0,1,2 --split validation \
         --eval_data scenes/texture -- --config.data.name=scenes/styles
-    (the same for scenes/light and scenes/default; vqvae_dark / vqvae_styles with vqvae_scenes; siglip_scenes)
+    (the same with scenes/light, and scenes/default for vit_styles; vqvae_dark / vqvae_styles with vqvae_scenes and
+    --seeds 0; siglip_presence with --config siglip_scenes:presence --seeds 0, the default recipe)
 """
 import argparse
 import json
@@ -26,10 +28,10 @@ ROWS = [
     ("", "vit_styles", "scenes/styles", "eval/test/accuracy", "{:.3f}"),
     ("VQ-VAE reconstruction PSNR, dB (`vqvae_scenes`)", "vqvae_dark", "scenes/default", "eval/recon/psnr", "{:.1f}"),
     ("", "vqvae_styles", "scenes/styles", "eval/recon/psnr", "{:.1f}"),
-    ("SigLIP zero-shot, one-object images (`siglip_scenes`)", "siglip_scenes", "scenes/default",
+    ("SigLIP zero-shot, one-object images (`siglip_scenes`)", "siglip_presence", "scenes/default",
      "eval/zeroshot_1obj/accuracy", "{:.3f}"),
-    ("SigLIP multi-label mAP", "siglip_scenes", "scenes/default", "eval/multilabel/mAP", "{:.3f}"),
-    ("SigLIP image -> text R@1", "siglip_scenes", "scenes/default", "eval/retrieval/img2txt_r@1", "{:.3f}"),
+    ("SigLIP multi-label mAP", "siglip_presence", "scenes/default", "eval/multilabel/mAP", "{:.3f}"),
+    ("SigLIP image -> text R@1", "siglip_presence", "scenes/default", "eval/retrieval/img2txt_r@1", "{:.3f}"),
 ]
 COLUMNS = [("dark", "scenes/default"), ("light", "scenes/light"), ("texture (held out)", "scenes/texture")]
 
