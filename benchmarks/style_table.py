@@ -13,8 +13,7 @@ printed as mean ± std over its seeds; a missing file prints as "--". The comman
         --eval_data scenes/texture
     python benchmarks/seeds.py --name vit_styles --config vit_scenes --seeds 0 --split validation \
         --eval_data scenes/texture -- --config.data.name=scenes/styles
-    (the same with scenes/light, and scenes/default for vit_styles; vit_styles_1200 also with
-    --config.total_steps=1200; vqvae_dark / vqvae_styles with vqvae_scenes; siglip_presence with
+    (the same with scenes/light, and scenes/default for vit_styles; vqvae_dark / vqvae_styles with vqvae_scenes; siglip_presence with
     --config siglip_scenes:presence, the default recipe)
 """
 import argparse
@@ -27,7 +26,6 @@ from seeds import RESULTS, result_path
 ROWS = [
     ("ViT classification accuracy (`vit_scenes`)", "vit_dark", "scenes/default", "eval/test/accuracy", "{:.3f}"),
     ("", "vit_styles", "scenes/styles", "eval/test/accuracy", "{:.3f}"),
-    ("(the same, 1200 steps instead of 600)", "vit_styles_1200", "scenes/styles", "eval/test/accuracy", "{:.3f}"),
     ("VQ-VAE reconstruction PSNR, dB (`vqvae_scenes`)", "vqvae_dark", "scenes/default", "eval/recon/psnr", "{:.1f}"),
     ("", "vqvae_styles", "scenes/styles", "eval/recon/psnr", "{:.1f}"),
     ("SigLIP zero-shot, one-object images (`siglip_scenes`)", "siglip_presence", "scenes/default",
