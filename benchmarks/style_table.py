@@ -13,8 +13,8 @@ printed as mean ± std over its seeds; a missing file prints as "--". The comman
         --eval_data scenes/texture
     python benchmarks/seeds.py --name vit_styles --config vit_scenes --seeds 0 --split validation \
         --eval_data scenes/texture -- --config.data.name=scenes/styles
-    (the same with scenes/light, and scenes/default for vit_styles; vqvae_dark / vqvae_styles with vqvae_scenes; siglip_presence with
-    --config siglip_scenes:presence, the default recipe)
+    (the same with scenes/light, and scenes/default for vit_styles; vqvae_dark / vqvae_styles with
+    vqvae_scenes; siglip_presence with --config siglip_scenes:presence, the default recipe)
 """
 import argparse
 import json
