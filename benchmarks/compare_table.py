@@ -19,10 +19,12 @@ def column(path: str) -> dict:
                      f"{str(result.get('commit', '?'))[:7]})", "summary": result["summary"]}
 
 
-def fmt(s) -> str:
+def fmt(s, spec: str = "{:.3f}") -> str:
+    """'mean ± std (n)' of one summary entry ('mean (1)' for one seed), '--' for None; numbers by `spec`."""
     if s is None:
         return "--"
-    return f"{s['mean']:.3f} ± {s['std']:.3f} ({s['n']})" if s["n"] > 1 else f"{s['mean']:.3f} (1)"
+    std = f" ± {spec.format(s['std'])}" if s["n"] > 1 else ""
+    return f"{spec.format(s['mean'])}{std} ({s['n']})"
 
 
 def table(paths, metrics=None) -> str:

@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 
+import compare_table
 from seeds import RESULTS, result_path
 
 # (row label, seeds-runner name, the data its training split came from, metric, format)
@@ -43,11 +44,7 @@ def cell(run: str, trained_on: str, eval_data: str, metric: str, fmt: str, split
     if not os.path.exists(path):
         return "--"
     with open(path) as f:
-        summary = json.load(f)["summary"].get(metric)
-    if summary is None:
-        return "--"
-    std = f" ± {fmt.format(summary['std'])}" if summary["n"] > 1 else ""
-    return f"{fmt.format(summary['mean'])}{std} ({summary['n']})"
+        return compare_table.fmt(json.load(f)["summary"].get(metric), fmt)
 
 
 def table(split: str = "validation", out_dir: str = RESULTS) -> str:

@@ -39,19 +39,16 @@ def absent_neighbours(objects, i: int, avoid: Sequence[str] = ()) -> list:
     objects: {'color', 'shape', 'size'} -> int[n] ids into COLORS / SHAPES / SIZES. Sorted, so the draw below is a
     function of the rng alone.
     """
-    present = {tuple(int(objects[a][j]) for a, _ in _ATTRS) for j in range(len(objects["color"]))}
-    mine = [int(objects[a][i]) for a, _ in _ATTRS]
-    out = []
-    for k, (_, names) in enumerate(_ATTRS):
-        for v in range(len(names)):
-            if v == mine[k]:
-                continue
-            other = list(mine)
-            other[k] = v
-            colour, shape = COLORS[other[0]], SHAPES[other[1]]
-            if tuple(other) not in present and f"{colour} {shape}" not in avoid:
-                out.append(phrase(SIZES[other[2]], colour, shape))
-    return sorted(out)
+    present = {_names_of(objects, j) for j in range(len(objects["color"]))}
+    colour, shape, size = _names_of(objects, i)
+    edits = ([(c, shape, size) for c in COLORS if c != colour] + [(colour, s, size) for s in SHAPES if s != shape]
+             + [(colour, shape, z) for z in SIZES if z != size])
+    return sorted(phrase(z, c, s) for c, s, z in edits if (c, s, z) not in present and f"{c} {s}" not in avoid)
+
+
+def _names_of(objects, i: int) -> tuple:
+    """(colour, shape, size) words of object i."""
+    return tuple(names[int(objects[a][i])] for a, names in _ATTRS)
 
 
 @register("scene_object_mention")
@@ -71,7 +68,8 @@ def scene_object_mention(prob: float, num: int, key: str = "objects", text: str 
         if rng.random() >= prob:
             return ex
         i = int(rng.integers(len(objects["color"])))
-        mention = phrase(*(names[int(objects[a][i])] for a, names in (_ATTRS[2], _ATTRS[0], _ATTRS[1])))
+        colour, shape, size = _names_of(objects, i)
+        mention = phrase(size, colour, shape)
         candidates = absent_neighbours(objects, i, avoid)
         picked = [candidates[j] for j in rng.permutation(len(candidates))[:num]]
         valid = np.zeros(num, np.int32)

@@ -79,6 +79,16 @@ def softmax_loss(zimg, ztxt, log_t, bias=None):
 LOSSES = {"sigmoid": sigmoid_loss, "softmax": softmax_loss}
 
 
+def _own_text_logits(zimg, zpos, zneg, log_t, bias):
+    """Each image against its own texts only (no other image's): zimg, zpos float[B, D], zneg float[B, K, D] ->
+    (pos float[B], neg float[B, K]) logits t * cos + bias, in float32."""
+    t = jnp.exp(jnp.reshape(log_t, ()).astype(jnp.float32))
+    b = 0.0 if bias is None else jnp.reshape(bias, ()).astype(jnp.float32)
+    pos = t * jnp.sum(zimg.astype(jnp.float32) * zpos.astype(jnp.float32), axis=-1) + b
+    neg = t * jnp.einsum("bd,bkd->bk", zimg.astype(jnp.float32), zneg.astype(jnp.float32)) + b
+    return pos, neg
+
+
 def hard_negative_loss(kind, zimg, ztxt, zneg, log_t, bias, valid):
     """Each image against its own hard-negative captions (NegCLIP-style), an extra term beside the batch loss.
 
@@ -94,10 +104,7 @@ def hard_negative_loss(kind, zimg, ztxt, zneg, log_t, bias, valid):
     """
     if zneg.ndim == 2:
         zneg, valid = zneg[:, None], valid[:, None]
-    t = jnp.exp(jnp.reshape(log_t, ()).astype(jnp.float32))
-    b = 0.0 if bias is None else jnp.reshape(bias, ()).astype(jnp.float32)
-    pos = t * jnp.sum(zimg.astype(jnp.float32) * ztxt.astype(jnp.float32), axis=-1) + b  # [B]
-    neg = t * jnp.einsum("bd,bkd->bk", zimg.astype(jnp.float32), zneg.astype(jnp.float32)) + b  # [B, K]
+    pos, neg = _own_text_logits(zimg, ztxt, zneg, log_t, bias)
     valid = valid.astype(jnp.float32)
     if kind == "sigmoid":
         per = jnp.sum(-jax.nn.log_sigmoid(-neg) * valid, axis=-1)
@@ -124,10 +131,7 @@ def presence_loss(zimg, zpos, zneg, log_t, bias, valid):
     used as another image's negative; unlike the pairwise hard-negative term, each logit is pushed to an absolute
     side of 0, so one text's logits rank images by whether they show it. Elementwise over the batch.
     """
-    t = jnp.exp(jnp.reshape(log_t, ()).astype(jnp.float32))
-    b = 0.0 if bias is None else jnp.reshape(bias, ()).astype(jnp.float32)
-    pos = t * jnp.sum(zimg.astype(jnp.float32) * zpos.astype(jnp.float32), axis=-1) + b  # [B]
-    neg = t * jnp.einsum("bd,bkd->bk", zimg.astype(jnp.float32), zneg.astype(jnp.float32)) + b  # [B, K]
+    pos, neg = _own_text_logits(zimg, zpos, zneg, log_t, bias)
     valid = valid.astype(jnp.float32)
     per = -jax.nn.log_sigmoid(pos) - jnp.sum(jax.nn.log_sigmoid(-neg) * valid, axis=-1)
     sg = lax.stop_gradient

@@ -47,6 +47,13 @@ def out_dims(value) -> tuple:
     return tuple(int(d) or None if d is not None else None for d in dims)
 
 
+def _dummy_texts(name: str, shape: tuple, valid: bool = True) -> dict:
+    """Zero token ids int32[*shape] under `name`, an all-ones `<name>_mask`, and `<name>_valid` int32[*shape[:-1]]
+    when `valid`: a batch entry of the layout the tokenize op (and a negatives op) gives."""
+    out = {name: np.zeros(shape, np.int32), f"{name}_mask": np.ones(shape, np.int32)}
+    return {**out, f"{name}_valid": np.ones(shape[:-1], np.int32)} if valid else out
+
+
 def build_two_towers(model_cfg, vocab_size: int) -> TwoTowers:
     """TwoTowers from `config.model`, every key checked against the module that takes it."""
     check_keys(model_cfg, MODEL_KEYS, "config.model")
@@ -123,21 +130,17 @@ class ContrastiveTask(Task):
         batch = {"image": np.zeros((batch_size, s, s, 3), np.float32), "text": np.zeros((batch_size, n), np.int32),
                  "text_mask": np.ones((batch_size, n), np.int32)}
         if self.config.hard_negative_weight:
-            k = self._negatives_per_example()
-            shape = (batch_size, n) if k == 1 else (batch_size, k, n)
-            batch.update(text_neg=np.zeros(shape, np.int32), text_neg_mask=np.ones(shape, np.int32),
-                         text_neg_valid=np.ones(shape[:-1], np.int32))
+            k = self._negatives_per_example("hard_negative_caption")
+            batch.update(_dummy_texts("text_neg", (batch_size, n) if k == 1 else (batch_size, k, n)))
         if self.config.presence_weight:
-            k = int(data_op(self.config.data, "scene_object_mention").get("num", 1))
-            batch.update(mention=np.zeros((batch_size, n), np.int32), mention_mask=np.ones((batch_size, n), np.int32),
-                         mention_neg=np.zeros((batch_size, k, n), np.int32),
-                         mention_neg_mask=np.ones((batch_size, k, n), np.int32),
-                         mention_neg_valid=np.ones((batch_size, k), np.int32))
+            k = self._negatives_per_example("scene_object_mention")
+            batch.update(_dummy_texts("mention", (batch_size, n), valid=False))
+            batch.update(_dummy_texts("mention_neg", (batch_size, k, n)))
         return batch
 
-    def _negatives_per_example(self) -> int:
-        """`num` of the data's hard_negative_caption op (1 without one): the K of text_neg int32[B, K, L]."""
-        return int(data_op(self.config.data, "hard_negative_caption").get("num", 1))
+    def _negatives_per_example(self, op: str) -> int:
+        """`num` of the data's `op` (1 without one): the K of its negatives, int32[B, K, L]."""
+        return int(data_op(self.config.data, op).get("num", 1))
 
     def init(self, rng, batch):
         return self.model.init({"params": rng}, batch["image"], batch["text"], batch["text_mask"], train=False)
