@@ -56,7 +56,7 @@ NUM_NEGATIVES = 3
 ORDER_GROUPS = NEGATIVE_GROUPS + [list(COLORS), ["left", "right"], ["top", "bottom"]]
 # Mentions (vlmjax/data/mentions.py): a text naming one object of the scene alone ("a small blue square"). Full
 # captions name every object only inside a sentence about the whole scene, and a tower trained on them alone ranks
-# images by their main object (multi-label mAP 0.45). `:mentions` puts them in the batch as this share of the
+# images by their main object (docs/contrastive.md). `:mentions` puts them in the batch as this share of the
 # training captions (0.25: a design choice, not tuned); the default scores them in the presence term instead.
 MENTION_PROB = 0.25
 TRAIN_KEYS = ["image", "text", "text_mask"]
@@ -113,7 +113,8 @@ def get_config(arg=None):
     img_pp = image_pp()
     # No flips or crops: captions state left/right relations and sizes.
     c.data = dict(name="scenes/default", split="train",
-                  preprocess=img_pp + text_pp(c.text_len, hard_negatives, "phrases" in flags, order, mentions, presence))
+                  preprocess=img_pp + text_pp(c.text_len, hard_negatives, "phrases" in flags, order, mentions,
+                                              presence))
     c.evals = dict(
         zeroshot=dict(type="zeroshot", templates=list(TEMPLATES),
                       data=dict(split="test", preprocess=img_pp + [keep("image", "label")])),

@@ -2,13 +2,12 @@
 
 Every `scenes` caption names every object inside a sentence about the whole scene ("a large red circle with a small
 blue square to its right"), so a text naming one object alone ("a small blue square") never occurs in training, and
-a tower trained only on full captions ranks images by their main object: multi-label mAP with object prompts stays
-near 0.45 (docs/contrastive.md). Web alt-text often names one thing in a picture; this op adds such text. With
-probability `prob` the example's caption is replaced by the phrase of one of its objects, drawn uniformly, in the
-words the full captions use for it ("a small blue square"); the `num` hard negatives become objects that are NOT in
-the scene, each one word away from the mention (another colour, shape or size), so the pairwise hard-negative term
-teaches presence against absence. Class labels are never used: the phrase comes from the scene's own object list,
-the same source as its captions.
+a tower trained only on full captions ranks images by their main object (measured: docs/contrastive.md). Web
+alt-text often names one thing in a picture; this op adds such text. With probability `prob` the example's caption is
+replaced by the phrase of one of its objects, drawn uniformly, in the words the full captions use for it ("a small
+blue square"); the `num` hard negatives become objects that are NOT in the scene, each one word away from the
+mention (another colour, shape or size), so the pairwise hard-negative term teaches presence against absence. Class
+labels are never used: the phrase comes from the scene's own object list, the same source as its captions.
 
 Op:
   scene_object_mention(prob, num, key='objects', text='text', neg='text_neg', avoid=())
