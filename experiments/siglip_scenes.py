@@ -60,10 +60,12 @@ ORDER_GROUPS = NEGATIVE_GROUPS + [list(COLORS), ["left", "right"], ["top", "bott
 # training captions (0.25: a design choice, not tuned); the default scores them in the presence term instead.
 MENTION_PROB = 0.25
 TRAIN_KEYS = ["image", "text", "text_mask"]
+MAX_OBJECTS = 3  # the most objects a scenes image holds (vlmjax/data/scenes.py)
 ONE_OBJECT = dict(op="filter_values", key="num_objects", values=[1])
 
 
-def text_pp(text_len, hard_negatives=False, phrases=False, order=False, mentions=False, presence=False):
+def text_pp(text_len, hard_negatives=False, phrases=False, order=False, mentions=False, presence=False,
+            presence_batch=False):
     pp = [dict(op="choice", key="captions", out="text")]
     if hard_negatives:
         phrase = OBJECT_NAME if order else OBJECT_PHRASE if phrases else None
@@ -75,15 +77,17 @@ def text_pp(text_len, hard_negatives=False, phrases=False, order=False, mentions
         pp += [dict(op="tokenize", max_len=text_len, key="text_neg")]
     keys = TRAIN_KEYS + (["text_neg", "text_neg_mask", "text_neg_valid"] if hard_negatives else [])
     if presence:  # every image: one of its objects named alone against absent ones, in their own loss term
-        pp += [dict(op="scene_object_mention", prob=1.0, num=6, text="mention", neg="mention_neg"),
+        slots = dict(present_slots=MAX_OBJECTS) if presence_batch else {}
+        pp += [dict(op="scene_object_mention", prob=1.0, num=6, text="mention", neg="mention_neg", **slots),
                dict(op="tokenize", max_len=text_len, key="mention"),
                dict(op="tokenize", max_len=text_len, key="mention_neg")]
         keys += ["mention", "mention_mask", "mention_neg", "mention_neg_mask", "mention_neg_valid"]
+        keys += ["mention_id", "mention_present"] if presence_batch else []
     return pp + [dict(op="tokenize", max_len=text_len, key="text"), keep(*keys)]
 
 
 VARIANTS = ("runlocal", "baseline", "softmax", "hardneg", "no_order", "phrases", "heldout", "no_mentions", "presence",
-            "mentions")
+            "mentions", "presence_batch")
 
 
 def get_config(arg=None):
@@ -103,9 +107,10 @@ def get_config(arg=None):
     hard_negatives = "hardneg" in flags or not (baseline or runlocal)
     order = hard_negatives and not ({"no_order", "phrases"} & flags) and not runlocal
     mentions = order and "mentions" in flags
-    presence = "presence" in flags or (order and not ({"mentions", "no_mentions"} & flags))
+    presence = bool({"presence", "presence_batch"} & flags) or (order and not ({"mentions", "no_mentions"} & flags))
+    presence_batch = "presence_batch" in flags
     if presence:
-        c.presence_weight = 1.0
+        c.presence_weight, c.presence_batch = 1.0, presence_batch
     if hard_negatives:
         c.hard_negative_weight, c.hard_negative_loss = 1.0, "pairwise"
     c.log_every_steps = 100
@@ -114,7 +119,7 @@ def get_config(arg=None):
     # No flips or crops: captions state left/right relations and sizes.
     c.data = dict(name="scenes/default", split="train",
                   preprocess=img_pp + text_pp(c.text_len, hard_negatives, "phrases" in flags, order, mentions,
-                                              presence))
+                                              presence, presence_batch))
     c.evals = dict(
         zeroshot=dict(type="zeroshot", templates=list(TEMPLATES),
                       data=dict(split="test", preprocess=img_pp + [keep("image", "label")])),

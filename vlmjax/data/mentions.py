@@ -10,13 +10,18 @@ mention (another colour, shape or size), so the pairwise hard-negative term teac
 labels are never used: the phrase comes from the scene's own object list, the same source as its captions.
 
 Op:
-  scene_object_mention(prob, num, key='objects', text='text', neg='text_neg', avoid=())
+  scene_object_mention(prob, num, key='objects', text='text', neg='text_neg', avoid=(), present_slots=0)
       objects {'color', 'shape', 'size'}: int[n] (the record's ClassLabel ids; nested, or flat keys
       'objects/color', ...) -> `text` (str) and, when it fires,
       `neg` (a list of `num` texts) and `<neg>_valid` int32[num]; otherwise the example is returned unchanged. Put
       it after `hard_negative_caption` (whose `num` must equal this one's) and before the `tokenize` ops. `avoid`:
       class names ("red square") that no negative may name -- a run that withholds them never shows them.
+      `present_slots` > 0 (needs prob 1): also `<text>_id` int32 (a stable hash of the mention's text) and
+      `<text>_present` int32[present_slots] (the hashes of every object phrase of the scene, -1 padded), so a loss
+      can tell which other images of a batch a mention is true for (`losses.contrastive.presence_loss`): text
+      against text, with no class label.
 """
+import zlib
 from typing import Sequence
 
 import numpy as np
@@ -45,6 +50,11 @@ def absent_neighbours(objects, i: int, avoid: Sequence[str] = ()) -> list:
     return sorted(phrase(z, c, s) for c, s, z in edits if (c, s, z) not in present and f"{c} {s}" not in avoid)
 
 
+def text_id(text: str) -> int:
+    """A hash of `text` that is the same in every process (Python's str hash is salted per process): int >= 0."""
+    return zlib.crc32(text.encode("utf-8")) & 0x7FFFFFFF
+
+
 def _names_of(objects, i: int) -> tuple:
     """(colour, shape, size) words of object i."""
     return tuple(names[int(objects[a][i])] for a, names in _ATTRS)
@@ -52,13 +62,16 @@ def _names_of(objects, i: int) -> tuple:
 
 @register("scene_object_mention")
 def scene_object_mention(prob: float, num: int, key: str = "objects", text: str = "text", neg: str = "text_neg",
-                         avoid: Sequence[str] = ()) -> Op:
+                         avoid: Sequence[str] = (), present_slots: int = 0) -> Op:
     if not 0 <= prob <= 1:
         raise ValueError(f"scene_object_mention: prob must be in [0, 1], got {prob}")
     if not (isinstance(num, (int, np.integer)) and num >= 1):
         raise ValueError(f"scene_object_mention: num must be an int >= 1, got {num!r}")
     if isinstance(avoid, str):
         raise ValueError(f"scene_object_mention: avoid must be a list of class names, got {avoid!r}")
+    if present_slots and prob != 1:
+        raise ValueError(f"scene_object_mention: present_slots={present_slots} needs prob=1 (every example a "
+                         f"mention), got prob={prob}")
     avoid = tuple(avoid)
 
     def op(ex, rng):
@@ -73,6 +86,16 @@ def scene_object_mention(prob: float, num: int, key: str = "objects", text: str 
         picked = [candidates[j] for j in rng.permutation(len(candidates))[:num]]
         valid = np.zeros(num, np.int32)
         valid[:len(picked)] = 1
-        return {**ex, text: mention, neg: picked + [mention] * (num - len(picked)), f"{neg}_valid": valid}
+        out = {**ex, text: mention, neg: picked + [mention] * (num - len(picked)), f"{neg}_valid": valid}
+        if present_slots:
+            named = (_names_of(objects, j) for j in range(len(objects["color"])))
+            phrases = sorted({phrase(z, c, s) for c, s, z in named})
+            if len(phrases) > present_slots:
+                raise ValueError(f"scene_object_mention: the scene has {len(phrases)} objects but present_slots="
+                                 f"{present_slots}")
+            ids = np.full(present_slots, -1, np.int32)
+            ids[:len(phrases)] = [text_id(p) for p in phrases]
+            out.update({f"{text}_id": np.int32(text_id(mention)), f"{text}_present": ids})
+        return out
 
     return op

@@ -120,7 +120,7 @@ def hard_negative_loss(kind, zimg, ztxt, zneg, log_t, bias, valid):
     return jnp.sum(per) / zimg.shape[0], metrics
 
 
-def presence_loss(zimg, zpos, zneg, log_t, bias, valid):
+def presence_loss(zimg, zpos, zneg, log_t, bias, valid, pos_id=None, present=None):
     """Per-image object presence, scored on the batch loss's own logit scale: a text naming something the image
     shows against K texts naming things it does not (multi-label, as a sigmoid classifier per pair).
 
@@ -130,14 +130,31 @@ def presence_loss(zimg, zpos, zneg, log_t, bias, valid):
     batch loss, a text may be true for several images (two scenes that both hold a small red circle), so it is never
     used as another image's negative; unlike the pairwise hard-negative term, each logit is pushed to an absolute
     side of 0, so one text's logits rank images by whether they show it. Elementwise over the batch.
+
+    With `pos_id` int[B] (an id of text pos_j, >= 0) and `present` int[B, P] (the ids of every text true for image i,
+    -1 padded), every image is also scored against every other image's positive text, labelled by whether it is
+    true for it (`present`): the positive term becomes sum_ij BCE(logit(i, pos_j), [pos_id_j in present_i]), the
+    SigLIP sum over the batch with the labels a multi-label batch has. A text's logits are then trained to rank
+    the batch's images by presence, which is what a zero-shot multi-label ranking (mAP) asks of them. It needs every
+    positive text of the batch (GSPMD gathers it under a sharded batch: B x D, small).
     """
     pos, neg = _own_text_logits(zimg, zpos, zneg, log_t, bias)
     valid = valid.astype(jnp.float32)
-    per = -jax.nn.log_sigmoid(pos) - jnp.sum(jax.nn.log_sigmoid(-neg) * valid, axis=-1)
+    per = -jnp.sum(jax.nn.log_sigmoid(-neg) * valid, axis=-1)
     sg = lax.stop_gradient
     n = jnp.maximum(jnp.sum(valid), 1.0)
     metrics = {"presence_pos_logit": jnp.mean(sg(pos)), "presence_neg_logit": jnp.sum(sg(neg) * valid) / n,
                "presence_accuracy": (jnp.sum(sg(pos) > 0) + jnp.sum((sg(neg) < 0) * valid)) / (pos.shape[0] + n)}
+    if pos_id is None:
+        per = per - jax.nn.log_sigmoid(pos)
+    else:
+        if present is None:
+            raise ValueError("presence_loss: pos_id needs present (the ids true for each image)")
+        logits = _dense_logits(zimg, zpos, log_t, bias)  # [B images, B texts]
+        labels = jnp.any(present[:, None, :] == pos_id[None, :, None], axis=-1)
+        per = per - jnp.sum(jax.nn.log_sigmoid(jnp.where(labels, logits, -logits)), axis=-1)
+        metrics["presence_batch_accuracy"] = jnp.mean((sg(logits) > 0) == labels)
+        metrics["presence_batch_positives"] = jnp.mean(jnp.sum(labels, axis=-1).astype(jnp.float32))
     return jnp.sum(per) / zimg.shape[0], metrics
 
 

@@ -11,7 +11,9 @@ caption false for its image, int32[B, L], or K of them, int32[B, K, L] (the op's
 'sigmoid' for the sigmoid loss, 'pairwise' for softmax), `presence_weight` (> 0: the batch also carries
 `mention`/`mention_mask` int32[B, L], a text true for its image, and `mention_neg`/`mention_neg_mask` int32[B, K, L]
 with `mention_neg_valid` int32[B, K], texts false for it -- e.g. the `scene_object_mention` op with prob 1 -- and the
-loss adds `losses.contrastive.presence_loss` times this weight). `config.model`: `image` (ViT keys), `text`
+loss adds `losses.contrastive.presence_loss` times this weight), `presence_batch` (True: each image is also scored
+against every other image's mention, labelled from `mention_id` int32[B] and `mention_present` int32[B, P] -- the
+op's `present_slots` -- so the term ranks the batch's images by presence). `config.model`: `image` (ViT keys), `text`
 (TextTransformer keys; vocab_size defaults to the tokenizer's), `out_dim` (projection dim: int, or [image, text]
 with 0 = no head on that tower), `temperature_init`, `bias_init` (None: no bias), `temperature_max` (0: no clamp).
 
@@ -33,6 +35,7 @@ from vlmjax.tasks.text_inputs import data_op, flatten_features, load_tokenizer
 LOSS_IMPLS = ("", "dense", "all_gather", "ring")
 NEG_KEYS = ("text_neg", "text_neg_mask", "text_neg_valid")
 PRESENCE_KEYS = ("mention", "mention_mask", "mention_neg", "mention_neg_mask", "mention_neg_valid")
+PRESENCE_BATCH_KEYS = ("mention_id", "mention_present")
 MODEL_KEYS = ("image", "text", "out_dim", "temperature_init", "bias_init", "temperature_max")
 TOKENIZER_MISSING = ("config.tokenizer={!r}: no SentencePiece model at that path. Train one with `python -m "
                      "vlmjax.data.tokenizer --data_dir DIR --dataset scenes/default --out DIR/scenes_spm.model` "
@@ -81,7 +84,8 @@ class ContrastiveTask(Task):
     @classmethod
     def config_defaults(cls):
         return {"tokenizer": "", "text_len": 16, "image_size": 64, "loss": "sigmoid", "loss_impl": "",
-                "hard_negative_weight": 0.0, "hard_negative_loss": "", "presence_weight": 0.0}
+                "hard_negative_weight": 0.0, "hard_negative_loss": "", "presence_weight": 0.0,
+                "presence_batch": False}
 
     # -- set-up ---------------------------------------------------------------------------------------------------
     def tokenizer(self):
@@ -101,6 +105,8 @@ class ContrastiveTask(Task):
             raise ValueError(f"config.hard_negative_weight={c.hard_negative_weight}: must be >= 0")
         if float(c.presence_weight) < 0:
             raise ValueError(f"config.presence_weight={c.presence_weight}: must be >= 0")
+        if c.presence_batch and not float(c.presence_weight):
+            raise ValueError("config.presence_batch=True needs config.presence_weight > 0 (it extends that term)")
         if c.hard_negative_loss not in ("", "sigmoid", "pairwise"):
             raise ValueError(f"config.hard_negative_loss={c.hard_negative_loss!r}: expected 'sigmoid', 'pairwise' "
                              f"or ''")
@@ -123,7 +129,8 @@ class ContrastiveTask(Task):
 
     def _train_keys(self):
         return (("image", "text", "text_mask") + (NEG_KEYS if self.config.hard_negative_weight else ())
-                + (PRESENCE_KEYS if self.config.presence_weight else ()))
+                + (PRESENCE_KEYS if self.config.presence_weight else ())
+                + (PRESENCE_BATCH_KEYS if self.config.presence_batch else ()))
 
     def dummy_batch(self, batch_size):
         s, n = int(self.config.image_size), int(self.config.text_len)
@@ -136,6 +143,10 @@ class ContrastiveTask(Task):
             k = self._negatives_per_example("scene_object_mention")
             batch.update(_dummy_texts("mention", (batch_size, n), valid=False))
             batch.update(_dummy_texts("mention_neg", (batch_size, k, n)))
+        if self.config.presence_batch:
+            slots = int(data_op(self.config.data, "scene_object_mention").get("present_slots", 1))
+            batch.update(mention_id=np.zeros((batch_size,), np.int32),
+                         mention_present=np.zeros((batch_size, slots), np.int32))
         return batch
 
     def _negatives_per_example(self, op: str) -> int:
@@ -154,6 +165,8 @@ class ContrastiveTask(Task):
             neg += ("; with config.presence_weight > 0 also `mention` and `mention_neg` (op 'scene_object_mention' "
                     "with prob 1, text='mention', neg='mention_neg', then 'tokenize' of both) and keep "
                     "`mention_neg_valid`" if self.config.presence_weight else "")
+            neg += ("; with config.presence_batch also `mention_id` and `mention_present` (the op's present_slots "
+                    "> 0)" if self.config.presence_batch else "")
             raise ValueError(f"{where}: no {missing} in the batch (it has {sorted(batch)}); config.data.preprocess "
                              f"must produce `image` and a tokenized `text` (op 'tokenize' with key/out 'text'){neg}")
         for k in ("text", "text_neg", "mention", "mention_neg"):
@@ -189,8 +202,9 @@ class ContrastiveTask(Task):
         if self.config.presence_weight:
             zpos = self._embed_texts(params, state, batch["mention"], batch["mention_mask"], rngs)
             zabs = self._embed_texts(params, state, batch["mention_neg"], batch["mention_neg_mask"], rngs)
+            ids = ((batch["mention_id"], batch["mention_present"]) if self.config.presence_batch else (None, None))
             p_loss, p_metrics = presence_loss(zimg, zpos, zabs, out["log_temperature"], out.get("bias"),
-                                              batch["mention_neg_valid"])
+                                              batch["mention_neg_valid"], *ids)
             metrics = {"batch_loss": loss, **metrics, **p_metrics, "presence_loss": p_loss}
             loss = loss + float(self.config.presence_weight) * p_loss
         metrics = {**metrics, "temperature": out["temperature"]}
