@@ -281,3 +281,32 @@ def test_presence_loss_matches_loop_formula():
     assert float(metrics["presence_accuracy"]) == pytest.approx(right / (B + n))
     assert float(metrics["presence_neg_logit"]) == pytest.approx(
         sum(neg[i][j] for i in range(B) for j in range(k) if valid[i, j]) / n, rel=1e-5)
+
+
+def test_presence_loss_across_the_batch_matches_loop_formula():
+    # every image against every image's true text, labelled by whether that text's id is among the image's ids
+    k = 2
+    zneg = np.stack([_embeddings(seed=30 + j)[1] for j in range(k)], axis=1)
+    valid = np.ones((B, k), np.int32)
+    rng = np.random.default_rng(0)
+    pos_id = rng.integers(0, 5, B).astype(np.int32)  # few ids, so several images share one
+    present = np.full((B, 3), -1, np.int32)
+    present[:, 0] = pos_id  # its own text is true for each image...
+    present[:, 1] = rng.integers(0, 5, B)  # ...and sometimes another image's
+    loss, metrics = jax.jit(presence_loss)(ZIMG, ZTXT, zneg, jnp.float32(LOG_T), jnp.float32(BIAS), valid, pos_id,
+                                           present)
+    t = math.exp(LOG_T)
+    ref, n_pos = 0.0, 0
+    for i in range(B):
+        for j in range(B):
+            label = pos_id[j] in set(present[i][present[i] >= 0])
+            n_pos += label
+            logit = t * float(np.dot(ZIMG[i].astype(np.float64), ZTXT[j])) + BIAS
+            ref -= _log_sigmoid(logit if label else -logit)
+        for j in range(k):
+            ref -= _log_sigmoid(-(t * float(np.dot(ZIMG[i].astype(np.float64), zneg[i, j])) + BIAS))
+    assert n_pos > B  # the batch term has positives off the diagonal
+    assert float(loss) == pytest.approx(ref / B, rel=1e-5)
+    assert float(metrics["presence_batch_positives"]) == pytest.approx(n_pos / B)
+    with pytest.raises(ValueError, match="present"):
+        presence_loss(ZIMG, ZTXT, zneg, LOG_T, BIAS, valid, pos_id)

@@ -273,25 +273,32 @@ def test_missing_tokenizer_is_named(scenes_tiny_dir, tmp_path):
 
 
 def test_hard_negatives_train_alike_on_one_device_and_on_the_ring(scenes_tiny_dir, tokenizer_path, tmp_path):
-    """`:runlocal,hardneg,presence` (a second text-tower pass over K=3 perturbed captions per example, the (K+1)-way
-    pairwise term; a third over one object mention and 6 absent ones, the presence term): the (2,2,2) ring run's
-    losses equal the 1-device dense run's, and both terms are live (they move and the metrics report them)."""
+    """`:runlocal,hardneg,presence_batch` (a second text-tower pass over K=3 perturbed captions per example, the
+    (K+1)-way pairwise term; a third over one object mention and 6 absent ones, the presence term, with every image
+    also scored against every mention of the batch): the (2,2,2) ring run's losses equal the 1-device dense run's,
+    and the terms are live (they move and the metrics report them)."""
     over = {"total_steps": 3, "log_every_steps": 1, "batch_size": 32, "evals": {}}
     runs = {}
     for name, mesh in [("one", {"mesh.data": 1}), ("ring", {"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2})]:
-        cfg = tiny_config(scenes_tiny_dir, tokenizer_path, "siglip_scenes.py:runlocal,hardneg,presence", **over,
+        cfg = tiny_config(scenes_tiny_dir, tokenizer_path, "siglip_scenes.py:runlocal,hardneg,presence_batch",
+                          **over,
                           **mesh)
         train(cfg, str(tmp_path / name), devices=jax.devices()[:1] if name == "one" else None)
         with open(tmp_path / name / "metrics.jsonl") as f:
             runs[name] = [m for m in map(json.loads, f) if "train/loss" in m]
-    for key in ("train/loss", "train/hard_neg_loss", "train/batch_loss", "train/presence_loss"):
+    for key in ("train/loss", "train/hard_neg_loss", "train/batch_loss", "train/presence_loss",
+                "train/presence_batch_positives"):
         np.testing.assert_allclose([m[key] for m in runs["ring"]], [m[key] for m in runs["one"]], rtol=2e-5,
                                    err_msg=key)
     one = runs["one"]
     assert all(m["train/loss"] == pytest.approx(m["train/batch_loss"] + m["train/hard_neg_loss"]
                                                 + m["train/presence_loss"]) for m in one)
-    # presence at init: every logit near the bias (-10), so the positive costs ~10 and the 6 negatives ~0
-    assert abs(one[0]["train/presence_loss"] - 10) < 2 and len({m["train/presence_loss"] for m in one}) == 3
+    # presence at init: every logit near the bias (-10), so each positive pair costs ~10 and the negatives ~0; an
+    # image's own mention is one positive, and in a batch of 32 scenes some mentions name objects of other images
+    positives = one[0]["train/presence_batch_positives"]
+    assert 1 < positives < 3
+    assert abs(one[0]["train/presence_loss"] - 10 * positives) < 2 * positives
+    assert len({m["train/presence_loss"] for m in one}) == 3
     # log(1 + K) when the caption and its K=3 negatives are undecided; each differs in a word or two, so the term
     # starts close to that
     assert abs(one[0]["train/hard_neg_loss"] - math.log(4)) < 0.5 and len({m["train/hard_neg_loss"] for m in one}) == 3

@@ -50,7 +50,34 @@ def test_mention_prob_zero_leaves_the_caption_and_draws_are_a_function_of_the_rn
     assert 60 < sum(t != "full caption" for t in outs) < 140
 
 
-@pytest.mark.parametrize("kwargs", [dict(prob=1.5, num=2), dict(prob=0.5, num=0), dict(prob=0.5, num=2, avoid="red square")])
+def test_mention_ids_say_which_phrases_each_scene_holds():
+    # `present_slots`: the mention's id and the ids of every object phrase of its scene, so a batch can tell which
+    # other scenes a mention is true for; ids equal exactly when the phrases do, and in every process alike
+    import subprocess
+    import sys
+    import zlib
+
+    fn = ops.get_preprocess_fn([dict(op="scene_object_mention", prob=1.0, num=2, present_slots=3,
+                                     text="mention", neg="mention_neg")])
+    exs, phrase_sets = [], []
+    for seed in range(40):
+        _, objs = render_scene(seed, 64)
+        exs.append(fn({"objects": _objects(objs)}, np.random.default_rng(seed)))
+        phrase_sets.append(_phrases(objs))
+        assert exs[-1]["mention_present"].shape == (3,) and exs[-1]["mention_id"] in exs[-1]["mention_present"]
+        assert (exs[-1]["mention_present"] == -1).sum() == 3 - len(phrase_sets[-1])
+    for ex in exs:
+        for other, phrases in zip(exs, phrase_sets):
+            assert (ex["mention_id"] in other["mention_present"]) == (ex["mention"] in phrases)
+    assert exs[0]["mention_id"] == zlib.crc32(exs[0]["mention"].encode()) & 0x7FFFFFFF
+    code = f"from vlmjax.data.mentions import text_id; print(text_id({exs[0]['mention']!r}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PYTHONHASHSEED": "123", "PATH": ""}).stdout
+    assert int(out) == exs[0]["mention_id"]
+
+
+@pytest.mark.parametrize("kwargs", [dict(prob=1.5, num=2), dict(prob=0.5, num=0), dict(prob=0.5, num=2, avoid="red square"),
+                                    dict(prob=0.5, num=2, present_slots=3)])
 def test_mention_rejects_bad_arguments(kwargs):
     with pytest.raises(ValueError, match="scene_object_mention"):
         ops.get_preprocess_fn([dict(op="scene_object_mention", **kwargs)])
