@@ -9,19 +9,21 @@ r"""SigLIP (sigmoid loss) on the built-in `scenes` captions, on CPU; zero-shot o
 Default: 2400 steps at batch 128 with vit_scenes' hybrid image tower plus CoordConv input channels and a fixed
 sin-cos position embedding, K=6 NegCLIP-style hard-negative captions per image (shape, size, colour and side word
 edits and swaps, and "colour shape" name swaps that only move the objects; a (K+1)-way pairwise term), and a
-presence term: every image's mention of one of its objects ("a small red circle") against 6 absent objects one word
-away, as independent sigmoid pairs (`losses.contrastive.presence_loss`; chosen over in-batch partial captions on
+presence term across the batch: every image's mention of one of its objects ("a small red circle") against 6 absent
+objects one word away, and every image against every other image's mention, true when the mention names one of its
+own objects -- independent sigmoid pairs (`losses.contrastive.presence_loss`, `config.presence_batch`; chosen on
 validation multi-label mAP, docs/contrastive.md).
 Evaluators: `zeroshot` (the four class-name `TEMPLATES`, main-object label), `zeroshot_1obj` (one-object images),
 `multilabel` (mAP over every object present, `OBJECT_TEMPLATES`), `caption_retrieval` (each class scored by its
 best-matching caption among every caption the generator can write with that class as the main object:
 closed-world retrieval over the caption space, not zero-shot) and image <-> caption `retrieval`.
 Variants: `:mentions` (instead of the presence term, a quarter of the training captions replaced by a mention, its
-absent objects as hard negatives), `:no_mentions` (neither: the recipe before them), `:presence` (the default; kept
+absent objects as hard negatives), `:no_mentions` (neither: the recipe before them), `:presence` (the presence
+term on each image's own mention only, the default before `presence_batch`), `:presence_batch` (the default; kept
 so the commands of earlier results still run), `:no_order` (K=3 shape/size edits, no position inputs, no presence
 term), `:baseline` (the plain SigLIP run with a smaller tower, no hard negatives), `:phrases` (whole object phrases
 swapped), `:softmax` (CLIP's loss and inits, experiments/clip_scenes.py), `:runlocal` (a tiny smoke test without
-hard negatives; add `hardneg` for K=3 ones, `presence` for the presence term), `:heldout` (trains on
+hard negatives; add `hardneg` for K=3 ones, `presence` or `presence_batch` for the presence term), `:heldout` (trains on
 `scenes/heldout`, whose train split never shows the 4 `HELDOUT_CLASSES`, with no hard negative or mention naming
 them either; evaluators on validation, which has every class; combine as `heldout,runlocal`).
 The measured accuracy of each, and of LiT (experiments/lit_scenes.py): docs/contrastive.md.
@@ -108,7 +110,7 @@ def get_config(arg=None):
     order = hard_negatives and not ({"no_order", "phrases"} & flags) and not runlocal
     mentions = order and "mentions" in flags
     presence = bool({"presence", "presence_batch"} & flags) or (order and not ({"mentions", "no_mentions"} & flags))
-    presence_batch = "presence_batch" in flags
+    presence_batch = "presence_batch" in flags or (presence and "presence" not in flags)
     if presence:
         c.presence_weight, c.presence_batch = 1.0, presence_batch
     if hard_negatives:
