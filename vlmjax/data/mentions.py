@@ -17,15 +17,15 @@ Op:
       it after `hard_negative_caption` (whose `num` must equal this one's) and before the `tokenize` ops. `avoid`:
       class names ("red square") that no negative may name -- a run that withholds them never shows them.
       `present_slots` > 0 (needs prob 1): also `<text>_id` int32 (a stable hash of the mention's text) and
-      `<text>_present` int32[present_slots] (the hashes of every object phrase of the scene, -1 padded), so a loss
+      `<text>_present` int32[present_slots] (those of every object phrase of the scene, -1 padded), so a loss
       can tell which other images of a batch a mention is true for (`losses.contrastive.presence_loss`): text
       against text, with no class label.
 """
-import zlib
 from typing import Sequence
 
 import numpy as np
 
+from vlmjax.data.filters import caption_hash
 from vlmjax.data.op_registry import Op, get, register
 from vlmjax.data.scenes import COLORS, SHAPES, SIZES
 
@@ -51,8 +51,8 @@ def absent_neighbours(objects, i: int, avoid: Sequence[str] = ()) -> list:
 
 
 def text_id(text: str) -> int:
-    """A hash of `text` that is the same in every process (Python's str hash is salted per process): int >= 0."""
-    return zlib.crc32(text.encode("utf-8")) & 0x7FFFFFFF
+    """`filters.caption_hash` of `text` (the same in every process), folded into a non-negative int32."""
+    return caption_hash(text) % (1 << 31)
 
 
 def _names_of(objects, i: int) -> tuple:
