@@ -23,17 +23,13 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import write_result  # noqa: E402
+from common import scenes_images, write_result  # noqa: E402
 from seeds import git_commit  # noqa: E402
 
 
-def load_split(data_dir: str, split: str, n: int) -> tuple:
-    """(records, images float32[n, H, W, 3] in [-1, 1], multi-hot int[n, C]) of the first n `scenes` records."""
-    import tensorflow_datasets as tfds
-
-    src = tfds.data_source("scenes/default", split=split, data_dir=data_dir)
-    exs = [src[i] for i in range(min(n, len(src)))]
-    images = np.stack([e["image"] for e in exs]).astype(np.float32) / 127.5 - 1
+def load_split(data_dir: str, split: str, n: int, size: int) -> tuple:
+    """(records, images float32[n, size, size, 3] in [-1, 1], multi-hot int[n, C]) of the first n `scenes` records."""
+    exs, images = scenes_images(data_dir, split, n, size)
     return exs, images, np.stack([e["multi_labels"] for e in exs])
 
 
@@ -105,6 +101,7 @@ def main(argv=None):
     from vlmjax.evaluators.zeroshot import class_embeddings, zeroshot_prompts
 
     task, variables, _ = load_run(args.workdir, ("contrastive",), keys=("params",))
+    size = int(task.config.image_size)
     runtime = Runtime(make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1]))
     apply = jax.jit(lambda x: task.model.apply(variables, images=x))
 
@@ -115,12 +112,12 @@ def main(argv=None):
                 np.concatenate([np.asarray(o[2]["img/pre_logits"]) for o in outs]))
 
     names = list(scenes.CLASS_NAMES)
-    exs, images, labels = load_split(args.data_dir, args.split, args.examples)
+    exs, images, labels = load_split(args.data_dir, args.split, args.examples, size)
     z, pre = features(images)
     prompts, aggregate = zeroshot_prompts(task.config.evals.multilabel, names, "multilabel")
     scores = class_scores(z, class_embeddings(task, variables, prompts, runtime, aggregate))
     ap = average_precision(scores, labels)
-    _, train_images, train_labels = load_split(args.data_dir, "train", args.probe_examples)
+    _, train_images, train_labels = load_split(args.data_dir, "train", args.probe_examples, size)
     train_z, train_pre = features(train_images)
     commit, dirty = git_commit()
     write_result(f"multilabel_diagnosis_{args.name}", {

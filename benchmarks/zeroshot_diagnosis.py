@@ -19,7 +19,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import write_result  # noqa: E402
+from common import scenes_images, write_result  # noqa: E402
 
 TEMPLATE_SETS = {
     "photo": ["a {}", "a photo of a {}"],
@@ -46,7 +46,6 @@ def main(argv=None):
                    help="experiment file[:arg] whose zero-shot evals to use instead of the run's own")
     args = p.parse_args(argv)
     import jax
-    import tensorflow_datasets as tfds
 
     from vlmjax.data import scenes
     from vlmjax.evaluators.zeroshot import class_embeddings, embed_texts, zeroshot_prompts
@@ -59,12 +58,7 @@ def main(argv=None):
     task, variables, _ = load_run(args.workdir, ("contrastive",), keys=("params",))
     size = task.config.image_size
     runtime = Runtime(make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1]))
-    src = tfds.data_source("scenes/default", split="test", data_dir=args.data_dir)
-    exs = [src[i] for i in range(args.examples)]
-    images = np.stack([e["image"] for e in exs]).astype(np.float32)
-    if images.shape[1] != size:
-        images = np.asarray(jax.image.resize(images, (len(images), size, size, 3), "linear"))
-    images = images / 127.5 - 1
+    exs, images = scenes_images(args.data_dir, "test", args.examples, size)
     labels = np.array([e["label"] for e in exs])
     n_obj = np.array([e["num_objects"] for e in exs])
     embed_images = jax.jit(lambda x: task.model.apply(variables, images=x)[0])
