@@ -30,6 +30,8 @@ CANDIDATES = {
                                                           for side in ("left", "right")]
                          + [f"and a {s} {{}}" for s in SIZES], "max"),
     "photo": (["a photo of a {}", "a {}"], "mean"),
+    "unsized": (["a {}"], "mean"),  # the class name as siglip_scenes:unsized's size-free mentions say it
+    "unsized_and_sized_mean": (["a {}"] + [f"a {s} {{}}" for s in SIZES], "mean"),
 }
 
 

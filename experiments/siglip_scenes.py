@@ -21,7 +21,9 @@ closed-world retrieval over the caption space, not zero-shot) and image <-> capt
 Variants: `:mentions` (instead of the presence term, a quarter of the training captions replaced by a mention, its
 absent objects as hard negatives), `:no_mentions` (neither: the recipe before them), `:presence` (the presence
 term on each image's own mention only, the default before `presence_batch`), `:presence_batch` (the default; kept
-so the commands of earlier results still run), `:no_order` (K=3 shape/size edits, no position inputs, no presence
+so the commands of earlier results still run), `:unsized` (half the presence mentions without their size word, "a
+red circle", true of either size; `multilabel` then prompts with the class name alone, `multilabel_sized` keeps the
+sized prompts' mean), `:no_order` (K=3 shape/size edits, no position inputs, no presence
 term), `:baseline` (the plain SigLIP run with a smaller tower, no hard negatives), `:phrases` (whole object phrases
 swapped), `:softmax` (CLIP's loss and inits, experiments/clip_scenes.py), `:runlocal` (a tiny smoke test without
 hard negatives; add `hardneg` for K=3 ones, `presence` or `presence_batch` for the presence term), `:heldout` (trains on
@@ -41,6 +43,8 @@ TEMPLATES = ("a large {} with", "a small {} with", "one large {}", "one small {}
 # An object anywhere in the scene, as every caption names it (chosen for `multilabel` on validation among the
 # candidates of benchmarks/prompt_sweep.py: benchmarks/results/prompt_sweep_multilabel_prompts.json).
 OBJECT_TEMPLATES = ("a large {}", "a small {}")
+# `:unsized`: the class name as it is, "a red circle" -- the phrase that variant's size-free mentions train.
+UNSIZED_TEMPLATES = ("a {}",)
 # Every caption the scenes generator can write, under the class of its main object (~12k per class): each class
 # scores its best-matching caption -- zero-shot as retrieval over the caption space. No label or test image is
 # used; the captions come from the same `captions` function as the training text.
@@ -62,13 +66,17 @@ ORDER_GROUPS = NEGATIVE_GROUPS + [list(COLORS), ["left", "right"], ["top", "bott
 # images by their main object (docs/contrastive.md). `:mentions` puts them in the batch as this share of the
 # training captions (0.25: a design choice, not tuned); the default scores them in the presence term instead.
 MENTION_PROB = 0.25
+# `:unsized`: the share of presence mentions without their size word ("a red circle", true of either size; 0.5: a
+# design choice, not tuned). With sizes only, "a large red circle" is trained as false for a small red circle, so
+# the mean of the "a large {}" / "a small {}" embeddings sits between a match and a trained mismatch.
+UNSIZED_PROB = 0.5
 TRAIN_KEYS = ["image", "text", "text_mask"]
 MAX_OBJECTS = 3  # the most objects a scenes image holds (vlmjax/data/scenes.py)
 ONE_OBJECT = dict(op="filter_values", key="num_objects", values=[1])
 
 
 def text_pp(text_len, hard_negatives=False, phrases=False, order=False, mentions=False, presence=False,
-            presence_batch=False):
+            presence_batch=False, unsized=False):
     pp = [dict(op="choice", key="captions", out="text")]
     if hard_negatives:
         phrase = OBJECT_NAME if order else OBJECT_PHRASE if phrases else None
@@ -80,8 +88,10 @@ def text_pp(text_len, hard_negatives=False, phrases=False, order=False, mentions
         pp += [dict(op="tokenize", max_len=text_len, key="text_neg")]
     keys = TRAIN_KEYS + (["text_neg", "text_neg_mask", "text_neg_valid"] if hard_negatives else [])
     if presence:  # every image: one of its objects named alone against absent ones, in their own loss term
-        slots = dict(present_slots=MAX_OBJECTS) if presence_batch else {}
-        pp += [dict(op="scene_object_mention", prob=1.0, num=6, text="mention", neg="mention_neg", **slots),
+        opts = dict(present_slots=MAX_OBJECTS * (2 if unsized else 1)) if presence_batch else {}
+        if unsized:
+            opts["unsized"] = UNSIZED_PROB
+        pp += [dict(op="scene_object_mention", prob=1.0, num=6, text="mention", neg="mention_neg", **opts),
                dict(op="tokenize", max_len=text_len, key="mention"),
                dict(op="tokenize", max_len=text_len, key="mention_neg")]
         keys += ["mention", "mention_mask", "mention_neg", "mention_neg_mask", "mention_neg_valid"]
@@ -90,7 +100,7 @@ def text_pp(text_len, hard_negatives=False, phrases=False, order=False, mentions
 
 
 VARIANTS = ("runlocal", "baseline", "softmax", "hardneg", "no_order", "phrases", "heldout", "no_mentions", "presence",
-            "mentions", "presence_batch")
+            "mentions", "presence_batch", "unsized")
 
 
 def get_config(arg=None):
@@ -112,6 +122,7 @@ def get_config(arg=None):
     mentions = order and "mentions" in flags
     presence = bool({"presence", "presence_batch"} & flags) or (order and not ({"mentions", "no_mentions"} & flags))
     presence_batch = "presence_batch" in flags or (presence and "presence" not in flags)
+    unsized = presence and "unsized" in flags
     if presence:
         c.presence_weight, c.presence_batch = 1.0, presence_batch
     if hard_negatives:
@@ -122,7 +133,7 @@ def get_config(arg=None):
     # No flips or crops: captions state left/right relations and sizes.
     c.data = dict(name="scenes/default", split="train",
                   preprocess=img_pp + text_pp(c.text_len, hard_negatives, "phrases" in flags, order, mentions,
-                                              presence, presence_batch))
+                                              presence, presence_batch, unsized))
     c.evals = dict(
         zeroshot=dict(type="zeroshot", templates=list(TEMPLATES),
                       data=dict(split="test", preprocess=img_pp + [keep("image", "label")])),
@@ -137,6 +148,9 @@ def get_config(arg=None):
     # the same prompts, each class scored by its better template instead of their mean: "a large X" or "a small X"
     # (chosen on validation for the presence recipes, docs/contrastive.md; the mean is the standard protocol)
     c.evals.multilabel_max = dict(c.evals.multilabel.to_dict(), aggregate="max")
+    if unsized:  # the standard protocol with the class name as its prompt; the sized prompts' mean kept beside it
+        c.evals.multilabel_sized = c.evals.multilabel.to_dict()
+        c.evals.multilabel.templates = list(UNSIZED_TEMPLATES)
     if not (runlocal or "heldout" in flags):  # zero-shot as retrieval over the grammar's caption space (docs/contrastive.md)
         c.evals.caption_retrieval = dict(type="zeroshot", class_prompts=CAPTION_SPACE, aggregate="max",
                                         data=c.evals.zeroshot.data.to_dict(), every_steps=1200)  # 300k prompts

@@ -76,8 +76,42 @@ def test_mention_ids_say_which_phrases_each_scene_holds():
     assert int(out) == exs[0]["mention_id"]
 
 
+def test_unsized_mentions_are_true_of_either_size_and_their_negatives_of_neither():
+    # `unsized`: some mentions leave out the size ("a red circle"); such a text is true of a scene holding that
+    # colour-shape pair at any size, so the present ids hold both phrases of each object
+    fn = ops.get_preprocess_fn([dict(op="scene_object_mention", prob=1.0, num=6, present_slots=6, unsized=0.5,
+                                     text="mention", neg="mention_neg", avoid=["red square"])])
+    exs, truths = [], []
+    for seed in range(60):
+        _, objs = render_scene(seed, 64)
+        ex = fn({"objects": _objects(objs)}, np.random.default_rng(seed))
+        pairs = {f"a {o['color']} {o['shape']}" for o in objs}
+        exs.append(ex)
+        truths.append(_phrases(objs) | pairs)
+        words = ex["mention"].split()
+        if len(words) == 3:  # unsized: its negatives are colour-shape pairs the scene lacks, one word away
+            assert ex["mention"] in pairs
+            for neg, ok in zip(ex["mention_neg"], ex["mention_neg_valid"]):
+                if ok:
+                    assert len(neg.split()) == 3 and neg not in pairs and neg != "a red square"
+                    assert sum(a != b for a, b in zip(neg.split(), words)) == 1
+        else:
+            assert ex["mention"] in _phrases(objs)
+        assert (ex["mention_present"] >= 0).sum() == 2 * len(objs)
+    assert 15 < sum(len(e["mention"].split()) == 3 for e in exs) < 45
+    for ex in exs:
+        for other, truth in zip(exs, truths):
+            assert (ex["mention_id"] in other["mention_present"]) == (ex["mention"] in truth)
+    # at 0 no extra rng draw: the mentions are those of a run without the option
+    plain = ops.get_preprocess_fn([dict(op="scene_object_mention", prob=1.0, num=6)])
+    zero = ops.get_preprocess_fn([dict(op="scene_object_mention", prob=1.0, num=6, unsized=0.0)])
+    _, objs = render_scene(5, 64)
+    a, b = (f({"objects": _objects(objs)}, np.random.default_rng(1)) for f in (plain, zero))
+    assert a["text"] == b["text"] and a["text_neg"] == b["text_neg"]
+
+
 @pytest.mark.parametrize("kwargs", [dict(prob=1.5, num=2), dict(prob=0.5, num=0), dict(prob=0.5, num=2, avoid="red square"),
-                                    dict(prob=0.5, num=2, present_slots=3)])
+                                    dict(prob=0.5, num=2, present_slots=3), dict(prob=1.0, num=2, unsized=2.0)])
 def test_mention_rejects_bad_arguments(kwargs):
     with pytest.raises(ValueError, match="scene_object_mention"):
         ops.get_preprocess_fn([dict(op="scene_object_mention", **kwargs)])
