@@ -16,10 +16,12 @@ is never overwritten (exit 2) unless `--force`. `--eval_data NAME` (e.g. `scenes
 shift test of the same models). Writes `benchmarks/results/seeds_<name>_<split>.json` (with `--eval_data`:
 `seeds_<name>_<split>_<eval_data, / as _>.json`, its own file, so the test rule holds per file): the command, git
 commit (and whether the tree was dirty), seeds, split, eval_data (null without it), each seed's final `eval/*`
-metrics and wall seconds, and per metric mean, std (ddof=1) and n; prints the markdown table `table()` makes from
-it.
+metrics and wall seconds, and per metric mean, std (ddof=1) and n, and the experiment file the config resolved to
+with its sha256; prints the markdown table `table()` makes from it. An experiment that resolves outside this checkout
+(a git worktree whose editable install points at another tree) is refused: its runs would train that tree's config.
 """
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -85,6 +87,15 @@ def eval_names(config_spec: str) -> list:
     from vlmjax.core.config import load_experiment
 
     return list(load_experiment(config_spec).get("evals", {}) or {})
+
+
+def experiment_file(config_spec: str) -> str:
+    """The real path of the file the experiment of `config_spec` is loaded from: a name resolves through the
+    installed package, which for an editable install is the checkout it was installed from."""
+    sys.path.insert(0, ROOT)
+    from vlmjax.core.config import experiment_module
+
+    return os.path.realpath(experiment_module(config_spec.partition(":")[0]).__file__)
 
 
 def split_overrides(names, split: str) -> list:
@@ -156,12 +167,21 @@ def main(argv=None):
         print(f"error: {out} already holds the test result of recipe {args.name!r} (commit {old['commit'][:10]}): "
               f"test is read once per final recipe; choose on validation, or pass --force", file=sys.stderr)
         return 2
+    exp_file, root = experiment_file(args.config), os.path.realpath(ROOT)
+    if not exp_file.startswith(root + os.sep):
+        print(f"error: --config {args.config!r} loads {exp_file}, outside this checkout ({root}): the installed "
+              f"package maps vlmjax.experiments to another tree, whose configs (not this commit's) would train; run "
+              f"from that checkout, or `pip install -e .` here", file=sys.stderr)
+        return 2
+    with open(exp_file, "rb") as f:
+        exp_sha = hashlib.sha256(f.read()).hexdigest()
     commit, dirty = git_commit()
     per_seed, wall, names = {}, {}, eval_names(args.config)
     for s in seeds:
         per_seed[str(s)], wall[str(s)] = run_seed(args, s, extra, names)
     result = {"name": args.name, "command": command, "config": args.config, "overrides": extra, "split": args.split,
-              "eval_data": args.eval_data, "commit": commit, "dirty": dirty, "seeds": seeds, "per_seed": per_seed,
+              "eval_data": args.eval_data, "config_file": os.path.relpath(exp_file, root),
+              "config_sha256": exp_sha, "commit": commit, "dirty": dirty, "seeds": seeds, "per_seed": per_seed,
               "wall_s": wall, "summary": summarize(per_seed)}
     os.makedirs(args.out_dir, exist_ok=True)
     with open(out, "w") as f:

@@ -34,6 +34,16 @@ def test_test_split_is_read_once(tmp_path, capsys):
     assert json.loads(out.read_text()) == {"commit": "0123456789ab"}  # untouched
 
 
+def test_an_experiment_from_another_checkout_is_refused(tmp_path, capsys, monkeypatch):
+    # a git worktree whose editable install points at the main checkout would train that checkout's config
+    monkeypatch.setattr(seeds, "experiment_file", lambda spec: "/elsewhere/experiments/vit_scenes.py")
+    rc = seeds.main(["--name", "r", "--config", "vit_scenes:runlocal", "--out_dir", str(tmp_path)])
+    assert rc == 2 and "outside this checkout" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+    monkeypatch.undo()
+    assert seeds.experiment_file("vit_scenes:runlocal").startswith(os.path.realpath(ROOT))
+
+
 def test_two_seeds_on_validation(tmp_path, scenes_tiny_dir):
     rc = seeds.main(["--name", "tiny", "--config", "experiments/vit_scenes.py:runlocal", "--seeds", "0,1",
                      "--workdir_root", str(tmp_path / "w"), "--out_dir", str(tmp_path),
@@ -42,6 +52,7 @@ def test_two_seeds_on_validation(tmp_path, scenes_tiny_dir):
     assert rc == 0
     result = json.loads((tmp_path / "seeds_tiny_validation.json").read_text())
     assert result["seeds"] == [0, 1] and result["split"] == "validation"
+    assert result["config_file"] == os.path.join("experiments", "vit_scenes.py") and len(result["config_sha256"]) == 64
     for s in ("0", "1"):
         workdir = tmp_path / "w" / "tiny" / f"seed{s}"
         cfg = json.loads((workdir / "config.json").read_text())
