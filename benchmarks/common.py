@@ -33,14 +33,14 @@ def timing_setup(workdir: str) -> str:
                             vocab_size=300).path
 
 
-def scenes_images(data_dir: str, split: str, n: int, size: int) -> tuple:
-    """(records, images float32[n, size, size, 3] in [-1, 1]) of the first n `scenes/default` records of `split`,
-    resized (linear) when the run's image_size differs from the stored one."""
+def scenes_images(data_dir: str, split: str, n: int, size: int, name: str = "scenes/default") -> tuple:
+    """(records, images float32[n, size, size, 3] in [-1, 1]) of the first n records of `split` of the tfds dataset
+    `name` (a `scenes` config), resized (linear) when the run's image_size differs from the stored one."""
     import jax
     import numpy as np
     import tensorflow_datasets as tfds
 
-    src = tfds.data_source("scenes/default", split=split, data_dir=data_dir)
+    src = tfds.data_source(name, split=split, data_dir=data_dir)
     exs = [src[i] for i in range(min(n, len(src)))]
     images = np.stack([e["image"] for e in exs]).astype(np.float32)
     if images.shape[1] != size:

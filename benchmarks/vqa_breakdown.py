@@ -4,8 +4,8 @@ Y?" (yes/no, chance 0.5), on the `scenes` test split's own questions.
 
     .venv/bin/python benchmarks/vqa_breakdown.py --workdir workdirs/prefixlm_scenes_chat [--data_dir data/tfds]
 
-Writes benchmarks/results/vqa_breakdown.json (the run's workdir is recorded in it). Greedy decoding, as the VQA
-evaluator.
+Writes benchmarks/results/vqa_breakdown.json (command, commit, split and the run's workdir). Greedy decoding, as
+the VQA evaluator.
 """
 import argparse
 import collections
@@ -15,37 +15,32 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import write_result  # noqa: E402
+from common import scenes_images, write_result  # noqa: E402
+from seeds import git_commit  # noqa: E402
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", required=True)
     p.add_argument("--data_dir", default="data/tfds")
+    p.add_argument("--data", default="scenes/default", help="the tfds dataset (a scenes config)")
     p.add_argument("--examples", type=int, default=500, help="test images (all their questions)")
     p.add_argument("--batch", type=int, default=64)
     args = p.parse_args(argv)
-    import jax
-    import tensorflow_datasets as tfds
-
     from vlmjax.data.op_registry import as_text as _text
     from vlmjax.api import load_run
     from vlmjax.tasks.chat_prompts import answer_texts
 
     task, variables, _ = load_run(args.workdir, ("prefixlm",))
     size = int(task.config.image_size)
-    src = tfds.data_source("scenes/default", split="test", data_dir=args.data_dir)
+    exs, pixels = scenes_images(args.data_dir, "test", args.examples, size, args.data)
     images, prompts, keys, answers = [], [], [], []
-    for i in range(args.examples):
-        ex = src[i]
-        img = np.asarray(ex["image"], np.float32)
-        if img.shape[0] != size:
-            img = np.asarray(jax.image.resize(img, (size, size, 3), "linear"))
+    for ex, img in zip(exs, pixels):
         for qtype, q, a in zip(ex["question_types"], ex["questions"], ex["answers"]):
             qtype, q = _text(qtype), _text(q)
             if qtype == "relation":
                 qtype = "relation_yesno" if q.startswith("is ") else "relation_which"
-            images.append(img / 127.5 - 1)
+            images.append(img)
             prompts.append(q)
             answers.append(_text(a))
             keys.append((qtype, int(ex["num_objects"])))
@@ -58,7 +53,10 @@ def main(argv=None):
         for k in ("all", qtype, f"{qtype}/{n}_objects"):
             hits[k].append(ok)
     yesno = [pred.strip() for (qtype, _), pred in zip(keys, preds) if qtype == "relation_yesno"]
-    result = {"workdir": os.path.abspath(args.workdir), "examples": args.examples,
+    commit, dirty = git_commit()
+    result = {"command": "python " + " ".join([os.path.relpath(__file__, os.getcwd())] + (argv or sys.argv[1:])),
+              "commit": commit, "dirty": dirty, "data": args.data, "split": "test",
+              "workdir": os.path.abspath(args.workdir), "examples": args.examples,
               "accuracy": {k: {"n": len(v), "accuracy": float(np.mean(v))} for k, v in sorted(hits.items())},
               "relation_yesno_answered_yes": float(np.mean([p == "yes" for p in yesno])) if yesno else None}
     for k, v in sorted(result["accuracy"].items()):

@@ -297,3 +297,38 @@ def test_predict_cli_answers_about_a_png(two_stage, tmp_path, capsys):
     path = paths[0]
     assert predict_cli.main(["--workdir", two_stage[1], "--generate", "a red circle"]) == 2  # not a VQ run
     assert predict_cli.main(["--workdir", str(tmp_path), "--image", path, "--prompt", "x"]) == 2
+
+
+def test_vqa_breakdown_counts_every_question_once(two_stage, scenes_tiny_dir, tmp_path, monkeypatch):
+    """benchmarks/vqa_breakdown.py on the reduced run: each test question of the first images is answered and
+    counted once under its type (relations split by their wording) and object count, counts read independently from
+    the records; the overall accuracy is the count-weighted mean of the types'; the JSON says what it ran."""
+    import json
+    import sys
+
+    import tensorflow_datasets as tfds
+
+    from vlmjax.data.op_registry import as_text
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    import common
+    import vqa_breakdown
+
+    monkeypatch.setattr(common, "RESULTS", str(tmp_path))  # not the committed benchmarks/results/vqa_breakdown.json
+    vqa_breakdown.main(["--workdir", two_stage[1], "--data_dir", scenes_tiny_dir, "--data", "scenes/tiny",
+                        "--examples", "24"])
+    result = json.loads((tmp_path / "vqa_breakdown.json").read_text())
+    src = tfds.data_source("scenes/tiny", split="test", data_dir=scenes_tiny_dir)
+    want = {}
+    for ex in (src[i] for i in range(24)):
+        for t, q in zip(ex["question_types"], ex["questions"]):
+            t = as_text(t)
+            if t == "relation":
+                t = "relation_yesno" if as_text(q).startswith("is ") else "relation_which"
+            for k in ("all", t, f"{t}/{int(ex['num_objects'])}_objects"):
+                want[k] = want.get(k, 0) + 1
+    acc = result["accuracy"]
+    assert {k: v["n"] for k, v in acc.items()} == want
+    types = [k for k in acc if k != "all" and "/" not in k]
+    assert acc["all"]["accuracy"] == pytest.approx(sum(acc[t]["n"] * acc[t]["accuracy"] for t in types) / want["all"])
+    assert result["split"] == "test" and result["data"] == "scenes/tiny" and len(result["commit"]) == 40
