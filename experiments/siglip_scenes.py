@@ -9,26 +9,27 @@ r"""SigLIP (sigmoid loss) on the built-in `scenes` captions, on CPU; zero-shot o
 Default: 2400 steps at batch 128 with vit_scenes' hybrid image tower plus CoordConv input channels and a fixed
 sin-cos position embedding, K=6 NegCLIP-style hard-negative captions per image (shape, size, colour and side word
 edits and swaps, and "colour shape" name swaps that only move the objects; a (K+1)-way pairwise term), and a
-presence term across the batch: every image's mention of one of its objects ("a small red circle") against 6 absent
-objects one word away, and every image against every other image's mention, true when the mention names one of its
-own objects -- independent sigmoid pairs (`losses.contrastive.presence_loss`, `config.presence_batch`; chosen on
+presence term across the batch: every image's mention of one of its objects ("a small red circle", or half the time
+without its size, "a red circle") against 6 absent objects one word away, and every image against every other
+image's mention, true when the mention names one of its own objects -- independent sigmoid pairs
+(`losses.contrastive.presence_loss`, `config.presence_batch`, `scene_object_mention(unsized=0.5)`; each chosen on
 validation multi-label mAP, docs/contrastive.md).
 Evaluators: `zeroshot` (the four class-name `TEMPLATES`, main-object label), `zeroshot_1obj` (one-object images),
-`multilabel` (mAP over every object present, `OBJECT_TEMPLATES`, mean of their embeddings: the standard protocol),
-`multilabel_max` (the same prompts, each class scored by its better one), `caption_retrieval` (each class scored by its
-best-matching caption among every caption the generator can write with that class as the main object:
-closed-world retrieval over the caption space, not zero-shot) and image <-> caption `retrieval`.
+`multilabel` (mAP over every object present with the class name as the prompt, "a {}": the standard protocol),
+`multilabel_sized` (the sized `OBJECT_TEMPLATES`, mean of their embeddings), `multilabel_max` (the sized prompts,
+each class scored by its better one), `caption_retrieval` (each class scored by its best-matching caption among
+every caption the generator can write with that class as the main object: closed-world retrieval over the caption
+space, not zero-shot) and image <-> caption `retrieval`.
 Variants: `:mentions` (instead of the presence term, a quarter of the training captions replaced by a mention, its
 absent objects as hard negatives), `:no_mentions` (neither: the recipe before them), `:presence` (the presence
-term on each image's own mention only, the default before `presence_batch`), `:presence_batch` (the default; kept
-so the commands of earlier results still run), `:unsized` (half the presence mentions without their size word, "a
-red circle", true of either size; `multilabel` then prompts with the class name alone, `multilabel_sized` keeps the
-sized prompts' mean), `:no_order` (K=3 shape/size edits, no position inputs, no presence
+term on each image's own sized mention only), `:presence_batch` (the batch term with sized mentions only, and the
+sized prompts in `multilabel`: the default before `unsized`), `:unsized` (the default; kept so the commands of its
+results still run), `:no_order` (K=3 shape/size edits, no position inputs, no presence
 term), `:baseline` (the plain SigLIP run with a smaller tower, no hard negatives), `:phrases` (whole object phrases
 swapped), `:softmax` (CLIP's loss and inits, experiments/clip_scenes.py), `:runlocal` (a tiny smoke test without
-hard negatives; add `hardneg` for K=3 ones, `presence` or `presence_batch` for the presence term), `:heldout` (trains on
-`scenes/heldout`, whose train split never shows the 4 `HELDOUT_CLASSES`, with no hard negative or mention naming
-them either; evaluators on validation, which has every class; combine as `heldout,runlocal`).
+hard negatives; add `hardneg` for K=3 ones, `presence`, `presence_batch` or `unsized` for the presence term), `:heldout`
+(trains on `scenes/heldout`, whose train split never shows the 4 `HELDOUT_CLASSES`, with no hard negative or mention
+naming them either; evaluators on validation, which has every class; combine as `heldout,runlocal`).
 The measured accuracy of each, and of LiT (experiments/lit_scenes.py): docs/contrastive.md.
 """
 import ml_collections
@@ -43,7 +44,8 @@ TEMPLATES = ("a large {} with", "a small {} with", "one large {}", "one small {}
 # An object anywhere in the scene, as every caption names it (chosen for `multilabel` on validation among the
 # candidates of benchmarks/prompt_sweep.py: benchmarks/results/prompt_sweep_multilabel_prompts.json).
 OBJECT_TEMPLATES = ("a large {}", "a small {}")
-# `:unsized`: the class name as it is, "a red circle" -- the phrase that variant's size-free mentions train.
+# The default's `multilabel` prompt: the class name as it is, "a red circle" -- the phrase its size-free mentions
+# train (`:presence_batch` and `:presence` prompt with OBJECT_TEMPLATES instead).
 UNSIZED_TEMPLATES = ("a {}",)
 # Every caption the scenes generator can write, under the class of its main object (~12k per class): each class
 # scores its best-matching caption -- zero-shot as retrieval over the caption space. No label or test image is
@@ -66,7 +68,7 @@ ORDER_GROUPS = NEGATIVE_GROUPS + [list(COLORS), ["left", "right"], ["top", "bott
 # images by their main object (docs/contrastive.md). `:mentions` puts them in the batch as this share of the
 # training captions (0.25: a design choice, not tuned); the default scores them in the presence term instead.
 MENTION_PROB = 0.25
-# `:unsized`: the share of presence mentions without their size word ("a red circle", true of either size; 0.5: a
+# The share of presence mentions without their size word ("a red circle", true of either size; 0.5: a
 # design choice, not tuned). With sizes only, "a large red circle" is trained as false for a small red circle, so
 # the mean of the "a large {}" / "a small {}" embeddings sits between a match and a trained mismatch.
 UNSIZED_PROB = 0.5
@@ -120,9 +122,11 @@ def get_config(arg=None):
     hard_negatives = "hardneg" in flags or not (baseline or runlocal)
     order = hard_negatives and not ({"no_order", "phrases"} & flags) and not runlocal
     mentions = order and "mentions" in flags
-    presence = bool({"presence", "presence_batch"} & flags) or (order and not ({"mentions", "no_mentions"} & flags))
-    presence_batch = "presence_batch" in flags or (presence and "presence" not in flags)
-    unsized = presence and "unsized" in flags
+    presence = bool({"presence", "presence_batch", "unsized"} & flags) or (order and not ({"mentions", "no_mentions"}
+                                                                                      & flags))
+    presence_batch = presence and "presence" not in flags
+    # `:presence` and `:presence_batch` are the sized recipes before it; `:unsized` names the default
+    unsized = presence_batch and ("unsized" in flags or "presence_batch" not in flags)
     if presence:
         c.presence_weight, c.presence_batch = 1.0, presence_batch
     if hard_negatives:

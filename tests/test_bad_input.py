@@ -20,7 +20,8 @@ VARIANTS = {"vit_scenes": ["runlocal"], "siglip_b16": ["runlocal"], "clip_b32": 
             "vqvae_imagenet": ["runlocal"], "vqvae_scenes": ["vit", "runlocal", "vit,runlocal"],
             "paligemma_like": ["pretrain", "chat", "runlocal"], "prefixlm_scenes": ["pretrain", "chat", "runlocal"],
             "prefixlm_vq_scenes": ["vqvae", "pretrain", "chat", "runlocal"],
-            "siglip_scenes": ["runlocal", "baseline", "softmax", "runlocal,hardneg", "no_order", "phrases", "heldout"],
+            "siglip_scenes": ["runlocal", "baseline", "softmax", "runlocal,hardneg", "no_order", "phrases", "heldout",
+                              "presence", "presence_batch", "mentions", "no_mentions", "runlocal,unsized"],
             "siglip_hf": ["finetune", "runlocal", "finetune,runlocal"],
             "clip_scenes": ["runlocal", "baseline"], "lit_scenes": ["runlocal"], "siglip_webdataset": ["runlocal"]}
 
