@@ -122,8 +122,8 @@ def get_config(arg=None):
     hard_negatives = "hardneg" in flags or not (baseline or runlocal)
     order = hard_negatives and not ({"no_order", "phrases"} & flags) and not runlocal
     mentions = order and "mentions" in flags
-    presence = bool({"presence", "presence_batch", "unsized"} & flags) or (order and not ({"mentions", "no_mentions"}
-                                                                                      & flags))
+    no_presence = bool({"mentions", "no_mentions"} & flags)
+    presence = bool({"presence", "presence_batch", "unsized"} & flags) or (order and not no_presence)
     presence_batch = presence and "presence" not in flags
     # `:presence` and `:presence_batch` are the sized recipes before it; `:unsized` names the default
     unsized = presence_batch and ("unsized" in flags or "presence_batch" not in flags)
