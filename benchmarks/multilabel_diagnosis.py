@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import scenes_images, write_result  # noqa: E402
-from seeds import git_commit  # noqa: E402
+from seeds import provenance  # noqa: E402
 
 
 def load_split(data_dir: str, split: str, n: int, size: int) -> tuple:
@@ -119,10 +119,8 @@ def main(argv=None):
     ap = average_precision(scores, labels)
     _, train_images, train_labels = load_split(args.data_dir, "train", args.probe_examples, size)
     train_z, train_pre = features(train_images)
-    commit, dirty = git_commit()
     write_result(f"multilabel_diagnosis_{args.name}", {
-        "command": "python " + " ".join([os.path.relpath(__file__, os.getcwd())] + (argv or sys.argv[1:])),
-        "commit": commit, "dirty": dirty, "workdir": os.path.abspath(args.workdir), "split": args.split,
+        **provenance(__file__, argv), "workdir": os.path.abspath(args.workdir), "split": args.split,
         "examples": len(exs), "probe_train_examples": len(train_images),
         "zeroshot": {"mAP": float(np.nanmean(ap)), "per_class_ap": dict(zip(names, map(float, ap))),
                      "negatives_above": negatives_above(scores, labels, exs, len(scenes.SHAPES))},

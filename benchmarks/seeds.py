@@ -45,6 +45,14 @@ def git_commit() -> tuple:
         return "unknown", True
 
 
+def provenance(script: str, argv=None) -> dict:
+    """{'command', 'commit', 'dirty'} for a benchmark's JSON: `python <script relative to the cwd> <argv>` (argv
+    defaults to sys.argv[1:]) and the tree it ran from."""
+    commit, dirty = git_commit()
+    return {"command": "python " + " ".join([os.path.relpath(script, os.getcwd())] + (argv or sys.argv[1:])),
+            "commit": commit, "dirty": dirty}
+
+
 def summarize(per_seed: dict) -> dict:
     """{metric: {'mean', 'std', 'n'}} over the seeds' `{seed: {metric: value}}`; std is the sample std (ddof=1),
     0 for a single seed. A metric missing from some seed is summarised over the seeds that have it."""

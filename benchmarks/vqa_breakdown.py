@@ -16,7 +16,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import scenes_images, write_result  # noqa: E402
-from seeds import git_commit  # noqa: E402
+from seeds import provenance  # noqa: E402
 
 
 def main(argv=None):
@@ -53,9 +53,7 @@ def main(argv=None):
         for k in ("all", qtype, f"{qtype}/{n}_objects"):
             hits[k].append(ok)
     yesno = [pred.strip() for (qtype, _), pred in zip(keys, preds) if qtype == "relation_yesno"]
-    commit, dirty = git_commit()
-    result = {"command": "python " + " ".join([os.path.relpath(__file__, os.getcwd())] + (argv or sys.argv[1:])),
-              "commit": commit, "dirty": dirty, "data": args.data, "split": "test",
+    result = {**provenance(__file__, argv), "data": args.data, "split": "test",
               "workdir": os.path.abspath(args.workdir), "examples": args.examples,
               "accuracy": {k: {"n": len(v), "accuracy": float(np.mean(v))} for k, v in sorted(hits.items())},
               "relation_yesno_answered_yes": float(np.mean([p == "yes" for p in yesno])) if yesno else None}

@@ -68,9 +68,9 @@ ORDER_GROUPS = NEGATIVE_GROUPS + [list(COLORS), ["left", "right"], ["top", "bott
 # images by their main object (docs/contrastive.md). `:mentions` puts them in the batch as this share of the
 # training captions (0.25: a design choice, not tuned); the default scores them in the presence term instead.
 MENTION_PROB = 0.25
-# The share of presence mentions without their size word ("a red circle", true of either size; 0.5: a
-# design choice, not tuned). With sizes only, "a large red circle" is trained as false for a small red circle, so
-# the mean of the "a large {}" / "a small {}" embeddings sits between a match and a trained mismatch.
+# The share of presence mentions without their size word ("a red circle", true of either size; 0.5: a design
+# choice, not tuned). With sized mentions only, the class name itself is never trained as a phrase true of an
+# image, so class-name prompts read the objects poorly (docs/contrastive.md).
 UNSIZED_PROB = 0.5
 TRAIN_KEYS = ["image", "text", "text_mask"]
 MAX_OBJECTS = 3  # the most objects a scenes image holds (vlmjax/data/scenes.py)

@@ -275,8 +275,8 @@ def test_missing_tokenizer_is_named(scenes_tiny_dir, tmp_path):
 def test_hard_negatives_train_alike_on_one_device_and_on_the_ring(scenes_tiny_dir, tokenizer_path, tmp_path):
     """`:runlocal,hardneg,presence_batch,unsized` (a second text-tower pass over K=3 perturbed captions per example,
     the (K+1)-way pairwise term; a third over one object mention, half of them without their size, and 6 absent
-    ones, the presence term, with every image also scored against every mention of the batch): the (2,2,2) ring run's losses equal the 1-device dense run's,
-    and the terms are live (they move and the metrics report them)."""
+    ones, the presence term, with every image also scored against every mention of the batch): the (2,2,2) ring
+    run's losses equal the 1-device dense run's, and the terms are live (they move and the metrics report them)."""
     over = {"total_steps": 3, "log_every_steps": 1, "batch_size": 32, "evals": {}}
     runs = {}
     for name, mesh in [("one", {"mesh.data": 1}), ("ring", {"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2})]:

@@ -49,7 +49,7 @@ def absent_neighbours(objects, i: int, avoid: Sequence[str] = (), sized: bool = 
     objects: {'color', 'shape', 'size'} -> int[n] ids into COLORS / SHAPES / SIZES. Sorted, so the draw below is a
     function of the rng alone.
     """
-    named = [_names_of(objects, j) for j in range(len(objects["color"]))]
+    named = _scene_names(objects)
     present = set(named) if sized else {(c, s, None) for c, s, _ in named}
     colour, shape, size = _names_of(objects, i)
     size = size if sized else None
@@ -61,6 +61,11 @@ def absent_neighbours(objects, i: int, avoid: Sequence[str] = (), sized: bool = 
 def text_id(text: str) -> int:
     """`filters.caption_hash` of `text` (the same in every process), folded into a non-negative int32."""
     return caption_hash(text) % (1 << 31)
+
+
+def _scene_names(objects) -> list:
+    """(colour, shape, size) words of every object of the scene."""
+    return [_names_of(objects, j) for j in range(len(objects["color"]))]
 
 
 def _names_of(objects, i: int) -> tuple:
@@ -99,7 +104,7 @@ def scene_object_mention(prob: float, num: int, key: str = "objects", text: str 
         valid[:len(picked)] = 1
         out = {**ex, text: mention, neg: picked + [mention] * (num - len(picked)), f"{neg}_valid": valid}
         if present_slots:
-            named = (_names_of(objects, j) for j in range(len(objects["color"])))
+            named = _scene_names(objects)
             # the texts true for this image: each object's phrase, and without its size when mentions may omit it
             phrases = sorted({phrase(z, c, s) for c, s, z0 in named for z in ((z0, None) if unsized else (z0,))})
             if len(phrases) > present_slots:
