@@ -5,7 +5,8 @@ candidate's metrics so the choice (the best by `--metric`) can be checked. Test 
     python benchmarks/prompt_sweep.py --workdir workdirs/seeds/siglip_heldout/seed0 --config siglip_scenes:heldout \
         --eval multilabel --metric mAP --name multilabel_prompts
 
-Writes benchmarks/results/prompt_sweep_<name>.json (command, commit, workdir, split, candidates, best).
+`--config` defaults to the run's own (its workdir's config.json). Writes
+benchmarks/results/prompt_sweep_<name>.json (command, commit, workdir, split, candidates, best; `--out_dir`).
 """
 import argparse
 import json
@@ -16,7 +17,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
-from seeds import git_commit  # noqa: E402
+from seeds import provenance  # noqa: E402
 
 SIZES = ("large", "small")
 # Candidate template sets for the `scenes` caption grammar (vlmjax/data/scenes.py: captions name each object as
@@ -39,16 +40,18 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workdir", required=True)
-    ap.add_argument("--config", required=True, help="experiment NAME[:variant] whose evaluator is swept")
+    ap.add_argument("--config", default=None, help="experiment NAME[:variant] whose evaluator is swept "
+                                                   "(default: the config the run was trained with)")
     ap.add_argument("--eval", required=True, help="the evaluator (config.evals.<name>) whose templates are swept")
     ap.add_argument("--metric", required=True, help="its metric to maximise, e.g. mAP or accuracy")
     ap.add_argument("--name", required=True)
     ap.add_argument("--split", default="validation")
+    ap.add_argument("--out_dir", default=os.path.join(HERE, "results"))
     args = ap.parse_args(argv)
-    from vlmjax.cli.evaluate import evaluate_workdir
+    from vlmjax.cli.evaluate import evaluate_workdir, run_config
     from vlmjax.core.config import load_with_overrides
 
-    config = load_with_overrides(args.config, [])
+    config = load_with_overrides(args.config, []) if args.config else run_config(args.workdir)
     base = config.evals[args.eval].to_dict()
     base["data"]["split"] = args.split
     with config.unlocked():
@@ -57,12 +60,12 @@ def main(argv=None):
     step, metrics = evaluate_workdir(args.workdir, config)
     scores = {k: metrics[f"eval/{args.eval}__{k}/{args.metric}"] for k in CANDIDATES}
     best = max(scores, key=scores.get)
-    commit, dirty = git_commit()
-    result = {"command": "python benchmarks/prompt_sweep.py " + " ".join(argv), "commit": commit, "dirty": dirty,
+    result = {**provenance(__file__, argv),
               "workdir": os.path.abspath(args.workdir), "step": step, "split": args.split, "evaluator": args.eval,
               "metric": args.metric, "candidates": {k: {"templates": t, "aggregate": a, args.metric: scores[k]}
                                                     for k, (t, a) in CANDIDATES.items()}, "best": best}
-    out = os.path.join(HERE, "results", f"prompt_sweep_{args.name}.json")
+    os.makedirs(args.out_dir, exist_ok=True)
+    out = os.path.join(args.out_dir, f"prompt_sweep_{args.name}.json")
     with open(out, "w") as f:
         json.dump(result, f, indent=2, sort_keys=True)
     for k in sorted(scores, key=scores.get, reverse=True):

@@ -6,11 +6,16 @@ siglip_scenes baseline recipe shrunk: same captions, templates, optimizer and sc
 and a 1-layer text tower) for the same number of steps, so a larger batch sees more examples, as in the paper. t
 (and b) learn at 100x the learning rate (`optimizer.lr_mults`; at 10x they barely moved from their init in a
 first try, and the sigmoid arms stayed near chance), from the papers' inits (sigmoid t=10, b=-10; softmax
-t=1/0.07, capped at 100). Validation R@1 is logged at every quarter of the run (the plateau check: the
-gain of the last quarter); zero-shot and R@1 on the test split are read once, at the end. Regenerates:
+t=1/0.07, capped at 100). Validation R@1 is logged `--val_evals` times per run (the plateau check: the gain
+over the last quarter of the steps); zero-shot and R@1 on the test split are read once, at the end. Regenerates:
 
     .venv/bin/python benchmarks/sigmoid_vs_softmax.py             # 18 runs (needs `make data` and scenes/raw)
     .venv/bin/python benchmarks/sigmoid_vs_softmax.py --quick     # a smoke run, nothing written
+
+Each finished arm is appended to `--runs_file` (one JSON line with its settings and the commit it ran at), and an
+arm already there with the same settings is not trained again: a study longer than one sitting is run by starting
+the same command again (an arm cut off midway is trained from its start). The result lists every commit its arms
+ran at.
 
 Writes benchmarks/results/sigmoid_vs_softmax.json (command, commit, seeds, splits, every run), the plot
 docs/sigmoid_vs_softmax.png (matplotlib) and the results block of docs/contrastive.md.
@@ -28,7 +33,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 from common import update_doc, write_result  # noqa: E402
-from seeds import git_commit  # noqa: E402
+from seeds import provenance  # noqa: E402
 
 DOC = os.path.join(ROOT, "docs", "contrastive.md")
 PLOT = os.path.join(ROOT, "docs", "sigmoid_vs_softmax.png")
@@ -39,7 +44,7 @@ METRICS = (("zeroshot", "zero-shot accuracy"), ("img2txt_r1", "image->text R@1")
 
 def run_config(loss: str, batch: int, steps: int, seed: int, args):
     """One arm: the siglip_scenes baseline at 32 px with tiny towers (spelled out, so the study does not move when
-    siglip_scenes' model does); validation evals every quarter, test evals at the last step only."""
+    siglip_scenes' model does); `args.val_evals` validation evals, test evals at the last step only."""
     from vlmjax.core.config import load_experiment
 
     c = load_experiment("siglip_scenes:baseline,softmax" if loss == "softmax" else "siglip_scenes:baseline")
@@ -51,18 +56,18 @@ def run_config(loss: str, batch: int, steps: int, seed: int, args):
         for name, ev in evals.items():
             ev.data.preprocess.insert(1, resize)
             ev.data.max_examples = args.eval_examples
-            c.evals[name] = ev.to_dict() | {"every_steps": max(steps // 4, 1)}
+            c.evals[name] = ev.to_dict() | {"every_steps": max(steps // args.val_evals, 1)}
             c.evals[name]["data"]["split"] = "validation"
             c.evals[f"{name}_test"] = ev.to_dict() | {"every_steps": steps}
             c.evals[f"{name}_test"]["data"]["split"] = "test"
         c.data.preprocess.insert(1, resize)
         c.data.name = args.dataset  # scenes/raw: the same scenes stored as arrays, no PNG decode per example
         c.data.data_dir = args.data_dir
-        c.tokenizer = os.path.join(args.data_dir, "scenes_spm.model")
+        c.tokenizer = args.tokenizer or os.path.join(args.data_dir, "scenes_spm.model")
         c.seed = seed
         c.image_size = size
         c.batch_size, c.total_steps = batch, steps
-        c.log_every_steps = max(steps // 4, 1)
+        c.log_every_steps = max(steps // args.val_evals, 1)
         c.schedule.warmup_steps = max(steps // 10, 1)
         c.optimizer.lr_mults = (("t|b", float(args.tb_lr_mult)),)
         c.model.image = dict(patch_size=(2, 2), stem_channels=32, stem_patch=4, width=48, depth=2, num_heads=2,
@@ -95,6 +100,36 @@ def train_arm(loss: str, batch: int, seed: int, args) -> dict:
             "txt2img_r1": final["eval/retrieval_test/txt2img_r@1"]}
 
 
+def last_quarter_gain(curve, steps: int) -> float:
+    """Mean validation R@1 (both directions) at the end minus at the last evaluation at or before 3/4 of `steps`."""
+    r1 = lambda c: (c["img2txt_r1"] + c["txt2img_r1"]) / 2  # noqa: E731
+    return r1(curve[-1]) - r1(max((c for c in curve if c["step"] <= 0.75 * steps), key=lambda c: c["step"]))
+
+
+SETTINGS = ("loss", "batch", "seed", "steps", "eval_examples", "val_evals", "tb_lr_mult", "dataset")
+
+
+def arm_settings(loss: str, batch: int, seed: int, args) -> dict:
+    """What makes two arms the same run (the key of `--runs_file`)."""
+    return {"loss": loss, "batch": batch, "seed": seed, "steps": args.steps, "eval_examples": args.eval_examples,
+            "val_evals": args.val_evals, "tb_lr_mult": args.tb_lr_mult, "dataset": args.dataset}
+
+
+def finished_arms(path) -> list:
+    """The rows of `--runs_file` (none if it does not exist); a truncated last line (a run killed while writing) is
+    skipped."""
+    if not path or not os.path.exists(path):
+        return []
+    rows = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
 def arms(rows) -> dict:
     """{(loss, batch): {metric: (mean, std)}} over seeds, test metrics, plus the last quarter's validation gain."""
     out = {}
@@ -104,9 +139,7 @@ def arms(rows) -> dict:
         for m, _ in METRICS:
             v = [r[m] for r in rs]
             stats[m] = (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0)
-        gain = [(r["validation_curve"][-1]["img2txt_r1"] + r["validation_curve"][-1]["txt2img_r1"]
-                 - r["validation_curve"][-2]["img2txt_r1"] - r["validation_curve"][-2]["txt2img_r1"]) / 2
-                for r in rs if len(r["validation_curve"]) > 1]
+        gain = [last_quarter_gain(r["validation_curve"], r["steps"]) for r in rs if len(r["validation_curve"]) > 1]
         stats["last_quarter_gain"] = (statistics.mean(gain), 0.0) if gain else (float("nan"), 0.0)
         stats["temperature"] = (statistics.mean(r["temperature"] for r in rs), 0.0)
         stats["bias"] = (statistics.mean(r["bias"] for r in rs), 0.0) if rs[0]["bias"] is not None else None
@@ -147,7 +180,8 @@ def markdown(rows, result) -> str:
              f"{result['steps']} steps for every arm (batch 32 sees {32 * result['steps']} examples, 512 sees "
              f"{512 * result['steps']}); seeds {', '.join(map(str, result['seeds']))}; test metrics on the first "
              f"{result['eval_examples']} test images, read once at the end; `val gain` is the last quarter's change "
-             f"of the mean validation R@1 (near 0: the run had stopped improving). Commit `{result['commit'][:10]}`. "
+             f"of the mean validation R@1 (near 0: the run had stopped improving). Arms ran at commit "
+             f"{', '.join('`' + c[:10] + '`' for c in result.get('arm_commits', [result['commit']]))}. "
              f"Regenerate: `{result['command']}`.", "",
              "| loss | batch | zero-shot | img→txt R@1 | txt→img R@1 | val gain (last quarter) | final t | "
              "final b |",
@@ -166,6 +200,39 @@ def markdown(rows, result) -> str:
     return "\n".join(lines + ["", END])
 
 
+def run_arms(args, source: dict, runs_file: str) -> list:
+    """Every (batch, loss, seed) arm's row, in that order: read from `runs_file` when an arm with the same settings
+    finished there before, else trained now and appended to it (with `source`'s commit)."""
+    done = finished_arms(runs_file)
+    rows = []
+    for batch in args.batches:
+        for loss in LOSSES:
+            for seed in args.seeds:
+                want = arm_settings(loss, batch, seed, args)
+                found = [r for r in done if {k: r.get(k) for k in SETTINGS} == want]
+                if found:
+                    rows.append(found[-1])
+                    continue
+                rows.append({**train_arm(loss, batch, seed, args), **want,
+                             "commit": source["commit"], "dirty": source["dirty"]})
+                print(json.dumps({k: v for k, v in rows[-1].items() if k != "validation_curve"}), flush=True)
+                if runs_file:
+                    append_arm(runs_file, rows[-1])
+    return rows
+
+
+def append_arm(path: str, row: dict) -> None:
+    """Appends `row` as one JSON line, on a line of its own even after a truncated last line."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a+b") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell():
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+        f.write((json.dumps(row) + "\n").encode())
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -176,23 +243,23 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--eval_examples", type=int, default=1000)
     p.add_argument("--tb_lr_mult", type=float, default=100.0, help="learning-rate multiplier of t and b")
+    p.add_argument("--val_evals", type=int, default=4, help="validation evaluations per arm (evenly spaced)")
+    p.add_argument("--runs_file", default=os.path.join(ROOT, "workdirs", "sigmoid_vs_softmax", "runs.jsonl"),
+                   help="finished arms, one JSON line each; arms found here are not trained again ('' for none)")
+    p.add_argument("--tokenizer", default="", help="SentencePiece model (default: <data_dir>/scenes_spm.model)")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
     args.steps = args.steps or (8 if args.quick else 400)
     if args.quick:
         args.eval_examples, args.batches, args.seeds = min(args.eval_examples, 128), [16, 32], [0, 1]
-    commit, dirty = git_commit()
+    source = provenance(__file__, argv)  # the tree the runs come from, read before they start
     t0 = time.time()
-    rows = []
-    for batch in args.batches:
-        for loss in LOSSES:
-            for seed in args.seeds:
-                rows.append(train_arm(loss, batch, seed, args))
-                print(json.dumps({k: v for k, v in rows[-1].items() if k != "validation_curve"}), flush=True)
-    result = {"command": "python benchmarks/sigmoid_vs_softmax.py " + " ".join(argv), "commit": commit,
-              "dirty": dirty, "seeds": args.seeds, "steps": args.steps, "eval_examples": args.eval_examples,
-              "tb_lr_mult": args.tb_lr_mult, "dataset": args.dataset,
+    rows = run_arms(args, source, "" if args.quick else args.runs_file)
+    result = {**source, "seeds": args.seeds, "steps": args.steps, "eval_examples": args.eval_examples,
+              "tb_lr_mult": args.tb_lr_mult, "dataset": args.dataset, "val_evals": args.val_evals,
+              "arm_commits": sorted({r.get("commit", "unknown") for r in rows}),
               "splits": {"choices": "validation", "reported": "test"}, "runs": rows,
+              "arm_seconds": round(sum(r["seconds"] for r in rows), 1),
               "total_seconds": round(time.time() - t0, 1)}
     if args.quick:
         print(markdown(rows, result))

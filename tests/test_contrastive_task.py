@@ -464,3 +464,28 @@ def test_tfds_datasets_named_in_the_config(siglip_run, tmp_path):
     for d in ("img2txt", "txt2img"):
         for k in (1, 5, 10):
             assert got[f"eval/coco/{d}_r@{k}"] == pytest.approx(want[f"eval/retrieval/{d}_r@{k}"], abs=1e-6)
+
+
+def test_prompt_sweep_scores_every_candidate_on_validation(siglip_run, tmp_path):
+    """benchmarks/prompt_sweep.py on the reduced run, with the run's own config: one score per candidate, the best
+    is the argmax, and a candidate's score is what the evaluator gives with its templates on validation."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import prompt_sweep
+
+    from vlmjax.cli.evaluate import evaluate_workdir
+
+    wd = siglip_run[0]
+    prompt_sweep.main(["--workdir", wd, "--eval", "zeroshot", "--metric", "accuracy", "--name", "t",
+                       "--out_dir", str(tmp_path)])
+    result = json.loads((tmp_path / "prompt_sweep_t.json").read_text())
+    scores = {k: c["accuracy"] for k, c in result["candidates"].items()}
+    assert set(scores) == set(prompt_sweep.CANDIDATES) and result["split"] == "validation"
+    assert result["best"] == max(scores, key=scores.get)
+    assert len(set(scores.values())) > 1  # the templates reach the evaluator
+    assert result["command"].endswith("--name t --out_dir " + str(tmp_path)) and "commit" in result
+    cfg = run_config(siglip_run)
+    set_dotted(cfg, {"evals.zeroshot.templates": ["{}"], "evals.zeroshot.data.split": "validation"})
+    for name in [e for e in cfg.evals if e != "zeroshot"]:
+        del cfg.evals[name]
+    _, want = evaluate_workdir(wd, cfg)
+    assert scores["name_only"] == pytest.approx(want["eval/zeroshot/accuracy"], abs=1e-6)

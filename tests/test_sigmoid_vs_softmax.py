@@ -1,0 +1,84 @@
+"""benchmarks/sigmoid_vs_softmax.py: a study longer than one sitting resumes from its runs file (arms with the same
+settings are not trained again), the plateau statistic against a hand count, and one real arm at toy size, whose
+t and b must move further than the base learning rate allows (the study's learning-rate multiplier reaches them)."""
+import argparse
+import json
+import math
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import sigmoid_vs_softmax as svs  # noqa: E402
+
+
+def study_args(**over):
+    args = dict(steps=8, batches=[16, 32], seeds=[0], eval_examples=64, val_evals=4, tb_lr_mult=100.0,
+                dataset="scenes/tiny", data_dir="", tokenizer="")
+    return argparse.Namespace(**{**args, **over})
+
+
+def fake_curve(steps, values):
+    return [{"step": (i + 1) * steps // len(values), "img2txt_r1": v, "txt2img_r1": v, "zeroshot": v}
+            for i, v in enumerate(values)]
+
+
+def test_arms_resume_from_the_runs_file(tmp_path, monkeypatch):
+    trained = []
+
+    def fake_train_arm(loss, batch, seed, args):
+        trained.append((loss, batch, seed))
+        return {"loss": loss, "batch": batch, "seed": seed, "steps": args.steps, "seconds": 1.0,
+                "validation_curve": fake_curve(args.steps, [0.1, 0.2, 0.3, 0.4]), "zeroshot": 0.5,
+                "img2txt_r1": 0.4, "txt2img_r1": 0.4, "temperature": 10.0, "bias": -10.0}
+
+    monkeypatch.setattr(svs, "train_arm", fake_train_arm)
+    runs = tmp_path / "runs.jsonl"
+    source = {"commit": "a" * 40, "dirty": False}
+    first = svs.run_arms(study_args(), source, str(runs))
+    assert len(trained) == 4 and [(r["batch"], r["loss"]) for r in first] == [
+        (16, "sigmoid"), (16, "softmax"), (32, "sigmoid"), (32, "softmax")]
+    assert all(r["commit"] == "a" * 40 for r in first)
+    # a later sitting, at another commit: nothing is trained again, and each arm keeps the commit it ran at
+    again = svs.run_arms(study_args(), {"commit": "b" * 40, "dirty": False}, str(runs))
+    assert len(trained) == 4 and again == first
+    # a run killed while writing leaves a truncated line: skipped; a new seed trains only its own arms
+    with open(runs, "a") as f:
+        f.write('{"loss": "sig')
+    more = svs.run_arms(study_args(seeds=[0, 1]), {"commit": "b" * 40, "dirty": False}, str(runs))
+    assert len(trained) == 8 and sorted({r["commit"][0] for r in more}) == ["a", "b"]
+    # other settings (more steps) are another study: every arm trains
+    svs.run_arms(study_args(steps=16), source, str(runs))
+    assert len(trained) == 12
+    assert len(svs.finished_arms(str(runs))) == 12
+
+
+def test_last_quarter_gain_reads_the_evaluation_at_three_quarters():
+    curve = fake_curve(800, [0.1, 0.2, 0.3, 0.35, 0.38, 0.40, 0.41, 0.415])  # steps 100..800
+    assert svs.last_quarter_gain(curve, 800) == pytest.approx(0.415 - 0.40)  # 0.40 is step 600
+    assert svs.last_quarter_gain(fake_curve(400, [0.1, 0.2, 0.3, 0.4]), 400) == pytest.approx(0.1)
+
+
+def test_arms_statistics_over_seeds():
+    rows = [{"loss": "sigmoid", "batch": 32, "steps": 4, "zeroshot": z, "img2txt_r1": 0.2, "txt2img_r1": 0.4,
+             "temperature": 10.0, "bias": -9.0, "validation_curve": fake_curve(4, [0.1, 0.2, 0.3, 0.4])}
+            for z in (0.1, 0.3, 0.8)]
+    s = svs.arms(rows)[("sigmoid", 32)]
+    assert s["zeroshot"][0] == pytest.approx(0.4) and s["zeroshot"][1] == pytest.approx(math.sqrt(0.13))
+    assert s["n"] == 3 and s["last_quarter_gain"][0] == pytest.approx(0.1)
+
+
+def test_one_real_arm_moves_t_and_b(scenes_tiny_dir, tmp_path):
+    from vlmjax.data.tokenizer import dataset_texts, train_from_texts
+
+    tok = train_from_texts(dataset_texts(scenes_tiny_dir, "scenes/tiny", max_examples=500),
+                           str(tmp_path / "spm.model")).path
+    args = study_args(steps=4, eval_examples=32, data_dir=scenes_tiny_dir, tokenizer=tok)
+    row = svs.train_arm("sigmoid", 8, 0, args)
+    assert [c["step"] for c in row["validation_curve"]] == [1, 2, 3, 4]
+    assert all(0 <= row[m] <= 1 for m in ("zeroshot", "img2txt_r1", "txt2img_r1"))
+    # Adam moves a parameter by at most ~lr per step: 4 steps at the base lr (2e-3) cannot move b by 0.05
+    assert abs(row["bias"] + 10.0) > 0.05 or abs(math.log(row["temperature"]) - math.log(10.0)) > 0.05
+    json.dumps(row)  # the runs file stores it as one JSON line
