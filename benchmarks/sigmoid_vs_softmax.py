@@ -14,8 +14,8 @@ over the last quarter of the steps); zero-shot and R@1 on the test split are rea
 
 Each finished arm is appended to `--runs_file` (one JSON line with its settings and the commit it ran at), and an
 arm already there with the same settings is not trained again: a study longer than one sitting is run by starting
-the same command again (an arm cut off midway is trained from its start). The result lists every commit its arms
-ran at.
+the same command again (an arm cut off midway is trained from its start; `--no_report` trains without writing the
+result). The result lists every commit its arms ran at.
 
 Writes benchmarks/results/sigmoid_vs_softmax.json (command, commit, seeds, splits, every run), the plot
 docs/sigmoid_vs_softmax.png (matplotlib) and the results block of docs/contrastive.md.
@@ -248,6 +248,8 @@ def main(argv=None):
                    help="finished arms, one JSON line each; arms found here are not trained again ('' for none)")
     p.add_argument("--tokenizer", default="", help="SentencePiece model (default: <data_dir>/scenes_spm.model)")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--no_report", action="store_true",
+                   help="train (and store) the arms only: no JSON, plot or docs (a sitting of a longer study)")
     args = p.parse_args(argv)
     args.steps = args.steps or (8 if args.quick else 400)
     if args.quick:
@@ -261,7 +263,7 @@ def main(argv=None):
               "splits": {"choices": "validation", "reported": "test"}, "runs": rows,
               "arm_seconds": round(sum(r["seconds"] for r in rows), 1),
               "total_seconds": round(time.time() - t0, 1)}
-    if args.quick:
+    if args.quick or args.no_report:
         print(markdown(rows, result))
         return
     write_result("sigmoid_vs_softmax", result)
