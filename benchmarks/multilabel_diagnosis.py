@@ -1,7 +1,11 @@
 """Where a contrastive run's zero-shot multi-label mAP on `scenes` is lost: in the image embedding, or in how the
 class-name prompts rank it.
 
-For the run's final checkpoint, on `--split` (validation unless told):
+On the run's own `scenes` dataset (`--data` for another), for its final checkpoint, on `--split` (validation unless
+told); `--classes` also reports the mean AP over those classes and over the rest (e.g. the compositions a
+`:heldout` run never saw, each scored on the multi-object validation scenes that hold it).
+
+Reported:
 - `zeroshot`: mAP with the run's `multilabel` prompts (as `eval/multilabel/mAP`), per-class AP, and for each
   (image, object present) pair the fraction of the images WITHOUT that object that score above it, split by
   whether the object is the main one, by its size and by the scene's object count (0 = perfectly ranked);
@@ -27,9 +31,10 @@ from common import scenes_images, write_result  # noqa: E402
 from seeds import provenance  # noqa: E402
 
 
-def load_split(data_dir: str, split: str, n: int, size: int) -> tuple:
-    """(records, images float32[n, size, size, 3] in [-1, 1], multi-hot int[n, C]) of the first n `scenes` records."""
-    exs, images = scenes_images(data_dir, split, n, size)
+def load_split(data_dir: str, split: str, n: int, size: int, name: str = "scenes/default") -> tuple:
+    """(records, images float32[n, size, size, 3] in [-1, 1], multi-hot int[n, C]) of the first n records of the
+    `scenes` dataset `name`."""
+    exs, images = scenes_images(data_dir, split, n, size, name)
     return exs, images, np.stack([e["multi_labels"] for e in exs])
 
 
@@ -87,6 +92,9 @@ def main(argv=None):
     p.add_argument("--split", default="validation")
     p.add_argument("--examples", type=int, default=2000)
     p.add_argument("--probe_examples", type=int, default=8000)
+    p.add_argument("--data", default="", help="scenes dataset (default: the run's own config.data.name)")
+    p.add_argument("--classes", default="", help="comma-separated class names whose mean AP is also reported, "
+                                                 "('heldout': the compositions siglip_scenes:heldout never shows)")
     args = p.parse_args(argv)
     if args.split == "test":
         p.error("--split test: the diagnosis informs choices, so it reads validation (or train), never test")
@@ -112,17 +120,26 @@ def main(argv=None):
                 np.concatenate([np.asarray(o[2]["img/pre_logits"]) for o in outs]))
 
     names = list(scenes.CLASS_NAMES)
-    exs, images, labels = load_split(args.data_dir, args.split, args.examples, size)
+    subset = (list(scenes.HELDOUT_CLASSES) if args.classes == "heldout"
+              else [c.strip() for c in args.classes.split(",") if c.strip()])
+    if set(subset) - set(names):
+        p.error(f"--classes: {sorted(set(subset) - set(names))} are not scenes classes ({', '.join(names)})")
+    data = args.data or task.config.data.name
+    exs, images, labels = load_split(args.data_dir, args.split, args.examples, size, data)
     z, pre = features(images)
     prompts, aggregate = zeroshot_prompts(task.config.evals.multilabel, names, "multilabel")
     scores = class_scores(z, class_embeddings(task, variables, prompts, runtime, aggregate))
     ap = average_precision(scores, labels)
-    _, train_images, train_labels = load_split(args.data_dir, "train", args.probe_examples, size)
+    _, train_images, train_labels = load_split(args.data_dir, "train", args.probe_examples, size, data)
     train_z, train_pre = features(train_images)
     write_result(f"multilabel_diagnosis_{args.name}", {
         **provenance(__file__, argv), "workdir": os.path.abspath(args.workdir), "split": args.split,
-        "examples": len(exs), "probe_train_examples": len(train_images),
+        "data": data, "examples": len(exs), "probe_train_examples": len(train_images),
         "zeroshot": {"mAP": float(np.nanmean(ap)), "per_class_ap": dict(zip(names, map(float, ap))),
+                     "classes": subset, "classes_mAP": float(np.nanmean([ap[names.index(c)] for c in subset]))
+                     if subset else None,
+                     "other_classes_mAP": float(np.nanmean([a for n, a in zip(names, ap) if n not in subset]))
+                     if subset else None,
                      "negatives_above": negatives_above(scores, labels, exs, len(scenes.SHAPES))},
         "probe": {"embedding_mAP": probe_map(train_z, train_labels, z, labels), "embedding_dim": int(z.shape[1]),
                   "pre_logits_mAP": probe_map(train_pre, train_labels, pre, labels),
