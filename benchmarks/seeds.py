@@ -16,7 +16,8 @@ is never overwritten (exit 2) unless `--force`. `--eval_data NAME` (e.g. `scenes
 shift test of the same models). Writes `benchmarks/results/seeds_<name>_<split>.json` (with `--eval_data`:
 `seeds_<name>_<split>_<eval_data, / as _>.json`, its own file, so the test rule holds per file): the command, git
 commit (and whether the tree was dirty), seeds, split, eval_data (null without it), each seed's final `eval/*`
-metrics and wall seconds, and per metric mean, std (ddof=1) and n, and the experiment file the config resolved to
+metrics and wall seconds, each seed's validation curve (the evaluations its training logged), and per metric
+mean, std (ddof=1) and n, and the experiment file the config resolved to
 with its sha256; prints the markdown table `table()` makes from it. An experiment that resolves outside this checkout
 (a git worktree whose editable install points at another tree) is refused: its runs would train that tree's config.
 """
@@ -89,6 +90,16 @@ def parse_eval_lines(stdout: str) -> dict:
     return out
 
 
+def validation_curve(workdir: str) -> list:
+    """The periodic evaluations a seed's training logged (its evaluators read validation only): one
+    {'step', 'eval/...': value} per evaluation step of the workdir's metrics.jsonl."""
+    sys.path.insert(0, ROOT)
+    from vlmjax.core.metrics import read_metrics
+
+    return [{"step": r["step"], **{k: v for k, v in r.items() if k.startswith("eval/")}}
+            for r in read_metrics(workdir) if any(k.startswith("eval/") for k in r)]
+
+
 def eval_names(config_spec: str) -> list:
     """The names of the experiment's evaluators (config.evals)."""
     sys.path.insert(0, ROOT)
@@ -136,8 +147,8 @@ def commands(args, seed: int, extra: list, names: list) -> tuple:
 
 
 def run_seed(args, seed: int, extra: list, names: list) -> tuple:
-    """(final eval metrics on `args.split` of `args.eval_data`, wall seconds) of one seed: train (validation
-    evals), then evaluate. `names`: the experiment's evaluators."""
+    """(final eval metrics on `args.split` of `args.eval_data`, wall seconds, validation curve) of one seed: train
+    (validation evals), then evaluate. `names`: the experiment's evaluators."""
     t = time.time()
     train, evaluate = commands(args, seed, extra, names)
     r = subprocess.run(train, cwd=ROOT)
@@ -147,7 +158,7 @@ def run_seed(args, seed: int, extra: list, names: list) -> tuple:
     if r.returncode != 0:
         raise SystemExit(f"error: evaluating seed {seed} failed (exit {r.returncode}): {' '.join(evaluate)}\n"
                          f"{r.stderr[-2000:]}")
-    return parse_eval_lines(r.stdout), time.time() - t
+    return parse_eval_lines(r.stdout), time.time() - t, validation_curve(train[train.index("--workdir") + 1])
 
 
 def main(argv=None):
@@ -184,13 +195,13 @@ def main(argv=None):
     with open(exp_file, "rb") as f:
         exp_sha = hashlib.sha256(f.read()).hexdigest()
     commit, dirty = git_commit()
-    per_seed, wall, names = {}, {}, eval_names(args.config)
+    per_seed, wall, curves, names = {}, {}, {}, eval_names(args.config)
     for s in seeds:
-        per_seed[str(s)], wall[str(s)] = run_seed(args, s, extra, names)
+        per_seed[str(s)], wall[str(s)], curves[str(s)] = run_seed(args, s, extra, names)
     result = {"name": args.name, "command": command, "config": args.config, "overrides": extra, "split": args.split,
               "eval_data": args.eval_data, "config_file": os.path.relpath(exp_file, root),
               "config_sha256": exp_sha, "commit": commit, "dirty": dirty, "seeds": seeds, "per_seed": per_seed,
-              "wall_s": wall, "summary": summarize(per_seed)}
+              "validation_curves": curves, "wall_s": wall, "summary": summarize(per_seed)}
     os.makedirs(args.out_dir, exist_ok=True)
     with open(out, "w") as f:
         json.dump(result, f, indent=2, sort_keys=True)

@@ -61,6 +61,9 @@ def test_two_seeds_on_validation(tmp_path, scenes_tiny_dir):
         logged = [r for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())
                   if "eval/test/loss" in r][-1]  # the run's own last validation eval: the same checkpoint and data
         assert result["per_seed"][s]["eval/test/loss"] == pytest.approx(logged["eval/test/loss"], rel=1e-5)
+        curve = result["validation_curves"][s]  # every evaluation the training logged, as logged
+        assert curve[-1]["step"] == logged["step"] and curve[-1]["eval/test/loss"] == logged["eval/test/loss"]
+        assert all(set(c) == {"step"} | {k for k in c if k.startswith("eval/")} for c in curve)
     losses = [result["per_seed"][s]["eval/test/loss"] for s in ("0", "1")]
     assert losses[0] != losses[1]  # the seed reaches the run
     assert result["summary"]["eval/test/loss"]["mean"] == pytest.approx(sum(losses) / 2)
