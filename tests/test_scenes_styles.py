@@ -202,7 +202,7 @@ def test_eval_data_result_file_and_test_guard(tmp_path, monkeypatch):
 
     def fake_run_seed(args, seed, extra, names):
         calls.append((args.eval_data, seed))
-        return {"eval/test/accuracy": 0.5 + seed / 10}, 1.0
+        return {"eval/test/accuracy": 0.5 + seed / 10}, 1.0, []
 
     monkeypatch.setattr(seeds, "run_seed", fake_run_seed)
     monkeypatch.setattr(seeds, "eval_names", lambda spec: ["test"])
