@@ -133,10 +133,15 @@ def result_path(out_dir: str, name: str, split: str, eval_data=None) -> str:
     return os.path.join(out_dir, f"seeds_{name}_{split}{tail}.json")
 
 
+def seed_workdir(args, seed: int) -> str:
+    """`<workdir_root>/<name>/seed<seed>`: where one seed trains."""
+    return os.path.join(args.workdir_root, args.name, f"seed{seed}")
+
+
 def commands(args, seed: int, extra: list, names: list) -> tuple:
     """(train, evaluate) command lines of one seed. Training is the same with or without `args.eval_data` (a
     finished workdir resumes at its last step and is not trained again); only the evaluation reads eval_data."""
-    workdir = os.path.join(args.workdir_root, args.name, f"seed{seed}")
+    workdir = seed_workdir(args, seed)
     train = [sys.executable, "-m", "vlmjax.cli", "--config", args.config, "--workdir", workdir,
              f"--config.seed={seed}", *split_overrides(names, "validation"), *extra]
     evaluate = [sys.executable, "-m", "vlmjax.cli.evaluate", "--workdir", workdir, "--config", args.config,
@@ -158,7 +163,7 @@ def run_seed(args, seed: int, extra: list, names: list) -> tuple:
     if r.returncode != 0:
         raise SystemExit(f"error: evaluating seed {seed} failed (exit {r.returncode}): {' '.join(evaluate)}\n"
                          f"{r.stderr[-2000:]}")
-    return parse_eval_lines(r.stdout), time.time() - t, validation_curve(train[train.index("--workdir") + 1])
+    return parse_eval_lines(r.stdout), time.time() - t, validation_curve(seed_workdir(args, seed))
 
 
 def main(argv=None):

@@ -106,9 +106,6 @@ def last_quarter_gain(curve, steps: int) -> float:
     return r1(curve[-1]) - r1(max((c for c in curve if c["step"] <= 0.75 * steps), key=lambda c: c["step"]))
 
 
-SETTINGS = ("loss", "batch", "seed", "steps", "eval_examples", "val_evals", "tb_lr_mult", "dataset")
-
-
 def arm_settings(loss: str, batch: int, seed: int, args) -> dict:
     """What makes two arms the same run (the key of `--runs_file`)."""
     return {"loss": loss, "batch": batch, "seed": seed, "steps": args.steps, "eval_examples": args.eval_examples,
@@ -209,7 +206,7 @@ def run_arms(args, source: dict, runs_file: str) -> list:
         for loss in LOSSES:
             for seed in args.seeds:
                 want = arm_settings(loss, batch, seed, args)
-                found = [r for r in done if {k: r.get(k) for k in SETTINGS} == want]
+                found = [r for r in done if {k: r.get(k) for k in want} == want]
                 if found:
                     rows.append(found[-1])
                     continue

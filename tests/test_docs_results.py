@@ -24,8 +24,8 @@ import compare_table  # noqa: E402
 import style_table  # noqa: E402
 
 DOCS = [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
-# a compare_table column title: `config` (split[ of data], commit7)
 RESULT_PREFIXES = ("seeds_", "multilabel_diagnosis_", "prompt_sweep_")
+# a compare_table column title: `config` (split[ of data], commit7)
 TITLE = re.compile(r"^`([^`]+)` \((validation|test|train)(?: of ([^,]+))?, ([0-9a-f]{7})\)$")
 
 
