@@ -62,6 +62,7 @@ def run_config(loss: str, batch: int, steps: int, seed: int, args):
             c.evals[f"{name}_test"]["data"]["split"] = "test"
         c.data.preprocess.insert(1, resize)
         c.data.name = args.dataset  # scenes/raw: the same scenes stored as arrays, no PNG decode per example
+        c.data.read_features = ["image", "captions"]  # speed only: the records' other features are never read
         c.data.data_dir = args.data_dir
         c.tokenizer = args.tokenizer or os.path.join(args.data_dir, "scenes_spm.model")
         c.seed = seed

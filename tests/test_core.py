@@ -1,4 +1,6 @@
 """Trainer core: sharding invariance, determinism, optimizer features, iterator state, bad data, validation."""
+import time
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -90,16 +92,23 @@ def _ids(it, n):
     return [b["id"].tolist() for b in (next(it) for _ in range(n))]
 
 
-def test_iterator_state_resumes_exactly_and_shards_disjointly():
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_iterator_state_resumes_exactly_and_shards_disjointly(prefetch):
+    """With `prefetch` batches built ahead by a thread, the state read after 7 batches is still that of the 7th
+    (the thread has read further), and the stream is the same as without the thread."""
     src = fake_data.make_examples(40, seed=3)
     pre = lambda ex, rng: {"id": ex["id"], "r": rng.random()}  # noqa: E731
     full = TrainIterator(src, pre, batch_size=8, seed=7)
     ref = [next(full) for _ in range(12)]  # 96 examples: crosses two epoch boundaries
-    it = TrainIterator(src, pre, batch_size=8, seed=7)
-    for _ in range(7):
-        next(it)
-    resumed = TrainIterator(src, pre, batch_size=8, seed=7)
-    resumed.set_state(it.get_state())
+    it = TrainIterator(src, pre, batch_size=8, seed=7, prefetch_buffer=prefetch)
+    for want in ref[:7]:
+        np.testing.assert_array_equal(next(it)["r"], want["r"])
+    if prefetch:
+        time.sleep(0.2)  # the thread fills its buffer beyond the 7th batch
+    state = it.get_state()
+    assert state["grain"] == {"next_index": 56}
+    resumed = TrainIterator(src, pre, batch_size=8, seed=7, prefetch_buffer=prefetch)
+    resumed.set_state(state)
     for want in ref[7:]:
         got = next(resumed)
         np.testing.assert_array_equal(got["id"], want["id"])

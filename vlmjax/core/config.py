@@ -29,13 +29,14 @@ def defaults() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(dict(
         name="scenes/default", split="train", data_dir="data/tfds", preprocess=[], shuffle=True,
         # worker_count: processes for decode + preprocess + batching; -1: auto (0 on a CPU-only host, else from
-        # the host's cores: vlmjax.data.pipeline.auto_worker_count). read_threads / prefetch_buffer: each reader.
+        # the host's cores: vlmjax.data.pipeline.auto_worker_count). prefetch_buffer: batches a background thread
+        # builds ahead while the step runs, without worker processes (0: none; -1: auto, 0 on a CPU-only host, else 2).
         # device_preprocess: per-batch ops run inside the jitted train step (vlmjax.data.device_ops).
         # read_features: top-level tfds features to deserialize (empty: all), e.g. ['image', 'label'].
         # on_corrupt_record: a train record the source cannot read (a corrupt ArrayRecord chunk): 'stop' (default:
         # damaged storage is reported, not silently trained around; the error names the shard and record, and the
         # run resumes from its last checkpoint with 'skip') or 'skip' (dropped, counted as data/dropped/corrupt_record).
-        worker_count=-1, read_threads=1, prefetch_buffer=16, device_preprocess=[], read_features=[],
+        worker_count=-1, prefetch_buffer=-1, device_preprocess=[], read_features=[],
         on_corrupt_record="stop"))
 
     c.eval = ml_collections.ConfigDict(dict(every_steps=500, batch_size=256))

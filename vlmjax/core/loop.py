@@ -323,7 +323,7 @@ class Trainer(Runtime):
                                    process_index=jax.process_index(), process_count=jax.process_count(),
                                    worker_count=cfg.data.worker_count, backend=jax.default_backend(),
                                    shuffle=cfg.data.shuffle,
-                                   read_threads=cfg.data.read_threads, prefetch_buffer=cfg.data.prefetch_buffer,
+                                   prefetch_buffer=cfg.data.prefetch_buffer,
                                    on_corrupt_record=cfg.data.on_corrupt_record)
         ckpt = Checkpointer(self.workdir, cfg.checkpoint.every_steps, cfg.checkpoint.keep, cfg.checkpoint.async_save)
         try:  # a failed restore is raised (never a fresh start), with orbax closed first: no asyncio tracebacks

@@ -160,35 +160,9 @@ def _shared_memory_batcher():
     return functools.partial(make_batch, output_to_shared_memory=True)
 
 
-class KeptBatches(grain.IterDataset):
-    """`_kept_batch`es from an iterator of examples; the state is the parent's (a batch is built whole)."""
-
-    def __init__(self, parent, batch_size: int, name: str):
-        super().__init__(parent)
-        self._batch_size, self._name = batch_size, name
-
-    def __iter__(self):
-        return _KeptBatchesIterator(self._parent.__iter__(), self._batch_size, self._name)
-
-
-class _KeptBatchesIterator(grain.DatasetIterator):
-    def __init__(self, parent, batch_size: int, name: str):
-        super().__init__(parent)
-        self._batch_size, self._name = batch_size, name
-
-    def __next__(self) -> dict:
-        return _kept_batch(lambda n: [next(self._parent) for _ in range(n)], self._batch_size, self._name, None)
-
-    def get_state(self):
-        return self._parent.get_state()
-
-    def set_state(self, state):
-        self._parent.set_state(state)
-
-
 class IndexedBatches(grain.IterDataset):
-    """`_kept_batch`es read from a MapDataset of examples in order, each batch's records in one batched read (what
-    runs in every worker process). State {'next_index': position}, as grain's own reader's. Under mp_prefetch,
+    """`_kept_batch`es read from a MapDataset of examples in order, each batch's records in one batched read (in
+    this process, or in every worker process). State {'next_index': position}, as grain's own reader's. Under mp_prefetch,
     grain gives worker i `examples[i::W]` (`set_slice`) and batches cross processes in shared memory."""
 
     def __init__(self, examples, batch_size: int, name: str):

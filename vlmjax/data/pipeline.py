@@ -24,7 +24,7 @@ from typing import Callable, Iterator, Optional
 import grain
 import numpy as np
 
-from vlmjax.data.batching import (DROP_KEY, IndexedBatches, KeptBatches, auto_worker_count, checked_reads,
+from vlmjax.data.batching import (DROP_KEY, IndexedBatches, auto_worker_count, checked_reads,
                                    shared_memory_room, stack_rows)
 from vlmjax.data.op_registry import DropExample
 from vlmjax.data.sources import tfds as tfds_source
@@ -82,34 +82,42 @@ class TrainIterator:
 
     def __init__(self, source, preprocess: Callable, *, batch_size: int, seed: int, process_index: int = 0,
                  process_count: int = 1, worker_count: int = 0, shuffle: bool = True, name: str = "train",
-                 read_threads: int = 1, prefetch_buffer: int = 16, worker_buffer: int = 2, backend: str = "cpu",
+                 prefetch_buffer: int = -1, worker_buffer: int = 2, backend: str = "cpu",
                  on_corrupt_record: str = "stop"):
         ds = grain.MapDataset.source(checked_reads(source, on_corrupt_record, name)).seed(seed)
         if shuffle:
             ds = ds.shuffle()
         ds = ds.repeat()[process_index::process_count]
         self._examples = ds.random_map(_safe(preprocess))
-        self._read = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_buffer)
-        self._batch, self._name, self._worker_buffer = batch_size, name, worker_buffer
+        if prefetch_buffer < -1:
+            raise ValueError(f"config.data.prefetch_buffer={prefetch_buffer}: expected -1 (auto), 0 (no background "
+                             f"thread) or a positive number of batches")
+        # auto: none on a CPU-only host, where the step itself keeps every core busy and a thread building batches
+        # beside it slows the two together (10% at batch 512 on 2 cores); 2 batches ahead of an accelerator
+        prefetch_buffer = (0 if backend == "cpu" else 2) if prefetch_buffer == -1 else prefetch_buffer
+        self._batch, self._name, self._worker_buffer, self._prefetch = batch_size, name, worker_buffer, prefetch_buffer
         self.worker_count = auto_worker_count(worker_count, backend)
         self._it = None
         self.dropped = collections.Counter()
 
     def _iterator(self):
         if self._it is None:
-            # Reader threads and buffer come from the config (default one thread, a short buffer), not grain's
-            # defaults, which poll every buffered future on each element holding the GIL (docs/data.md, "Input
-            # pipeline speed"). Each worker process runs the same reader.
+            # Every batch's records are read in one batched read (`IndexedBatches`): ArrayRecord reads many records
+            # per call far cheaper than one at a time, and grain's per-element reader costs more again (3x the
+            # examples/s on 2 cores, docs/data.md "Input pipeline speed"). The stream is the same either way: batch
+            # k holds the next kept examples of `self._examples` in order.
+            ds = IndexedBatches(self._examples, self._batch, self._name)
             if self.worker_count > 0:
                 _absl_flags_parsed()
-                ds = IndexedBatches(self._examples, self._batch, self._name)
                 if not shared_memory_room():  # every array is pickled, none goes through /dev/shm
                     ds = grain.experimental.WithOptionsIterDataset(
                         ds, grain.experimental.DatasetOptions(min_shm_size=1 << 62))
                 ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.worker_count,
                                                                  per_worker_buffer_size=self._worker_buffer))
-            else:
-                ds = KeptBatches(self._examples.to_iter_dataset(self._read), self._batch, self._name)
+            elif self._prefetch:
+                # One thread builds the next batches while the step runs (it releases the GIL); the state it
+                # reports is that of the last batch handed out, so a checkpoint never skips a prefetched one.
+                ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=self._prefetch)
             self._it = iter(ds)
         return self._it
 
@@ -167,15 +175,18 @@ def eval_batches(source, preprocess: Callable, *, batch_size: int, process_index
             continue
     if template is None:
         return  # nothing in the split survives preprocessing, on any host
+    read = getattr(source, "__getitems__", None)  # one batched read per batch (ArrayRecord: far cheaper per record)
     for b in range(num_batches):
+        wanted = [g for g in (process_index + process_count * (b * batch_size + r) for r in range(batch_size))
+                  if g < n and (g - process_index) // process_count < per_host]
+        records = dict(zip(wanted, read(wanted) if read and wanted else [source[g] for g in wanted]))
         rows, valid = [], []
         for r in range(batch_size):
-            i = b * batch_size + r
-            g = process_index + process_count * i
+            g = process_index + process_count * (b * batch_size + r)
             ex = None
-            if i < per_host and g < n:
+            if g in records:
                 try:
-                    ex = preprocess(source[g], np.random.default_rng([seed, g]))
+                    ex = preprocess(records[g], np.random.default_rng([seed, g]))
                 except DropExample:
                     ex = None
             rows.append(ex)
