@@ -32,6 +32,7 @@ import traceback
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
+from seeds import provenance  # noqa: E402
 from vlmjax.core.config import experiment_module  # noqa: E402
 
 WORKER_BUFFER = 2  # TrainIterator's per-worker buffer (batches)
@@ -353,7 +354,7 @@ def main():
     else:
         demo_workers = jpeg_workers = sorted({0, auto_w, accel_w} | {w for w in (1, 2, 4, 8) if w <= accel_w})
     shm = shutil.disk_usage("/dev/shm") if os.path.isdir("/dev/shm") else None
-    res = {"host": {"cores": n, "device_kind": jax.devices()[0].device_kind, "backend": backend,
+    res = {**provenance(__file__), "host": {"cores": n, "device_kind": jax.devices()[0].device_kind, "backend": backend,
                     "device_count": jax.device_count(), "dev_shm_free_gib": shm and shm.free / 2**30},
            "quick": args.quick, "auto_worker_count": auto_w, "targets": TARGETS}
     t0 = time.perf_counter()
