@@ -173,10 +173,11 @@ def plot(rows, path: str) -> None:
 
 def markdown(rows, result) -> str:
     stats = arms(rows)
+    lo, hi = min(b for _, b in stats), max(b for _, b in stats)
     f = lambda ms: f"{ms[0]:.3f} ± {ms[1]:.3f}"  # noqa: E731
     lines = [BEGIN, "",
-             f"{result['steps']} steps for every arm (batch 32 sees {32 * result['steps']} examples, 512 sees "
-             f"{512 * result['steps']}); seeds {', '.join(map(str, result['seeds']))}; test metrics on the first "
+             f"{result['steps']} steps for every arm (batch {lo} sees {lo * result['steps']} examples, {hi} sees "
+             f"{hi * result['steps']}); seeds {', '.join(map(str, result['seeds']))}; test metrics on the first "
              f"{result['eval_examples']} test images, read once at the end; `val gain` is the last quarter's change "
              f"of the mean validation R@1 (near 0: the run had stopped improving). Arms ran at commit "
              f"{', '.join('`' + c[:10] + '`' for c in result.get('arm_commits', [result['commit']]))}. "

@@ -82,3 +82,19 @@ def test_one_real_arm_moves_t_and_b(scenes_tiny_dir, tmp_path):
     # Adam moves a parameter by at most ~lr per step: 4 steps at the base lr (2e-3) cannot move b by 0.05
     assert abs(row["bias"] + 10.0) > 0.05 or abs(math.log(row["temperature"]) - math.log(10.0)) > 0.05
     json.dumps(row)  # the runs file stores it as one JSON line
+
+
+def test_report_of_a_study_with_some_batches_done():
+    """A sitting's report covers the batches finished so far: the text names their range, and each batch's
+    sigmoid-minus-softmax line matches the seeds' means."""
+    rows = [{"loss": loss, "batch": b, "seed": s, "steps": 8, "zeroshot": z + 0.01 * s, "img2txt_r1": r,
+             "txt2img_r1": r + 0.1, "temperature": 10.0, "bias": -9.0 if loss == "sigmoid" else None,
+             "validation_curve": fake_curve(8, [0.1, 0.2, 0.3, 0.4])}
+            for b, (zs, zx, rs, rx) in ((32, (0.50, 0.40, 0.30, 0.35)), (128, (0.60, 0.62, 0.45, 0.40)))
+            for loss, z, r in (("sigmoid", zs, rs), ("softmax", zx, rx)) for s in (0, 1)]
+    md = svs.markdown(rows, {"steps": 8, "seeds": [0, 1], "eval_examples": 64, "commit": "c" * 40,
+                             "command": "python benchmarks/sigmoid_vs_softmax.py"})
+    assert "batch 32 sees 256 examples, 128 sees 1024" in md and "512" not in md
+    assert md.count("| sigmoid |") == 2 and md.count("| softmax |") == 2
+    assert "- batch 32: sigmoid +10.0 points zero-shot, -5.0 points mean R@1 vs softmax." in md
+    assert "- batch 128: sigmoid -2.0 points zero-shot, +5.0 points mean R@1 vs softmax." in md
