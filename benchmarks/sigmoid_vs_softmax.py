@@ -9,7 +9,8 @@ first try, and the sigmoid arms stayed near chance), from the papers' inits (sig
 t=1/0.07, capped at 100). Validation R@1 is logged `--val_evals` times per run (the plateau check: the gain
 over the last quarter of the steps); zero-shot and R@1 on the test split are read once, at the end. Regenerates:
 
-    .venv/bin/python benchmarks/sigmoid_vs_softmax.py             # 18 runs (needs `make data` and scenes/raw)
+    .venv/bin/python benchmarks/sigmoid_vs_softmax.py             # 18 arms, ~4.5 h on 2 cores (`make data`, scenes/raw)
+    .venv/bin/python benchmarks/sigmoid_vs_softmax.py --batches 32 128 --no_report   # one sitting's share
     .venv/bin/python benchmarks/sigmoid_vs_softmax.py --quick     # a smoke run, nothing written
 
 Each finished arm is appended to `--runs_file` (one JSON line with its settings and the commit it ran at), and an
@@ -237,12 +238,13 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data_dir", default=os.path.join(ROOT, "data", "tfds"))
     p.add_argument("--dataset", default="scenes/raw", help="scenes/raw (`make bench` builds it) or scenes/default")
-    p.add_argument("--steps", type=int, default=0, help="steps per arm (default 400; --quick 8)")
+    p.add_argument("--steps", type=int, default=0, help="steps per arm (default 9600, from the validation pilots; "
+                   "--quick 8)")
     p.add_argument("--batches", type=int, nargs="+", default=[32, 128, 512])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--eval_examples", type=int, default=1000)
     p.add_argument("--tb_lr_mult", type=float, default=100.0, help="learning-rate multiplier of t and b")
-    p.add_argument("--val_evals", type=int, default=4, help="validation evaluations per arm (evenly spaced)")
+    p.add_argument("--val_evals", type=int, default=24, help="validation evaluations per arm (evenly spaced)")
     p.add_argument("--runs_file", default=os.path.join(ROOT, "workdirs", "sigmoid_vs_softmax", "runs.jsonl"),
                    help="finished arms, one JSON line each; arms found here are not trained again ('' for none)")
     p.add_argument("--tokenizer", default="", help="SentencePiece model (default: <data_dir>/scenes_spm.model)")
@@ -250,7 +252,7 @@ def main(argv=None):
     p.add_argument("--no_report", action="store_true",
                    help="train (and store) the arms only: no JSON, plot or docs (a sitting of a longer study)")
     args = p.parse_args(argv)
-    args.steps = args.steps or (8 if args.quick else 400)
+    args.steps = args.steps or (8 if args.quick else 9600)
     if args.quick:
         args.eval_examples, args.batches, args.seeds = min(args.eval_examples, 128), [16, 32], [0, 1]
     source = provenance(__file__, argv)  # the tree the runs come from, read before they start
