@@ -215,7 +215,9 @@ def run_arms(args, source: dict, runs_file: str) -> list:
                     continue
                 rows.append({**train_arm(loss, batch, seed, args), **want,
                              "commit": source["commit"], "dirty": source["dirty"]})
-                print(json.dumps({k: v for k, v in rows[-1].items() if k != "validation_curve"}), flush=True)
+                # progress without the test metrics: a sitting reads no test number before the report
+                hidden = {"validation_curve"} | {m for m, _ in METRICS}
+                print(json.dumps({k: v for k, v in rows[-1].items() if k not in hidden}), flush=True)
                 if runs_file:
                     append_arm(runs_file, rows[-1])
     return rows
@@ -250,7 +252,8 @@ def main(argv=None):
     p.add_argument("--tokenizer", default="", help="SentencePiece model (default: <data_dir>/scenes_spm.model)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--no_report", action="store_true",
-                   help="train (and store) the arms only: no JSON, plot or docs (a sitting of a longer study)")
+                   help="train (and store) the arms only: no JSON, plot, docs or table (a sitting of a longer "
+                   "study; the trainer's own log still prints each arm's final test evaluation)")
     args = p.parse_args(argv)
     args.steps = args.steps or (8 if args.quick else 9600)
     if args.quick:
@@ -265,7 +268,8 @@ def main(argv=None):
               "arm_seconds": round(sum(r["seconds"] for r in rows), 1),
               "total_seconds": round(time.time() - t0, 1)}
     if args.quick or args.no_report:
-        print(markdown(rows, result))
+        if args.quick:
+            print(markdown(rows, result))
         return
     write_result("sigmoid_vs_softmax", result)
     plot(rows, PLOT)
