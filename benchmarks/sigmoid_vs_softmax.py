@@ -267,9 +267,9 @@ def main(argv=None):
               "splits": {"choices": "validation", "reported": "test"}, "runs": rows,
               "arm_seconds": round(sum(r["seconds"] for r in rows), 1),
               "total_seconds": round(time.time() - t0, 1)}
+    if args.quick:
+        print(markdown(rows, result))
     if args.quick or args.no_report:
-        if args.quick:
-            print(markdown(rows, result))
         return
     write_result("sigmoid_vs_softmax", result)
     plot(rows, PLOT)

@@ -8,7 +8,8 @@ worker processes (grain `mp_prefetch`); worker i builds whole batches from every
 and the batches are taken from the workers in turn, so the stream is a pure function of (seed, W). The iterator
 state (grain's per-worker positions, W, and the drop counters) is a small dict saved with each checkpoint, so a
 resumed run neither repeats nor skips an example; restoring a state saved with another W rebuilds the pipeline with
-the saved W. `worker_count=-1` picks W from the host (`auto_worker_count`).
+the saved W. `worker_count=-1` picks W from the host (`auto_worker_count`). Without workers the same batches are
+built in this process, optionally `prefetch_buffer` batches ahead in a thread.
 
 Bad records: an op raising `DropExample(reason)` (corrupt image, empty caption, the web-data filters) removes the
 example from the stream; each reason is counted and reported as `data/dropped/<reason>` in the train metrics.
@@ -93,7 +94,7 @@ class TrainIterator:
             raise ValueError(f"config.data.prefetch_buffer={prefetch_buffer}: expected -1 (auto), 0 (no background "
                              f"thread) or a positive number of batches")
         # auto: none on a CPU-only host, where the step itself keeps every core busy and a thread building batches
-        # beside it slows the two together (10% at batch 512 on 2 cores); 2 batches ahead of an accelerator
+        # beside it slows the two together (docs/data.md); 2 batches ahead of an accelerator
         prefetch_buffer = (0 if backend == "cpu" else 2) if prefetch_buffer == -1 else prefetch_buffer
         self._batch, self._name, self._worker_buffer, self._prefetch = batch_size, name, worker_buffer, prefetch_buffer
         self.worker_count = auto_worker_count(worker_count, backend)
@@ -103,9 +104,8 @@ class TrainIterator:
     def _iterator(self):
         if self._it is None:
             # Every batch's records are read in one batched read (`IndexedBatches`): ArrayRecord reads many records
-            # per call far cheaper than one at a time, and grain's per-element reader costs more again (3x the
-            # examples/s on 2 cores, docs/data.md "Input pipeline speed"). The stream is the same either way: batch
-            # k holds the next kept examples of `self._examples` in order.
+            # per call far cheaper than one at a time, and grain's per-element reader costs more again (docs/data.md,
+            # "Input pipeline speed"). Batch k holds the next kept examples of `self._examples` in order.
             ds = IndexedBatches(self._examples, self._batch, self._name)
             if self.worker_count > 0:
                 _absl_flags_parsed()
@@ -177,12 +177,12 @@ def eval_batches(source, preprocess: Callable, *, batch_size: int, process_index
         return  # nothing in the split survives preprocessing, on any host
     read = getattr(source, "__getitems__", None)  # one batched read per batch (ArrayRecord: far cheaper per record)
     for b in range(num_batches):
-        wanted = [g for g in (process_index + process_count * (b * batch_size + r) for r in range(batch_size))
-                  if g < n and (g - process_index) // process_count < per_host]
+        positions = range(b * batch_size, (b + 1) * batch_size)  # this host's rows of batch b
+        dataset_rows = [process_index + process_count * i for i in positions]
+        wanted = [g for i, g in zip(positions, dataset_rows) if i < per_host and g < n]
         records = dict(zip(wanted, read(wanted) if read and wanted else [source[g] for g in wanted]))
         rows, valid = [], []
-        for r in range(batch_size):
-            g = process_index + process_count * (b * batch_size + r)
+        for g in dataset_rows:
             ex = None
             if g in records:
                 try:
