@@ -123,3 +123,30 @@ def test_trainer_resumes_bit_exact_with_workers(tmp_path, capsys):
     assert again["train/loss"] == first["train/loss"] and again["train/grad_norm"] == first["train/grad_norm"]
     assert again["train/param_norm"] == first["train/param_norm"]
     assert "checkpoints/3 (step 3 done" in capsys.readouterr().out  # resumed, not trained again from scratch
+
+
+_UNGUARDED_SCRIPT = """
+import multiprocessing, os, sys
+from vlmjax.core.loop import train
+
+if os.environ.get("ROLE") != "worker":  # the launching process starts one worker the way grain does: spawn
+    os.environ["ROLE"] = "worker"
+    p = multiprocessing.get_context("spawn").Process(target=print)
+    p.start()
+    p.join()
+    sys.exit(p.exitcode)
+train(None, sys.argv[1])  # no `if __name__ == "__main__":` guard: the worker reaches this while importing the script
+"""
+
+
+def test_an_unguarded_script_stops_its_worker_before_it_trains(tmp_path):
+    import subprocess
+    import sys
+    script, workdir = tmp_path / "unguarded.py", tmp_path / "wd"
+    script.write_text(_UNGUARDED_SCRIPT)
+    env = {**os.environ, "ROLE": "", "PYTHONPATH": os.pathsep.join(sys.path)}
+    r = subprocess.run([sys.executable, str(script), str(workdir)], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode != 0
+    assert 'put the call under `if __name__ == "__main__":`' in r.stderr and str(script) in r.stderr
+    assert not workdir.exists()  # the worker stopped before it wrote anything

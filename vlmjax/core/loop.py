@@ -19,6 +19,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vlmjax.data import ops as data_ops
+from vlmjax.data.batching import check_not_importing_main
 from vlmjax.data.pipeline import VALID_KEY, TrainIterator, eval_batches, make_source
 from vlmjax.evaluators import validate_and_build
 from vlmjax.tasks import get_task_class
@@ -420,6 +421,7 @@ class Trainer(Runtime):
 
 def train(config, workdir: str, devices=None, allow_config_change: bool = False) -> dict:
     """Train (or resume) `config` in `workdir` on `devices` (default: all); returns the last logged metrics."""
+    check_not_importing_main("vlmjax train()")
     trainer = Trainer(config, workdir, devices)
     trainer.allow_config_change = allow_config_change
     return trainer.run()

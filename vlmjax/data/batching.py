@@ -6,8 +6,10 @@ processes (grain `mp_prefetch`) each build whole batches from their slice and ha
 """
 import collections
 import functools
+import multiprocessing
 import os
 import shutil
+import sys
 from typing import Callable, Optional
 
 import grain
@@ -65,6 +67,20 @@ def auto_worker_count(requested: int, backend: str, cpu_count: Optional[int] = N
     if backend == "cpu":
         return 0
     return max(1, min((_host_cores() if cpu_count is None else cpu_count) - 2, 32))
+
+
+def check_not_importing_main(what: str) -> None:
+    """Raises, naming the fix, when `what` runs while this process is a worker importing the parent's main script.
+
+    Grain starts worker processes with `spawn`: each re-imports the script that launched training. A script that
+    calls `train` at top level, without `if __name__ == "__main__":`, makes every worker start a second training
+    in the same workdir before failing deep inside multiprocessing; this stops the worker before it touches
+    anything, with the one line that says what to change."""
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise RuntimeError(
+            f"{what} was called while a data worker process (config.data.worker_count > 0, started with 'spawn') "
+            f"was importing the main script {sys.argv[0]!r}: put the call under "
+            f"`if __name__ == \"__main__\":` (or use config.data.worker_count=0)")
 
 
 ON_CORRUPT_RECORD = ("stop", "skip")
