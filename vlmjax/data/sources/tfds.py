@@ -11,6 +11,7 @@ import os
 import tensorflow_datasets as tfds
 
 from vlmjax.data.sources import scenes
+from vlmjax.data.sources.example_decoder import compile_decoder
 
 BUILT_IN = {"scenes": scenes.Scenes}  # name -> builder class, for datasets vlmjax generates itself
 
@@ -81,11 +82,15 @@ class SelectedFeatures:
     def __init__(self, raw_source, features, decoders):
         self._raw, self._features, self._decoders = raw_source, features, decoders or None
         self.data_source = raw_source  # as tfds' sources: where a record is stored (batching._record_location)
+        # tfds' own deserialiser only for feature types the direct one does not cover (example_decoder.py)
+        self._fast = compile_decoder(features, skip_decoding=set(decoders or ()))
 
     def __len__(self) -> int:
         return len(self._raw)
 
     def _decode(self, record):
+        if self._fast is not None:
+            return self._fast(record)
         return self._features.deserialize_example_np(record, decoders=self._decoders)
 
     def __getitem__(self, index):
