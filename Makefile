@@ -37,11 +37,13 @@ test: venv
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests
 
 # Input pipeline vs train step (demo, and 224 px JPEG decode at several worker counts): benchmarks/results/
-# input_pipeline.json. `scenes/raw` (images as uint8 arrays) is its no-PNG-decode variant.
+# input_pipeline.json. `scenes/raw` (images as uint8 arrays) is its no-PNG-decode variant. record_decode.json: the
+# direct tfds record decoder against tfds' own.
 bench: data
 	$(BIN)/pip install -q -c constraints.txt -e '.[bench]'  # matplotlib, for the reports' plots
 	$(BIN)/python -m vlmjax.data.scenes --data_dir $(DATA_DIR) --config raw
 	$(BIN)/python benchmarks/input_pipeline.py --data_dir $(DATA_DIR)
+	$(BIN)/python benchmarks/record_decode.py --data_dir $(DATA_DIR)
 
 clean-demo:
 	rm -rf $(DEMO_WORKDIR)
