@@ -25,6 +25,7 @@ import argparse
 import hashlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -50,7 +51,7 @@ def provenance(script: str, argv=None) -> dict:
     """{'command', 'commit', 'dirty'} for a benchmark's JSON: `python <script relative to the cwd> <argv>` (argv
     defaults to sys.argv[1:]) and the tree it ran from."""
     commit, dirty = git_commit()
-    return {"command": "python " + " ".join([os.path.relpath(script, os.getcwd())] + (argv or sys.argv[1:])),
+    return {"command": "python " + shlex.join([os.path.relpath(script, os.getcwd())] + (argv or sys.argv[1:])),
             "commit": commit, "dirty": dirty}
 
 
