@@ -216,9 +216,14 @@ class VectorQuantizer(nn.Module):
         """int[...] -> float[..., C]: what the decoder sees for given codes (same as z_q_st's forward value)."""
         return self._from_codes_space(jnp.take(self.search_codebook(), codes, axis=0))
 
+    def features(self, x):
+        """float[..., C] -> float32[..., D]: the vectors `codes` rounds to their nearest code (after the optional
+        projection and l2 normalisation), the codes' continuous counterpart."""
+        return self._to_codes_space(x)
+
     def codes(self, x):
         """float[..., C] -> int32[...] without losses or statistics."""
-        z = self._to_codes_space(x)
+        z = self.features(x)
         return nearest_code(z.reshape(-1, z.shape[-1]), self.search_codebook()).reshape(z.shape[:-1])
 
     def __call__(self, x, train: bool = False):

@@ -1,12 +1,15 @@
 """Prefix-LM vision-language model: an image prefix in front of (or, for generation, after) the text of a DecoderLM.
 
-Two ways to turn an image into LM inputs (`image_input`):
+Three ways to turn an image into LM inputs (`image_input`):
   'continuous'  ViT patch tokens (the final normalised ones, or an earlier block's output: `feature_layer=-2` is
                 LLaVA's second-to-last layer) through a projector into the LM width: 'linear' (PaliGemma) or
                 'mlp2x_gelu' (LLaVA-1.5). No loss on them: they are not tokens.
   'vq'          VQ-VAE codes as tokens of their own vocabulary range [text_vocab, text_vocab + K), embedded by a
                 separate table and predicted by it (logits = hidden @ [text table; image table]^T), so the model
                 can generate images. The task frames them with the tokenizer's `<|boi|>` / `<|eoi|>`.
+  'vq_features' the same frozen VQ-VAE's vectors before they are rounded to codes (`VQVAE.encode_features`, given
+                by the caller) through a projector, like 'continuous': the control that separates what the
+                rounding costs from what a frozen reconstruction encoder costs.
 
 The module presents the DecoderLM interface (`embed`, `__call__(x, attn_mask, positions, cache=...)`, `logits`,
 `init_cache`, `vocab_size`), so `vlmjax.tasks.decode.decode` drives it unchanged: constrained sampling of image
@@ -21,7 +24,7 @@ from vlmjax.models.lm import ACT_BLD, DecoderLM
 from vlmjax.models.vit import ViT
 
 Dtype = Any
-IMAGE_INPUTS = ("continuous", "vq")
+IMAGE_INPUTS = ("continuous", "vq", "vq_features")
 PROJECTORS = ("linear", "mlp2x_gelu")
 
 
@@ -48,15 +51,17 @@ class Projector(nn.Module):
 
 
 class VLM(nn.Module):
-    """Image prefix + DecoderLM. Param tree: `lm/...`, `vit/...` + `projector/...` (continuous) or
-    `image_embedding` float[K, width] (vq).
+    """Image prefix + DecoderLM. Param tree: `lm/...`, `vit/...` + `projector/...` (continuous), `projector/...`
+    (vq_features) or `image_embedding` float[K, width] (vq).
 
     Methods (via `model.apply(variables, ..., method=...)`):
       embed_image(images float[B, H, W, 3]) -> float[B, N, width]      (continuous)
+      embed_features(features float[B, N, D]) -> float[B, N / k^2, width]  (vq_features)
       embed(tokens int[B, L]) -> float[B, L, width]   ids >= lm.vocab_size are image tokens (vq)
       __call__(x, attn_mask, positions, *, cache, return_hidden) -> (float32[B, L, vocab_size] logits, cache)
       logits(hidden float[..., width]) -> float32[..., vocab_size]
-      init_all(images, tokens) -> logits   (touches every parameter; used by `init`)
+      init_all(image, tokens) -> logits   (touches every parameter; used by `init`; `image` as embed_image or
+                                           embed_features take it, unused for vq)
     """
 
     lm: DecoderLM
@@ -86,6 +91,10 @@ class VLM(nn.Module):
             if self.feature_layer >= 0 or -self.feature_layer > self.vit.depth:
                 raise ValueError(f"feature_layer {self.feature_layer}: expected -1 (final) .. -{self.vit.depth}")
             self.proj = Projector(self.projector, self.lm.width, self.lm.dtype, self.lm.param_dtype)
+        elif self.image_input == "vq_features":
+            if self.projector not in PROJECTORS:
+                raise ValueError(f"projector {self.projector!r}: expected one of {PROJECTORS}")
+            self.proj = Projector(self.projector, self.lm.width, self.lm.dtype, self.lm.param_dtype)
         else:
             if self.image_vocab_size <= 0:
                 raise ValueError("image_input 'vq' needs image_vocab_size > 0 (the VQ-VAE's number of codes)")
@@ -102,6 +111,9 @@ class VLM(nn.Module):
             if not out["hidden"]:
                 raise ValueError("feature_layer != -1 needs per-block outputs: set the ViT's scan_layers=False")
             feats = out["hidden"][self.feature_layer]
+        return self.embed_features(feats)
+
+    def embed_features(self, feats):
         feats = merge_tokens(feats, self.token_merge)
         return nn.with_logical_constraint(self.proj(feats).astype(self.lm.dtype), ACT_BLD)
 
@@ -126,10 +138,11 @@ class VLM(nn.Module):
         hidden, cache = self.lm(x, attn_mask, positions, cache=cache, return_hidden=True)
         return (hidden if return_hidden else self.logits(hidden)), cache
 
-    def init_all(self, images, tokens):
+    def init_all(self, image, tokens):
         x = self.embed(tokens)
-        if self.image_input == "continuous":
-            x = jnp.concatenate([self.embed_image(images), x], axis=1)
+        if self.image_input != "vq":
+            img = self.embed_image(image) if self.image_input == "continuous" else self.embed_features(image)
+            x = jnp.concatenate([img, x], axis=1)
         return self(x)[0]
 
     def init_cache(self, batch: int, max_len: int, dtype=None):

@@ -264,6 +264,12 @@ class VQVAE(nn.Module):
         self._check(images)
         return self.quantizer.codes(self.pre_quant(self._features(images, False)))
 
+    def encode_features(self, images):
+        """float[B, H, W, 3] -> float32[B, H/f, W/f, D]: what `encode` rounds to codes (the quantizer's input in its
+        code space), for a VLM reading the tokenizer without the rounding (image_input='vq_features')."""
+        self._check(images)
+        return self.quantizer.features(self.pre_quant(self._features(images, False)))
+
     def decode(self, codes):
         """int[B, h, w] -> float32[B, h*f, w*f, 3]."""
         z_q = self.quantizer.embed_codes(codes)

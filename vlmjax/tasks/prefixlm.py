@@ -5,14 +5,15 @@ Batch (the `vlmjax.data.chat_ops` outputs): `image` float[B, H, W, 3] in [-1, 1]
 int32[B] (1 = an image-generation example: text first, then `<|boi|> codes <|eoi|>` supervised with weight
 `config.image_loss_weight`) and optional precomputed `image_codes` int32[B, h, w].
 
-Top-level keys: `tokenizer` (SentencePiece path), `image_size`, `text_len`, `image_input` ('continuous' | 'vq'),
-`vq_workdir` (a trained vqvae run: its encoder makes the codes, frozen, and its decoder draws generated images),
+Top-level keys: `tokenizer` (SentencePiece path), `image_size`, `text_len`, `image_input` ('continuous' | 'vq' |
+'vq_features': the VQ-VAE's vectors before rounding, projected: vlmjax/models/vlm.py), `vq_workdir` (a trained
+vqvae run, frozen: its encoder makes the codes or features, and its decoder draws generated images),
 `loss_normalize` ('per_token' | 'per_example'), `z_loss`, `image_loss_weight`, `cfg_dropout` (probability that a
 generation example's caption is replaced by the null prompt, for classifier-free guidance), `attention`
 ('prefix': bidirectional image + first prompt; 'causal': every token causal, the ablation).
 `config.model`: `lm` (DecoderLM keys; vocab_size defaults to the tokenizer's), `vit` (ViT keys, continuous),
-`projector` ('linear' | 'mlp2x_gelu'), `feature_layer` (-1 final, -2 LLaVA's second-to-last block), `token_merge`
-(k: k x k patch tokens concatenated into one LM token).
+`projector` ('linear' | 'mlp2x_gelu'; also vq_features), `feature_layer` (-1 final, -2 LLaVA's second-to-last
+block), `token_merge` (k: k x k patch tokens concatenated into one LM token; also vq_features).
 
 Evaluators (`config.evals.<name>.type`): vqa, caption, perplexity (vlmjax/evaluators/). Predict fns:
 `answer(variables, images, prompt_tokens, prompt_mask) -> int32[B, T]`, `answer_each(variables, batch,
@@ -46,6 +47,8 @@ from vlmjax.tasks.vqvae import generator_params
 
 MODEL_KEYS = ("lm", "vit", "projector", "feature_layer", "token_merge")
 ATTENTION = ("prefix", "causal")
+IMAGE_INPUTS = ("continuous", "vq", "vq_features")
+FROZEN_TOKENIZER = ("vq", "vq_features")  # image inputs read from the frozen VQ-VAE of config.vq_workdir
 
 
 class PrefixLMTask(Task):
@@ -57,18 +60,23 @@ class PrefixLMTask(Task):
                                                     f"there; `make data` trains data/tfds/scenes_spm.model")
         self.ids = chat_ops.special_ids(self.tok)
         self.ids.update(boi=self.tok.piece_to_id("<|boi|>"), eoi=self.tok.piece_to_id("<|eoi|>"))
-        self.vq = config.image_input == "vq"
+        self.vq = config.image_input == "vq"  # discrete image tokens
+        frozen_vq = config.image_input in FROZEN_TOKENIZER
         check_keys(config.model, MODEL_KEYS, "config.model")
         lm_cfg = dict(config.model.get("lm", {}))
         lm_cfg.setdefault("vocab_size", self.tok.vocab_size)
         lm = build_module(DecoderLM, lm_cfg, "config.model.lm")
         extra = {}
-        if self.vq:
+        if frozen_vq:
             vq_cfg = self._vq_config()
             self.vq_model = build_module(VQVAE, vq_cfg.model, "config.json of config.vq_workdir: model")
             f = self.vq_model.downsample_factor
             self.vq_grid = (int(config.image_size) // f,) * 2
+        if self.vq:
             extra = dict(image_vocab_size=self.vq_model.num_codes)
+        elif frozen_vq:
+            extra = dict(projector=config.model.get("projector", "linear"),
+                         token_merge=int(config.model.get("token_merge", 1)))
         else:
             vit_cfg = dict(config.model.get("vit", {}), pool_type="none", num_classes=None)
             extra = dict(vit=build_module(ViT, vit_cfg, "config.model.vit"),
@@ -77,7 +85,7 @@ class PrefixLMTask(Task):
                          token_merge=int(config.model.get("token_merge", 1)))
         self.model = VLM(lm=lm, image_input=config.image_input, **extra)
         self.seq = Sequencer(self.model, self.ids, self.tok.pad_id, config.attention,
-                             self.vq_model if self.vq else None)
+                             self.vq_model if frozen_vq else None)
 
     @classmethod
     def config_defaults(cls):
@@ -95,7 +103,7 @@ class PrefixLMTask(Task):
 
     def validate(self):
         c = self.config
-        for key, allowed in (("image_input", ("continuous", "vq")), ("loss_normalize", NORMALIZE),
+        for key, allowed in (("image_input", IMAGE_INPUTS), ("loss_normalize", NORMALIZE),
                              ("attention", ATTENTION)):
             if c[key] not in allowed:
                 raise ValueError(f"config.{key}={c[key]!r}: expected one of {allowed}")
@@ -104,7 +112,8 @@ class PrefixLMTask(Task):
                              f"tokenizer's vocabulary ({self.tok.vocab_size})")
 
     def frozen_runs(self):
-        return {"vqvae": (self.config.vq_workdir, "config.vq_workdir")} if self.vq else {}
+        return {"vqvae": (self.config.vq_workdir, "config.vq_workdir")} \
+            if self.config.image_input in FROZEN_TOKENIZER else {}
 
     def tokenizer(self):
         return self.tok
@@ -116,18 +125,23 @@ class PrefixLMTask(Task):
                 "input_mask": ints(batch_size, n), "mask_ar": ints(batch_size, n), "mask_loss": ints(batch_size, n)}
 
     def init(self, rng, batch):
-        tokens = batch["tokens"]
-        if self.vq:  # one image id so that the image table is created with the rest
-            tokens = tokens.at[:, 0].set(self.model.text_vocab_size)
-        variables = dict(self.model.init({"params": rng}, batch["image"], tokens, method="init_all"))
-        if self.vq:  # frozen tokenizer, carried (and checkpointed) as model state, never optimised
+        tokens, image = batch["tokens"], batch["image"]
+        vq = None
+        if self.config.image_input in FROZEN_TOKENIZER:  # carried (and checkpointed) as model state, never optimised
             if "vqvae" not in self.frozen:
                 raise ValueError(f"config.vq_workdir={self.config.vq_workdir!r}: the VQ-VAE's variables were not "
                                  f"loaded (the core reads frozen_runs() before init)")
             vq_vars = self.frozen["vqvae"]
             # An adversarial VQ run also holds its discriminator's params: not part of the tokenizer.
-            vq = {**vq_vars, "params": generator_params(vq_vars["params"])}
-            variables["vqvae"] = jax.tree.map(jnp.asarray, vq)
+            vq = jax.tree.map(jnp.asarray, {**vq_vars, "params": generator_params(vq_vars["params"])})
+        if self.vq:  # one image id so that the image table is created with the rest
+            tokens = tokens.at[:, 0].set(self.model.text_vocab_size)
+        elif vq is not None:  # the projector's input: the tokenizer's features
+            feats = self.vq_model.apply(vq, image, method=VQVAE.encode_features)
+            image = feats.reshape(feats.shape[0], -1, feats.shape[-1])
+        variables = dict(self.model.init({"params": rng}, image, tokens, method="init_all"))
+        if vq is not None:
+            variables["vqvae"] = vq
         return variables
 
     def _forward(self, params, state, batch, rngs=None):

@@ -30,7 +30,8 @@ def cfg_dropout(txt: dict, generate, rng, rate: float, null: dict) -> dict:
 @dataclasses.dataclass(frozen=True, eq=False)
 class Sequencer:
     """Builds the prefix-LM's sequences. `ids`: the chat special ids plus 'boi'/'eoi'; `vq_model`: the frozen VQ-VAE
-    of a VQ-image run (None: continuous image features); `attention`: 'prefix' | 'causal'."""
+    of a run whose image input is its codes ('vq') or its features ('vq_features'), else None; `attention`:
+    'prefix' | 'causal'."""
 
     model: VLM
     ids: Any
@@ -40,7 +41,8 @@ class Sequencer:
 
     @property
     def vq(self) -> bool:
-        return self.vq_model is not None
+        """The image enters as discrete tokens (not as projected vectors)."""
+        return self.model.image_input == "vq"
 
     def embed(self, params, tokens):
         return self.model.apply({"params": params}, tokens, method="embed")
@@ -56,15 +58,21 @@ class Sequencer:
         return self.vq_model.apply(jax.lax.stop_gradient(state["vqvae"]), batch["image"], method=VQVAE.encode)
 
     def image_segment(self, params, state, batch, generate=None) -> dict:
-        """The image's segment. Continuous: projected patches, never supervised. VQ: `<|boi|> codes <|eoi|>`; in rows
-        with `generate` (bool[B], image after the text) causal and supervised, otherwise part of the bidirectional
-        prefix."""
+        """The image's segment. Continuous: projected ViT patches; vq_features: the frozen VQ-VAE's pre-rounding
+        vectors, projected; neither supervised. VQ: `<|boi|> codes <|eoi|>`; in rows with `generate` (bool[B],
+        image after the text) causal and supervised, otherwise part of the bidirectional prefix."""
         if self.vq:
             codes = self.image_codes(state, batch)
             b = codes.shape[0]
             ids = jnp.concatenate([jnp.full((b, 1), self.ids["boi"]), codes.reshape(b, -1) +
                                    self.model.text_vocab_size, jnp.full((b, 1), self.ids["eoi"])], 1).astype(jnp.int32)
             x = self.embed(params, ids)
+        elif self.model.image_input == "vq_features":
+            feats = self.vq_model.apply(jax.lax.stop_gradient(state["vqvae"]), batch["image"],
+                                        method=VQVAE.encode_features)
+            x = self.model.apply({"params": params}, feats.reshape(feats.shape[0], -1, feats.shape[-1]),
+                                 method="embed_features")
+            ids = jnp.zeros(x.shape[:2], jnp.int32)
         else:
             x = self.model.apply({"params": params}, batch["image"], method="embed_image")
             ids = jnp.zeros(x.shape[:2], jnp.int32)
