@@ -73,3 +73,30 @@ def update_doc(path: str, title: str, begin: str, end: str, text: str) -> None:
     head, rest = doc.split(begin, 1)
     with open(path, "w") as f:
         f.write(head + text + rest.split(end, 1)[1])
+
+
+def read_runs(path) -> list:
+    """The rows of a study's runs file (its finished runs, one JSON line each; none if there is no file). A truncated
+    last line (a run killed while writing) is skipped."""
+    if not path or not os.path.exists(path):
+        return []
+    rows = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def append_run(path: str, row: dict) -> None:
+    """Appends `row` as one JSON line, on a line of its own even after a truncated last line."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a+b") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell():
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+        f.write((json.dumps(row) + "\n").encode())

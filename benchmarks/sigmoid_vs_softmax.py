@@ -33,7 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
-from common import update_doc, write_result  # noqa: E402
+from common import append_run, read_runs, update_doc, write_result  # noqa: E402
 from seeds import provenance  # noqa: E402
 
 DOC = os.path.join(ROOT, "docs", "contrastive.md")
@@ -114,21 +114,6 @@ def arm_settings(loss: str, batch: int, seed: int, args) -> dict:
             "val_evals": args.val_evals, "tb_lr_mult": args.tb_lr_mult, "dataset": args.dataset}
 
 
-def finished_arms(path) -> list:
-    """The rows of `--runs_file` (none if it does not exist); a truncated last line (a run killed while writing) is
-    skipped."""
-    if not path or not os.path.exists(path):
-        return []
-    rows = []
-    with open(path) as f:
-        for line in f:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return rows
-
-
 def arms(rows) -> dict:
     """{(loss, batch): {metric: (mean, std)}} over seeds, test metrics, plus the last quarter's validation gain."""
     out = {}
@@ -203,7 +188,7 @@ def markdown(rows, result) -> str:
 def run_arms(args, source: dict, runs_file: str) -> list:
     """Every (batch, loss, seed) arm's row, in that order: read from `runs_file` when an arm with the same settings
     finished there before, else trained now and appended to it (with `source`'s commit)."""
-    done = finished_arms(runs_file)
+    done = read_runs(runs_file)
     rows = []
     for batch in args.batches:
         for loss in LOSSES:
@@ -219,20 +204,8 @@ def run_arms(args, source: dict, runs_file: str) -> list:
                 hidden = {"validation_curve"} | {m for m, _ in METRICS}
                 print(json.dumps({k: v for k, v in rows[-1].items() if k not in hidden}), flush=True)
                 if runs_file:
-                    append_arm(runs_file, rows[-1])
+                    append_run(runs_file, rows[-1])
     return rows
-
-
-def append_arm(path: str, row: dict) -> None:
-    """Appends `row` as one JSON line, on a line of its own even after a truncated last line."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a+b") as f:
-        f.seek(0, os.SEEK_END)
-        if f.tell():
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
-                f.write(b"\n")
-        f.write((json.dumps(row) + "\n").encode())
 
 
 def main(argv=None):

@@ -52,7 +52,7 @@ def test_arms_resume_from_the_runs_file(tmp_path, monkeypatch):
     # other settings (more steps) are another study: every arm trains
     svs.run_arms(study_args(steps=16), source, str(runs))
     assert len(trained) == 12
-    assert len(svs.finished_arms(str(runs))) == 12
+    assert len(svs.read_runs(str(runs))) == 12
 
 
 def test_last_quarter_gain_reads_the_evaluation_at_three_quarters():
