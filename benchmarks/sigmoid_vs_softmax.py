@@ -64,6 +64,8 @@ def run_config(loss: str, batch: int, steps: int, seed: int, args):
         c.data.preprocess.insert(1, resize)
         c.data.name = args.dataset  # scenes/raw: the same scenes stored as arrays, no PNG decode per example
         c.data.read_features = ["image", "captions"]  # speed only: the records' other features are never read
+        # speed only: W=0 and W=1 give the same batches (tests/test_pipeline_workers.py); -1 is the trainer's auto
+        c.data.worker_count = getattr(args, "workers", -1)
         c.data.data_dir = args.data_dir
         c.tokenizer = args.tokenizer or os.path.join(args.data_dir, "scenes_spm.model")
         c.seed = seed
@@ -198,7 +200,7 @@ def run_arms(args, source: dict, runs_file: str) -> list:
                 if found:
                     rows.append(found[-1])
                     continue
-                rows.append({**train_arm(loss, batch, seed, args), **want,
+                rows.append({**train_arm(loss, batch, seed, args), **want, "workers": getattr(args, "workers", -1),
                              "commit": source["commit"], "dirty": source["dirty"]})
                 # progress without the test metrics: a sitting reads no test number before the report
                 hidden = {"validation_curve"} | {m for m, _ in METRICS}
@@ -223,6 +225,8 @@ def main(argv=None):
     p.add_argument("--runs_file", default=os.path.join(ROOT, "workdirs", "sigmoid_vs_softmax", "runs.jsonl"),
                    help="finished arms, one JSON line each; arms found here are not trained again ('' for none)")
     p.add_argument("--tokenizer", default="", help="SentencePiece model (default: <data_dir>/scenes_spm.model)")
+    p.add_argument("--workers", type=int, default=-1, help="config.data.worker_count of every arm (speed only: "
+                   "0 and 1 give the same batches; -1: the trainer's auto count, 0 on a CPU-only host)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--no_report", action="store_true",
                    help="train (and store) the arms only: no JSON, plot, docs or table (a sitting of a longer "
