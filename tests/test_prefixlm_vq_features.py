@@ -81,3 +81,12 @@ def test_loss_is_the_text_cross_entropy_after_the_projected_features(feats_task)
     prompts = batch["tokens"][:, :4]
     out = jax.jit(task.answer, static_argnums=4)(variables, batch["image"], prompts, np.ones_like(prompts), 3)
     assert out.shape == (3, 3) and out.dtype == jnp.int32
+
+
+def test_image_generation_rows_are_refused_with_the_key_to_change(feats_task):
+    task, _, _ = feats_task
+    batch = _text_rows(task, [1, 0])  # a chat_caption generation row (image_last=1) and a caption row
+    with pytest.raises(ValueError, match=r"train batch at step 3: rows with image_last .* need "
+                                         r"config.image_input='vq', not 'vq_features'"):
+        task.check_batch(batch, "train batch at step 3")
+    task.check_batch(_text_rows(task, [0, 0]), "train batch at step 3")  # caption rows alone are fine

@@ -160,6 +160,9 @@ class PrefixLMTask(Task):
         return loss, (metrics, state)
 
     def check_batch(self, batch, where):
+        if not self.vq and np.asarray(batch.get("image_last", 0)).any():
+            raise ValueError(f"{where}: rows with image_last (image generation, e.g. chat_caption's generate_prob > 0) "
+                             f"need config.image_input='vq', not {self.config.image_input!r}")
         sup = np.asarray(batch["mask_loss"]).astype(bool) & np.asarray(batch["input_mask"]).astype(bool)
         if self.vq and self.config.image_loss_weight > 0 and "image_last" in batch:
             sup = sup.any(1) | np.asarray(batch["image_last"]).astype(bool)  # generated images are supervised
