@@ -90,7 +90,7 @@ def arm_config(stage: str, arm: str, seed: int, args, vq_workdir: str, pretrain_
                                                                                 max_examples=n))
         name = "vqa"
     over["evals"] = {name: {**ev, "data": {**ev["data"], "split": "validation"}},
-                     f"{name}_test": {**ev, "data": {**ev["data"], "split": "test"}}}
+                     f"{name}_test": {**ev, "data": {**ev["data"], "split": "test"}, "quiet": True}}
     return set_dotted(c, over)
 
 

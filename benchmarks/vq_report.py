@@ -52,7 +52,7 @@ def config(variant: str, num_codes: int, steps: int, data_dir: str, seed: int = 
     c.task, c.image_size, c.recon_loss, c.seed = "vqvae", 32, "l2", seed
     c.total_steps, c.batch_size, c.log_every_steps = steps, 16, 50
     c.data = dict(name="scenes/tiny", data_dir=data_dir, preprocess=PP)
-    c.evals = {f"{kind}{suffix}": dict(type=kind, data=dict(split=split, preprocess=PP),
+    c.evals = {f"{kind}{suffix}": dict(type=kind, data=dict(split=split, preprocess=PP), quiet=split == "test",
                                        **(dict(num_images=8) if kind == "recon" else {}))
                for kind in ("recon", "codebook") for suffix, split in (("", "validation"), ("_test", "test"))}
     c.eval = dict(every_steps=0, batch_size=128)

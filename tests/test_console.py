@@ -71,3 +71,19 @@ def test_eta_excludes_compilation(tmp_path, capsys, monkeypatch):
     minutes, seconds = map(int, re.search(r"ETA (\d+)m(\d+)s", line).groups())
     # 3 steps left at ~0.3 s each: about 1 s; counting the 6 s of compilation it would say about 7 s.
     assert 60 * minutes + seconds <= 3, line
+
+
+def test_a_quiet_evaluation_is_written_not_printed(tmp_path, capsys):
+    """`config.evals.<name>.quiet`: a study's test evaluation lands in metrics.jsonl while the console, which a
+    sitting reads, shows only that it ran."""
+    from vlmjax.core.metrics import read_metrics
+
+    ev = dict(type="classification", data=dict(split="test", preprocess=tiny_config().data.preprocess))
+    config = tiny_config(total_steps=2, log_every_steps=2, evals={"val": ev, "held": {**ev, "quiet": True}})
+    train(config, str(tmp_path), devices=jax.devices()[:1])
+    out = capsys.readouterr().out
+    assert re.search(r"eval val @ 2 \(.*\): accuracy=", out)
+    assert re.search(r"eval held @ 2 \(.*\): in metrics.jsonl \(quiet\)", out) and "held @ 2 (" in out
+    assert not re.search(r"eval held @ 2 \(.*\): accuracy=", out)
+    final = [r for r in read_metrics(str(tmp_path)) if "eval/held/accuracy" in r]
+    assert final and final[-1]["eval/held/accuracy"] == final[-1]["eval/val/accuracy"]  # same split, same params

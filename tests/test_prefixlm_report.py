@@ -74,6 +74,7 @@ def test_every_arms_stages_build_their_task(arm, scenes_tiny_dir, tok_path, tmp_
         task.validate()
         name = "caption" if stage == "pretrain" else "vqa"
         assert {n: e.data.split for n, e in c.evals.items()} == {name: "validation", f"{name}_test": "test"}
+        assert c.evals[f"{name}_test"].quiet and not c.evals[name].get("quiet", False)  # test: not printed
         assert c.seed == 7 and c.init_from.workdir == ("" if stage == "pretrain" else "/pre")
         assert task.model.image_input == {"continuous": "continuous", "causal": "continuous"}.get(arm, arm)
         assert c.attention == ("causal" if arm == "causal" else "prefix")

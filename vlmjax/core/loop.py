@@ -275,8 +275,11 @@ class Trainer(Runtime):
             t0 = time.time()
             metrics = ev.run(variables, self)
             results.update({f"eval/{name}/{k}": v for k, v in metrics.items()})
-            log(f"eval {name} @ {step} ({time.time() - t0:.1f}s): " +
-                ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+            if self.config.evals[name].get("quiet", False):  # written below, not printed
+                log(f"eval {name} @ {step} ({time.time() - t0:.1f}s): in metrics.jsonl (quiet)")
+            else:
+                log(f"eval {name} @ {step} ({time.time() - t0:.1f}s): " +
+                    ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
             if writer is not None and ev.images is not None:
                 writer.write_images(step, {f"eval/{name}/{k}": v for k, v in ev.images(variables, self).items()})
         return results

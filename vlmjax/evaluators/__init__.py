@@ -1,6 +1,6 @@
 """Evaluators: one module per kind, and the one registry that builds `config.evals.<name>` into an Evaluator.
 
-Each kind's module defines `KEYS` (its config keys besides `type`, `every_steps`, `data`) and
+Each kind's module defines `KEYS` (its config keys besides `type`, `every_steps`, `data`, `quiet`) and
 `build(task, cfg, where) -> Evaluator`, built over the task's `predict_fns()`. A task names the kinds it offers in
 `Task.eval_kinds`. The Trainer builds the evaluators once, right after `task.validate()` and before anything
 compiles (`validate_and_build`), and keeps them.

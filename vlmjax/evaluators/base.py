@@ -16,8 +16,9 @@ import dataclasses
 from typing import Any, Callable, Dict, Optional
 
 Metrics = Dict[str, Any]
-# Keys every `config.evals.<name>` may hold, whatever its kind.
-COMMON_KEYS = ("type", "every_steps", "data")
+# Keys every `config.evals.<name>` may hold, whatever its kind. `quiet`: True writes the metrics (metrics.jsonl,
+# TensorBoard) without printing them, e.g. a study's test evaluations during a sitting that must not read them.
+COMMON_KEYS = ("type", "every_steps", "data", "quiet")
 
 
 @dataclasses.dataclass
