@@ -294,6 +294,9 @@ def main(argv=None):
     result = {**source, "seeds": args.seeds, "steps": args.steps, "rows": rows,
               "splits": {"reported": "test", "also": "validation"}, "seconds": round(time.time() - t0, 1),
               "run_seconds": round(sum(r["seconds"] for r in rows), 1), "scenes": scenes_metrics(args.scenes_workdir)}
+    if not result["scenes"] and os.path.exists(os.path.join(ROOT, "benchmarks", "results", "vq_report.json")):
+        with open(os.path.join(ROOT, "benchmarks", "results", "vq_report.json")) as fh:  # the last run's, kept
+            result["scenes"] = json.load(fh).get("scenes", {})
     bar_chart(rows, png)
     if not recon_grid(args, grid_png):
         print(f"kept {grid_png}: a seed-0 run's reconstructions are not in {args.workdir}")
