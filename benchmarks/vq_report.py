@@ -43,7 +43,10 @@ VARIANTS = {  # quantizer options on top of the same conv VQ-VAE
     "restart": dict(code_dim=32, restart_unused=True, restart_window=20),
 }
 SIZES = (512, 4096)
-METRICS = ("usage", "codes_used", "perplexity", "psnr", "ssim", "train_usage_last")
+# A run's test metrics (row key -> evaluator metric, read once at the last step) and, besides them, its train usage.
+TEST_METRICS = {"usage": "codebook_test/usage", "codes_used": "codebook_test/codes_used",
+                "perplexity": "codebook_test/perplexity", "psnr": "recon_test/psnr", "ssim": "recon_test/ssim"}
+METRICS = (*TEST_METRICS, "train_usage_last")
 
 
 def config(variant: str, num_codes: int, steps: int, data_dir: str, seed: int = 0) -> ml_collections.ConfigDict:
@@ -78,11 +81,9 @@ def run_one(variant, num_codes, seed, args, workdir) -> dict:
         Image.fromarray(image_grid(pairs, cols=len(pairs))).save(os.path.join(workdir, "recons.png"))
     # Training usage over the last window-sized stretch of logged steps (the quantizer's own window metric).
     train_usage = [r["train/codebook_usage"] for r in read_metrics(workdir) if "train/codebook_usage" in r]
-    test = {"usage": "codebook_test/usage", "codes_used": "codebook_test/codes_used",
-            "perplexity": "codebook_test/perplexity", "psnr": "recon_test/psnr", "ssim": "recon_test/ssim"}
     return {"variant": variant, "num_codes": num_codes, "seed": seed, "steps": args.steps,
-            **{k: final[f"eval/{v}"] for k, v in test.items()},
-            **{f"validation/{k}": final[f"eval/{v.replace('_test', '')}"] for k, v in test.items()},
+            **{k: final[f"eval/{v}"] for k, v in TEST_METRICS.items()},
+            **{f"validation/{k}": final[f"eval/{v.replace('_test', '')}"] for k, v in TEST_METRICS.items()},
             "train_usage_last": train_usage[-1], "seconds": round(time.time() - t0, 1)}
 
 
@@ -102,7 +103,7 @@ def run_all(args, source: dict) -> list:
                 wd = os.path.join(args.workdir, f"seed{seed}", f"{variant.replace(' ', '')}_{k}")
                 rows.append({**run_one(variant, k, seed, args, wd), "commit": source["commit"],
                              "dirty": source["dirty"]})
-                print(json.dumps({key: v for key, v in rows[-1].items() if key not in METRICS[:-1]}), flush=True)
+                print(json.dumps({key: v for key, v in rows[-1].items() if key not in TEST_METRICS}), flush=True)
                 if args.runs_file:
                     append_run(args.runs_file, rows[-1])
     return rows

@@ -51,7 +51,7 @@ class Projector(nn.Module):
 
 
 class VLM(nn.Module):
-    """Image prefix + DecoderLM. Param tree: `lm/...`, `vit/...` + `projector/...` (continuous), `projector/...`
+    """Image prefix + DecoderLM. Param tree: `lm/...`, `vit/...` + `proj/...` (continuous), `proj/...`
     (vq_features) or `image_embedding` float[K, width] (vq).
 
     Methods (via `model.apply(variables, ..., method=...)`):
@@ -86,12 +86,9 @@ class VLM(nn.Module):
         if self.image_input == "continuous":
             if self.vit is None:
                 raise ValueError("image_input 'continuous' needs a ViT (config.model.vit)")
-            if self.projector not in PROJECTORS:
-                raise ValueError(f"projector {self.projector!r}: expected one of {PROJECTORS}")
             if self.feature_layer >= 0 or -self.feature_layer > self.vit.depth:
                 raise ValueError(f"feature_layer {self.feature_layer}: expected -1 (final) .. -{self.vit.depth}")
-            self.proj = Projector(self.projector, self.lm.width, self.lm.dtype, self.lm.param_dtype)
-        elif self.image_input == "vq_features":
+        if self.image_input != "vq":  # projected vectors: the ViT's patches or the VQ-VAE's features
             if self.projector not in PROJECTORS:
                 raise ValueError(f"projector {self.projector!r}: expected one of {PROJECTORS}")
             self.proj = Projector(self.projector, self.lm.width, self.lm.dtype, self.lm.param_dtype)

@@ -66,7 +66,6 @@ class PrefixLMTask(Task):
         lm_cfg = dict(config.model.get("lm", {}))
         lm_cfg.setdefault("vocab_size", self.tok.vocab_size)
         lm = build_module(DecoderLM, lm_cfg, "config.model.lm")
-        extra = {}
         if frozen_vq:
             vq_cfg = self._vq_config()
             self.vq_model = build_module(VQVAE, vq_cfg.model, "config.json of config.vq_workdir: model")
@@ -74,15 +73,13 @@ class PrefixLMTask(Task):
             self.vq_grid = (int(config.image_size) // f,) * 2
         if self.vq:
             extra = dict(image_vocab_size=self.vq_model.num_codes)
-        elif frozen_vq:
+        else:  # projected vectors
             extra = dict(projector=config.model.get("projector", "linear"),
                          token_merge=int(config.model.get("token_merge", 1)))
-        else:
-            vit_cfg = dict(config.model.get("vit", {}), pool_type="none", num_classes=None)
-            extra = dict(vit=build_module(ViT, vit_cfg, "config.model.vit"),
-                         projector=config.model.get("projector", "linear"),
-                         feature_layer=int(config.model.get("feature_layer", -1)),
-                         token_merge=int(config.model.get("token_merge", 1)))
+            if not frozen_vq:
+                vit_cfg = dict(config.model.get("vit", {}), pool_type="none", num_classes=None)
+                extra.update(vit=build_module(ViT, vit_cfg, "config.model.vit"),
+                             feature_layer=int(config.model.get("feature_layer", -1)))
         self.model = VLM(lm=lm, image_input=config.image_input, **extra)
         self.seq = Sequencer(self.model, self.ids, self.tok.pad_id, config.attention,
                              self.vq_model if frozen_vq else None)
@@ -137,8 +134,7 @@ class PrefixLMTask(Task):
         if self.vq:  # one image id so that the image table is created with the rest
             tokens = tokens.at[:, 0].set(self.model.text_vocab_size)
         elif vq is not None:  # the projector's input: the tokenizer's features
-            feats = self.vq_model.apply(vq, image, method=VQVAE.encode_features)
-            image = feats.reshape(feats.shape[0], -1, feats.shape[-1])
+            image = self.seq.vq_features(vq, image)
         variables = dict(self.model.init({"params": rng}, image, tokens, method="init_all"))
         if vq is not None:
             variables["vqvae"] = vq

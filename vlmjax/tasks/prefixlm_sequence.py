@@ -57,6 +57,12 @@ class Sequencer:
             return batch["image_codes"].astype(jnp.int32)
         return self.vq_model.apply(jax.lax.stop_gradient(state["vqvae"]), batch["image"], method=VQVAE.encode)
 
+    def vq_features(self, vq_variables, images):
+        """float[B, N, D]: the frozen VQ-VAE's pre-rounding vectors of images float[B, H, W, 3], one row per code
+        position (the projector's input under image_input='vq_features')."""
+        feats = self.vq_model.apply(jax.lax.stop_gradient(vq_variables), images, method=VQVAE.encode_features)
+        return feats.reshape(feats.shape[0], -1, feats.shape[-1])
+
     def image_segment(self, params, state, batch, generate=None) -> dict:
         """The image's segment. Continuous: projected ViT patches; vq_features: the frozen VQ-VAE's pre-rounding
         vectors, projected; neither supervised. VQ: `<|boi|> codes <|eoi|>`; in rows with `generate` (bool[B],
@@ -68,9 +74,7 @@ class Sequencer:
                                    self.model.text_vocab_size, jnp.full((b, 1), self.ids["eoi"])], 1).astype(jnp.int32)
             x = self.embed(params, ids)
         elif self.model.image_input == "vq_features":
-            feats = self.vq_model.apply(jax.lax.stop_gradient(state["vqvae"]), batch["image"],
-                                        method=VQVAE.encode_features)
-            x = self.model.apply({"params": params}, feats.reshape(feats.shape[0], -1, feats.shape[-1]),
+            x = self.model.apply({"params": params}, self.vq_features(state["vqvae"], batch["image"]),
                                  method="embed_features")
             ids = jnp.zeros(x.shape[:2], jnp.int32)
         else:
