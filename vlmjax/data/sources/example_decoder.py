@@ -1,8 +1,8 @@
 """tfds records deserialised without tfds' generic machinery, for the common feature types, with tfds' exact output.
 
 tfds' `FeaturesDict.deserialize_example_np` flattens, dispatches and re-nests every feature of every record in
-Python: 0.2-0.3 ms per `scenes/raw` record of two features, the largest cost of a 32 px contrastive batch on the
-host (docs/data.md). `compile_decoder` builds, once per source, one small function per feature that reads the
+Python (what that costs, against this: docs/scale.md, `benchmarks/record_decode.py`). `compile_decoder` builds,
+once per source, one small function per feature that reads the
 `tf.train.Example` proto directly. It covers what image-text datasets hold: `Tensor`/`ClassLabel`/`Text` scalars and
 static-shape tensors (raw or bytes/zlib-encoded), `Sequence` of those scalars, and an `Image` left encoded
 (`SkipDecoding`). For anything else it returns None and the caller keeps tfds' path. Its output equals tfds' value for
