@@ -20,8 +20,9 @@ stage 2, on the first `--eval_images` images of `validation` and, read once at t
 The step counts are those of the earlier one-seed report, not tuned here; the tables report test, validation beside.
 Differences between arms are paired by seed (same seed: same data order) and given as mean ± std over seeds.
 
-Each finished (arm, seed) is appended to `--runs_file` with its settings and commit; an arm already there with the
-same settings is not trained again, so a study longer than one sitting resumes by running the same command again.
+Each finished (arm, seed) is appended to `--runs_file` with its settings and commit (benchmarks/results/runs/
+prefixlm_report.jsonl, committed after each sitting so a fresh checkout resumes); an arm already there with the same
+settings is not trained again, so a study longer than one sitting resumes by running the same command again.
 """
 import argparse
 import os
@@ -263,7 +264,7 @@ def main(argv=None):
     p.add_argument("--eval_images", type=int, default=256)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    p.add_argument("--runs_file", default=os.path.join(ROOT, "workdirs", "prefixlm_report", "runs.jsonl"),
+    p.add_argument("--runs_file", default=os.path.join(HERE, "results", "runs", "prefixlm_report.jsonl"),
                    help="finished arms, one JSON line each; arms found here are not trained again ('' for none)")
     p.add_argument("--quick", action="store_true", help="toy sizes (scale 0.04, 16 images, seeds 0 1), no files")
     p.add_argument("--no_report", action="store_true", help="train (and store) the arms only")

@@ -36,11 +36,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 
 
-def git_commit() -> tuple:
-    """(commit hash, dirty) of the tree the runs come from; ('unknown', True) outside a git checkout."""
+def git_commit(root: str = ROOT) -> tuple:
+    """(commit hash, dirty) of the tree the runs come from; ('unknown', True) outside a git checkout. Changes under
+    benchmarks/results/ and docs/ (the studies' outputs and runs files, which no training reads) do not count as
+    dirty, so a study that commits its runs file between sittings still runs from a clean tree."""
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":!benchmarks/results", ":!docs"], cwd=root,
                                capture_output=True, text=True, check=True).stdout.strip() != ""
         return head.stdout.strip(), dirty
     except (OSError, subprocess.CalledProcessError):

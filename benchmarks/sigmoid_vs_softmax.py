@@ -13,7 +13,8 @@ over the last quarter of the steps); zero-shot and R@1 on the test split are rea
     .venv/bin/python benchmarks/sigmoid_vs_softmax.py --batches 32 128 --no_report   # one sitting's share
     .venv/bin/python benchmarks/sigmoid_vs_softmax.py --quick     # a smoke run, nothing written
 
-Each finished arm is appended to `--runs_file` (one JSON line with its settings and the commit it ran at), and an
+Each finished arm is appended to `--runs_file` (one JSON line with its settings and the commit it ran at;
+benchmarks/results/runs/sigmoid_vs_softmax.jsonl, committed after each sitting so a fresh checkout resumes), and an
 arm already there with the same settings is not trained again: a study longer than one sitting is run by starting
 the same command again (an arm cut off midway is trained from its start; `--no_report` trains without writing the
 result). The result lists every commit its arms ran at.
@@ -222,7 +223,7 @@ def main(argv=None):
     p.add_argument("--eval_examples", type=int, default=1000)
     p.add_argument("--tb_lr_mult", type=float, default=100.0, help="learning-rate multiplier of t and b")
     p.add_argument("--val_evals", type=int, default=24, help="validation evaluations per arm (evenly spaced)")
-    p.add_argument("--runs_file", default=os.path.join(ROOT, "workdirs", "sigmoid_vs_softmax", "runs.jsonl"),
+    p.add_argument("--runs_file", default=os.path.join(HERE, "results", "runs", "sigmoid_vs_softmax.jsonl"),
                    help="finished arms, one JSON line each; arms found here are not trained again ('' for none)")
     p.add_argument("--tokenizer", default="", help="SentencePiece model (default: <data_dir>/scenes_spm.model)")
     p.add_argument("--workers", type=int, default=-1, help="config.data.worker_count of every arm (speed only: "

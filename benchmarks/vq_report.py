@@ -8,7 +8,8 @@ tiny`):
     .venv/bin/python benchmarks/vq_report.py --seeds 0 --no_report     # one sitting's share
 Each run is evaluated on the 512 validation images and, once at its last step, on the 512 test images (the tables
 report test; the step count and variants are fixed, not tuned here). Each finished (variant, K, seed) is appended
-to `--runs_file` (settings and commit) and not trained again, so the study resumes across sittings.
+to `--runs_file` (settings and commit; benchmarks/results/runs/vq_report.jsonl, committed) and not trained again,
+so the study resumes across sittings and checkouts.
 Writes docs/vqvae.md, docs/vqvae_report.png (matplotlib), docs/vqvae_recons.png (seed 0) and
 benchmarks/results/vq_report.json (command, commit, seeds, splits, every run). With `--scenes_workdir W` (a
 finished `experiments/vqvae_scenes.py` run) its final metrics are added to the report; `--from_json` only rewrites
@@ -267,7 +268,7 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--data_dir", default=os.path.join(ROOT, "data", "tfds"))
     p.add_argument("--workdir", default=os.path.join(ROOT, "workdirs", "vq_report"))
-    p.add_argument("--runs_file", default=os.path.join(ROOT, "workdirs", "vq_report", "runs.jsonl"),
+    p.add_argument("--runs_file", default=os.path.join(HERE, "results", "runs", "vq_report.jsonl"),
                    help="finished runs, one JSON line each; runs found here are not trained again ('' for none)")
     p.add_argument("--docs", default=os.path.join(ROOT, "docs"))
     p.add_argument("--scenes_workdir", default="")

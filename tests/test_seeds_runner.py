@@ -12,6 +12,29 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import seeds  # noqa: E402
 
 
+def test_git_commit_dirty_ignores_study_outputs(tmp_path):
+    """A runs file or docs block committed between sittings does not make the next sitting's tree dirty; code does."""
+    import subprocess
+
+    def git(*a):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    for path in ("vlmjax/x.py", "benchmarks/results/runs/s.jsonl", "docs/s.md"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("0\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "c")
+    assert seeds.git_commit(str(tmp_path))[1] is False
+    (tmp_path / "benchmarks/results/runs/s.jsonl").write_text("0\n1\n")
+    (tmp_path / "docs/s.md").write_text("1\n")
+    commit, dirty = seeds.git_commit(str(tmp_path))
+    assert len(commit) == 40 and dirty is False
+    (tmp_path / "vlmjax/x.py").write_text("1\n")
+    assert seeds.git_commit(str(tmp_path))[1] is True
+
+
 def test_summarize_matches_sample_statistics():
     per_seed = {"0": {"eval/a": 0.5, "eval/b": 1.0}, "1": {"eval/a": 0.7, "eval/b": 3.0}, "2": {"eval/a": 0.9}}
     s = seeds.summarize(per_seed)
