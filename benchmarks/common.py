@@ -75,6 +75,16 @@ def update_doc(path: str, title: str, begin: str, end: str, text: str) -> None:
         f.write(head + text + rest.split(end, 1)[1])
 
 
+def publish_study(name: str, result: dict, rows: list, plot, plot_path: str, markdown, doc: str, title: str,
+                  begin: str, end: str) -> None:
+    """A study's three outputs: benchmarks/results/<name>.json, `plot(rows, plot_path)` and the `begin`..`end` block
+    of the page `doc` (`markdown(rows, result)`)."""
+    write_result(name, result)
+    plot(rows, plot_path)
+    update_doc(doc, title, begin, end, markdown(rows, result))
+    print(f"wrote {plot_path} and the results block of {doc}")
+
+
 def read_runs(path) -> list:
     """The rows of a study's runs file (its finished runs, one JSON line each; none if there is no file). A truncated
     last line (a run killed while writing) is skipped."""

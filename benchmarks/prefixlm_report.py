@@ -35,7 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
-from common import append_run, read_runs, update_doc, write_result  # noqa: E402
+from common import append_run, publish_study, read_runs  # noqa: E402
 from seeds import provenance  # noqa: E402
 
 SIZE, PRE_LEN, CHAT_LEN, TURNS = 32, 32, 60, 4
@@ -287,10 +287,7 @@ def main(argv=None):
         print(markdown(rows, result))
     if args.quick or args.no_report:
         return
-    write_result("prefixlm_report", result)
-    plot(rows, PLOT)
-    update_doc(DOC, "Prefix-LM VLM", BEGIN, END, markdown(rows, result))
-    print(f"wrote {PLOT} and the results block of {DOC}")
+    publish_study("prefixlm_report", result, rows, plot, PLOT, markdown, DOC, "Prefix-LM VLM", BEGIN, END)
 
 
 if __name__ == "__main__":

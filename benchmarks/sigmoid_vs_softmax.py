@@ -34,7 +34,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
-from common import append_run, read_runs, update_doc, write_result  # noqa: E402
+from common import append_run, publish_study, read_runs  # noqa: E402
 from seeds import provenance  # noqa: E402
 
 DOC = os.path.join(ROOT, "docs", "contrastive.md")
@@ -211,8 +211,7 @@ def run_arms(args, source: dict, runs_file: str) -> list:
     return rows
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
+def parse_args(argv) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data_dir", default=os.path.join(ROOT, "data", "tfds"))
     p.add_argument("--dataset", default="scenes/raw", help="scenes/raw (`make bench` builds it) or scenes/default")
@@ -236,6 +235,12 @@ def main(argv=None):
     args.steps = args.steps or (8 if args.quick else 9600)
     if args.quick:
         args.eval_examples, args.batches, args.seeds = min(args.eval_examples, 128), [16, 32], [0, 1]
+    return args
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
     source = provenance(__file__, argv)  # the tree the runs come from, read before they start
     t0 = time.time()
     rows = run_arms(args, source, "" if args.quick else args.runs_file)
@@ -249,10 +254,7 @@ def main(argv=None):
         print(markdown(rows, result))
     if args.quick or args.no_report:
         return
-    write_result("sigmoid_vs_softmax", result)
-    plot(rows, PLOT)
-    update_doc(DOC, "Contrastive", BEGIN, END, markdown(rows, result))
-    print(f"wrote {PLOT} and the results block of {DOC}")
+    publish_study("sigmoid_vs_softmax", result, rows, plot, PLOT, markdown, DOC, "Contrastive", BEGIN, END)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,27 @@ def test_arms_resume_from_the_runs_file(tmp_path, monkeypatch):
     assert len(svs.read_runs(str(runs))) == 12
 
 
+def test_the_committed_runs_file_resumes_the_default_study(monkeypatch):
+    """The study's default command finds every arm the committed runs file holds (a fresh checkout does not train
+    them again), and those arms are the ones benchmarks/results/sigmoid_vs_softmax.json reports."""
+    def no_training(*a):
+        raise AssertionError(f"arm {a[:3]} would be trained again")
+
+    monkeypatch.setattr(svs, "train_arm", no_training)
+    args = svs.parse_args([])
+    done = svs.read_runs(args.runs_file)
+    complete = [b for b in sorted({r["batch"] for r in done}) if sum(r["batch"] == b for r in done) == len(svs.LOSSES) * len(args.seeds)]
+    assert complete, "no batch size is complete in the runs file"
+    args.batches = complete
+    rows = svs.run_arms(args, {"commit": "x" * 40, "dirty": False}, args.runs_file)
+    with open(os.path.join(ROOT, "benchmarks", "results", "sigmoid_vs_softmax.json")) as f:
+        reported = json.load(f)["runs"]
+    key = lambda r: (r["loss"], r["batch"], r["seed"])  # noqa: E731
+    found = {key(r): r for r in rows}
+    assert all(found[key(r)] == r for r in reported if r["batch"] in complete)
+    assert {key(r) for r in reported} <= set(found)
+
+
 def test_last_quarter_gain_reads_the_evaluation_at_three_quarters():
     curve = fake_curve(800, [0.1, 0.2, 0.3, 0.35, 0.38, 0.40, 0.41, 0.415])  # steps 100..800
     assert svs.last_quarter_gain(curve, 800) == pytest.approx(0.415 - 0.40)  # 0.40 is step 600
