@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one prepared command for a lent GPU (../shared/DEVICE.md): issue 15's step benchmark and issue 19's input
 # pipeline benchmark, then XLA flag trials while time is left. Every phase writes its JSON under $OUT as it ends.
-#   run: bash benchmarks/device_run.sh            (carry .whl: the wheels DEVICE.md lists)
+#   run: bash benchmarks/device_run.sh            (carry .whl: the wheels DEVICE.md lists; benchmarks/device_wheels.sh
+#                                                 fills it)
 #   CPU rehearsal: OUT=/tmp/dev ACC_ARGS="--size tiny --cpu" PIPE_ARGS="--parts jpeg" TOTAL_S=400 \
 #                  bash benchmarks/device_run.sh
 set -u
