@@ -17,8 +17,11 @@ shift test of the same models). Writes `benchmarks/results/seeds_<name>_<split>.
 `seeds_<name>_<split>_<eval_data, / as _>.json`, its own file, so the test rule holds per file): the command, git
 commit (and whether the tree was dirty), seeds, split, eval_data (null without it), each seed's final `eval/*`
 metrics and wall seconds, each seed's validation curve (the evaluations its training logged), and per metric
-mean, std (ddof=1) and n, and the experiment file the config resolved to
-with its sha256; prints the markdown table `table()` makes from it. An experiment that resolves outside this checkout
+mean, std (ddof=1) and n, the experiment file the config resolved to
+with its sha256, and the commit each seed ran at; prints the markdown table `table()` makes from it. Each finished
+seed is also appended to `--runs_file` (`<out_dir>/runs/seeds.jsonl`, committed with the results), and a seed of the
+same recipe (name, config, overrides, split, eval_data, experiment sha256) found there is not trained again: a
+recipe's seeds accumulate over sittings, and a fresh checkout, which has no workdirs, keeps them. An experiment that resolves outside this checkout
 (a git worktree whose editable install points at another tree) is refused: its runs would train that tree's config.
 """
 import argparse
@@ -31,6 +34,9 @@ import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import append_run, read_runs  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
@@ -184,7 +190,11 @@ def main(argv=None):
     ap.add_argument("--eval_data", default=None, metavar="NAME",
                     help="dataset of the final evaluation (every evaluator's data.name), e.g. scenes/texture; "
                          "training is unchanged. Results go to seeds_<name>_<split>_<NAME, / as _>.json")
-    ap.add_argument("--force", action="store_true", help="overwrite an existing test-split result")
+    ap.add_argument("--force", action="store_true", help="overwrite an existing test-split result (and train every "
+                    "seed again, whatever the runs file holds)")
+    ap.add_argument("--runs_file", default=None, help="finished seeds, one JSON line each (default "
+                    "<out_dir>/runs/seeds.jsonl, committed with the results): a seed of the same recipe found there "
+                    "is not trained again, so seeds accumulate across sittings and fresh checkouts ('' for none)")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s]
     out = result_path(args.out_dir, args.name, args.split, args.eval_data)
@@ -204,13 +214,29 @@ def main(argv=None):
     with open(exp_file, "rb") as f:
         exp_sha = hashlib.sha256(f.read()).hexdigest()
     commit, dirty = git_commit()
-    per_seed, wall, curves, names = {}, {}, {}, eval_names(args.config)
+    runs_file = os.path.join(args.out_dir, "runs", "seeds.jsonl") if args.runs_file is None else args.runs_file
+    recipe = {"name": args.name, "config": args.config, "overrides": extra, "split": args.split,
+              "eval_data": args.eval_data, "config_sha256": exp_sha}
+    done = [] if args.force else [r for r in read_runs(runs_file) if {k: r.get(k) for k in recipe} == recipe]
+    per_seed, wall, curves, seed_commits, names = {}, {}, {}, {}, eval_names(args.config)
     for s in seeds:
-        per_seed[str(s)], wall[str(s)], curves[str(s)] = run_seed(args, s, extra, names)
+        found = [r for r in done if r.get("seed") == s]
+        if found:  # finished in an earlier sitting (its workdir may be gone): not trained again
+            row = found[-1]
+            print(f"seed {s}: from {runs_file} (commit {row['commit'][:10]})")
+        else:
+            metrics, secs, curve = run_seed(args, s, extra, names)
+            row = {**recipe, "seed": s, "metrics": metrics, "wall_s": secs, "validation_curve": curve,
+                   "commit": commit, "dirty": dirty}
+            if runs_file:
+                append_run(runs_file, row)
+        per_seed[str(s)], wall[str(s)], curves[str(s)] = row["metrics"], row["wall_s"], row["validation_curve"]
+        seed_commits[str(s)] = row["commit"]
     result = {"name": args.name, "command": command, "config": args.config, "overrides": extra, "split": args.split,
               "eval_data": args.eval_data, "config_file": os.path.relpath(exp_file, root),
               "config_sha256": exp_sha, "commit": commit, "dirty": dirty, "seeds": seeds, "per_seed": per_seed,
-              "validation_curves": curves, "wall_s": wall, "summary": summarize(per_seed)}
+              "validation_curves": curves, "wall_s": wall, "seed_commits": seed_commits,
+              "summary": summarize(per_seed)}
     os.makedirs(args.out_dir, exist_ok=True)
     with open(out, "w") as f:
         json.dump(result, f, indent=2, sort_keys=True)

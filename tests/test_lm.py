@@ -192,7 +192,9 @@ def test_mqa_remat_cache_matches_full_forward():
 
     full, inc, cache = run(variables, tokens)
     real = input_mask.astype(bool)
-    np.testing.assert_allclose(np.asarray(inc)[real], np.asarray(full)[real], atol=1e-5)
+    # float32 sums in another order (prefill chunks vs one pass; XLA's CPU thread split moves with load): a few
+    # ulp, 1.4e-5 seen on a busy machine; a cache or mask bug moves logits by 1e-2 or more
+    np.testing.assert_allclose(np.asarray(inc)[real], np.asarray(full)[real], atol=1e-4, rtol=1e-4)
     np.testing.assert_array_equal(np.asarray(cache["end"]), [8, 8])
     np.testing.assert_array_equal(np.asarray(cache["mask"]), np.pad(input_mask, ((0, 0), (0, 2))).astype(bool))
 

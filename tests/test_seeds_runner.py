@@ -90,6 +90,15 @@ def test_two_seeds_on_validation(tmp_path, scenes_tiny_dir):
     losses = [result["per_seed"][s]["eval/test/loss"] for s in ("0", "1")]
     assert losses[0] != losses[1]  # the seed reaches the run
     assert result["summary"]["eval/test/loss"]["mean"] == pytest.approx(sum(losses) / 2)
+    # a later sitting in a fresh checkout (no workdirs): both seeds come from the runs file, nothing trains
+    rc = seeds.main(["--name", "tiny", "--config", "experiments/vit_scenes.py:runlocal", "--seeds", "0,1",
+                     "--workdir_root", str(tmp_path / "fresh"), "--out_dir", str(tmp_path),
+                     "--", "--config.total_steps=3", f"--config.data.data_dir={scenes_tiny_dir}",
+                     "--config.checkpoint.every_steps=3"])
+    again = json.loads((tmp_path / "seeds_tiny_validation.json").read_text())
+    assert rc == 0 and not (tmp_path / "fresh").exists()
+    assert again["per_seed"] == result["per_seed"] and again["seed_commits"] == result["seed_commits"]
+    assert len((tmp_path / "runs" / "seeds.jsonl").read_text().splitlines()) == 2
 
 
 def test_parse_eval_lines():
