@@ -128,3 +128,13 @@ def test_robustness_table_is_style_tables_output():
     with open(os.path.join(ROOT, "docs", "robustness.md")) as f:
         text = f.read()
     assert style_table.table("validation") in text
+
+
+@pytest.mark.parametrize("study,doc", [("prefixlm_report", "prefixlm.md"), ("sigmoid_vs_softmax", "contrastive.md")])
+def test_study_blocks_are_their_runners_output(study, doc):
+    """A study's results block in docs/ is what its runner's `markdown` prints from the committed JSON."""
+    module = __import__(study)
+    with open(os.path.join(RESULTS, f"{study}.json")) as f:
+        result = json.load(f)
+    with open(os.path.join(ROOT, "docs", doc)) as f:
+        assert module.markdown(result["runs"], result) in f.read()
