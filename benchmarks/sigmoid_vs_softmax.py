@@ -9,7 +9,7 @@ first try, and the sigmoid arms stayed near chance), from the papers' inits (sig
 t=1/0.07, capped at 100). Validation R@1 is logged `--val_evals` times per run (the plateau check: the gain
 over the last quarter of the steps); zero-shot and R@1 on the test split are read once, at the end. Regenerates:
 
-    .venv/bin/python benchmarks/sigmoid_vs_softmax.py             # 18 arms, ~4.5 h on 2 cores (`make data`, scenes/raw)
+    .venv/bin/python benchmarks/sigmoid_vs_softmax.py             # 18 arms, ~5.5 h on 2 cores (scenes/raw: `make bench`)
     .venv/bin/python benchmarks/sigmoid_vs_softmax.py --batches 32 128 --no_report   # one sitting's share
     .venv/bin/python benchmarks/sigmoid_vs_softmax.py --quick     # a smoke run, nothing written
 
