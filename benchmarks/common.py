@@ -100,6 +100,12 @@ def read_runs(path) -> list:
     return rows
 
 
+def last_run(done: list, settings: dict):
+    """The last row of `done` (a runs file's rows) whose values equal `settings` on every key of it; None if none."""
+    found = [r for r in done if {k: r.get(k) for k in settings} == settings]
+    return found[-1] if found else None
+
+
 def append_run(path: str, row: dict) -> None:
     """Appends `row` as one JSON line, on a line of its own even after a truncated last line."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -35,7 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
-from common import append_run, publish_study, read_runs  # noqa: E402
+from common import append_run, last_run, publish_study, read_runs  # noqa: E402
 from seeds import provenance  # noqa: E402
 
 SIZE, PRE_LEN, CHAT_LEN, TURNS = 32, 32, 60, 4
@@ -162,9 +162,9 @@ def run_arms(args, source: dict, runs_file: str) -> list:
     for seed in args.seeds:
         for arm in args.arms:
             want = arm_settings(arm, seed, args)
-            found = [r for r in done if {k: r.get(k) for k in want} == want]
+            found = last_run(done, want)
             if found:
-                rows.append(found[-1])
+                rows.append(found)
                 continue
             rows.append({**train_arm(arm, seed, args), **want, "commit": source["commit"], "dirty": source["dirty"]})
             print(json.dumps({k: v for k, v in rows[-1].items() if not k.startswith("test/")}), flush=True)

@@ -21,8 +21,9 @@ mean, std (ddof=1) and n, the experiment file the config resolved to
 with its sha256, and the commit each seed ran at; prints the markdown table `table()` makes from it. Each finished
 seed is also appended to `--runs_file` (`<out_dir>/runs/seeds.jsonl`, committed with the results), and a seed of the
 same recipe (name, config, overrides, split, eval_data, experiment sha256) found there is not trained again: a
-recipe's seeds accumulate over sittings, and a fresh checkout, which has no workdirs, keeps them. An experiment that resolves outside this checkout
-(a git worktree whose editable install points at another tree) is refused: its runs would train that tree's config.
+recipe's seeds accumulate over sittings, and a fresh checkout, which has no workdirs, keeps them. An experiment that
+resolves outside this checkout (a git worktree whose editable install points at another tree) is refused: its runs
+would train that tree's config.
 """
 import argparse
 import hashlib
@@ -36,7 +37,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import append_run, read_runs  # noqa: E402
+from common import append_run, last_run, read_runs  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
@@ -217,12 +218,11 @@ def main(argv=None):
     runs_file = os.path.join(args.out_dir, "runs", "seeds.jsonl") if args.runs_file is None else args.runs_file
     recipe = {"name": args.name, "config": args.config, "overrides": extra, "split": args.split,
               "eval_data": args.eval_data, "config_sha256": exp_sha}
-    done = [] if args.force else [r for r in read_runs(runs_file) if {k: r.get(k) for k in recipe} == recipe]
+    done = [] if args.force else read_runs(runs_file)
     per_seed, wall, curves, seed_commits, names = {}, {}, {}, {}, eval_names(args.config)
     for s in seeds:
-        found = [r for r in done if r.get("seed") == s]
-        if found:  # finished in an earlier sitting (its workdir may be gone): not trained again
-            row = found[-1]
+        row = last_run(done, {**recipe, "seed": s})
+        if row:  # finished in an earlier sitting (its workdir may be gone): not trained again
             print(f"seed {s}: from {runs_file} (commit {row['commit'][:10]})")
         else:
             metrics, secs, curve = run_seed(args, s, extra, names)

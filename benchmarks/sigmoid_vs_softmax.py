@@ -34,7 +34,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
-from common import append_run, publish_study, read_runs  # noqa: E402
+from common import append_run, last_run, publish_study, read_runs  # noqa: E402
 from seeds import provenance  # noqa: E402
 
 DOC = os.path.join(ROOT, "docs", "contrastive.md")
@@ -197,9 +197,9 @@ def run_arms(args, source: dict, runs_file: str) -> list:
         for loss in LOSSES:
             for seed in args.seeds:
                 want = arm_settings(loss, batch, seed, args)
-                found = [r for r in done if {k: r.get(k) for k in want} == want]
+                found = last_run(done, want)
                 if found:
-                    rows.append(found[-1])
+                    rows.append(found)
                     continue
                 rows.append({**train_arm(loss, batch, seed, args), **want, "workers": getattr(args, "workers", -1),
                              "commit": source["commit"], "dirty": source["dirty"]})

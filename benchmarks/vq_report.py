@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import append_run, read_runs, write_result  # noqa: E402
+from common import append_run, last_run, read_runs, write_result  # noqa: E402
 from seeds import provenance  # noqa: E402
 
 from vlmjax.core.loop import Trainer  # noqa: E402
@@ -97,9 +97,9 @@ def run_all(args, source: dict) -> list:
         for variant in VARIANTS:
             for k in SIZES:
                 want = {"variant": variant, "num_codes": k, "seed": seed, "steps": args.steps}
-                found = [r for r in done if {key: r.get(key) for key in want} == want]
+                found = last_run(done, want)
                 if found:
-                    rows.append(found[-1])
+                    rows.append(found)
                     continue
                 wd = os.path.join(args.workdir, f"seed{seed}", f"{variant.replace(' ', '')}_{k}")
                 rows.append({**run_one(variant, k, seed, args, wd), "commit": source["commit"],

@@ -64,7 +64,8 @@ def test_the_committed_runs_file_resumes_the_default_study(monkeypatch):
     monkeypatch.setattr(svs, "train_arm", no_training)
     args = svs.parse_args([])
     done = svs.read_runs(args.runs_file)
-    complete = [b for b in sorted({r["batch"] for r in done}) if sum(r["batch"] == b for r in done) == len(svs.LOSSES) * len(args.seeds)]
+    per_batch = len(svs.LOSSES) * len(args.seeds)
+    complete = [b for b in sorted({r["batch"] for r in done}) if sum(r["batch"] == b for r in done) == per_batch]
     assert complete, "no batch size is complete in the runs file"
     args.batches = complete
     rows = svs.run_arms(args, {"commit": "x" * 40, "dirty": False}, args.runs_file)
