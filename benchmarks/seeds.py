@@ -5,6 +5,8 @@ docs/ goes through.
     python benchmarks/seeds.py --name vit_scenes --config experiments/vit_scenes.py --seeds 0,1,2 --split test
     python benchmarks/seeds.py ... -- --config.total_steps=1200     # anything after `--` goes to vlmjax-train
     python benchmarks/seeds.py --name vit_scenes --config experiments/vit_scenes.py --eval_data scenes/texture
+    python benchmarks/seeds.py --name prefixlm_pretrain --config prefixlm_scenes:pretrain --seeds 0,1,2 \
+        -- --config.init_from.workdir=workdirs/seeds/vit_scenes/seed{seed}          # a chain: each seed's own stage 1
 
 Each seed is one `vlmjax-train` process (`--config.seed=<s>`, workdir `<workdir_root>/<name>/seed<s>`; a finished
 workdir is not trained again) whose own periodic evaluations read `validation` only, then one `vlmjax-eval` process
@@ -24,6 +26,12 @@ same recipe (name, config, overrides, split, eval_data, experiment sha256) found
 recipe's seeds accumulate over sittings, and a fresh checkout, which has no workdirs, keeps them. An experiment that
 resolves outside this checkout (a git worktree whose editable install points at another tree) is refused: its runs
 would train that tree's config.
+
+A recipe that starts from another recipe's runs (a multi-stage chain: a `vit_scenes` tower, then prefix-LM
+pretraining, then chat) writes `{seed}` in an override, e.g. `--config.init_from.workdir=workdirs/seeds/A/seed{seed}`:
+seed s trains from seed s of stage A, so the stages' seeds pair up. The runs file keeps the override as written.
+A seed whose `init_from.workdir` does not exist stops before training, naming it (a fresh checkout has the upstream
+stage's runs-file rows but not its workdirs).
 """
 import argparse
 import hashlib
@@ -149,10 +157,23 @@ def seed_workdir(args, seed: int) -> str:
     return os.path.join(args.workdir_root, args.name, f"seed{seed}")
 
 
+def for_seed(extra: list, seed: int) -> list:
+    """`extra` with every `{seed}` replaced by `seed` (a chain's per-seed upstream workdir)."""
+    return [a.replace("{seed}", str(seed)) for a in extra]
+
+
+def missing_init_from(extra: list) -> list:
+    """The `--config.init_from.workdir=` values of `extra` (after `for_seed`) that are not directories."""
+    flag = "--config.init_from.workdir="
+    paths = [a[len(flag):] for a in extra if a.startswith(flag)]
+    return [p for p in paths if p and not os.path.isdir(os.path.join(ROOT, p))]
+
+
 def commands(args, seed: int, extra: list, names: list) -> tuple:
-    """(train, evaluate) command lines of one seed. Training is the same with or without `args.eval_data` (a
-    finished workdir resumes at its last step and is not trained again); only the evaluation reads eval_data."""
-    workdir = seed_workdir(args, seed)
+    """(train, evaluate) command lines of one seed (`{seed}` in `extra` replaced). Training is the same with or
+    without `args.eval_data` (a finished workdir resumes at its last step and is not trained again); only the
+    evaluation reads eval_data."""
+    workdir, extra = seed_workdir(args, seed), for_seed(extra, seed)
     train = [sys.executable, "-m", "vlmjax.cli", "--config", args.config, "--workdir", workdir,
              f"--config.seed={seed}", *split_overrides(names, "validation"), *extra]
     evaluate = [sys.executable, "-m", "vlmjax.cli.evaluate", "--workdir", workdir, "--config", args.config,
@@ -166,6 +187,11 @@ def run_seed(args, seed: int, extra: list, names: list) -> tuple:
     """(final eval metrics on `args.split` of `args.eval_data`, wall seconds, validation curve) of one seed: train
     (validation evals), then evaluate. `names`: the experiment's evaluators."""
     t = time.time()
+    missing = missing_init_from(for_seed(extra, seed))
+    if missing:
+        raise SystemExit(f"error: seed {seed} starts from --config.init_from.workdir={missing[0]}, which does not "
+                         f"exist: train that stage's seed {seed} first (its runs-file row does not bring back its "
+                         f"workdir; `seeds.py --force` on validation retrains it)")
     train, evaluate = commands(args, seed, extra, names)
     r = subprocess.run(train, cwd=ROOT)
     if r.returncode != 0:

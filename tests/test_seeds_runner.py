@@ -99,6 +99,20 @@ def test_two_seeds_on_validation(tmp_path, scenes_tiny_dir):
     assert rc == 0 and not (tmp_path / "fresh").exists()
     assert again["per_seed"] == result["per_seed"] and again["seed_commits"] == result["seed_commits"]
     assert len((tmp_path / "runs" / "seeds.jsonl").read_text().splitlines()) == 2
+    # a second stage chained on the first: seed 1 starts from the first stage's seed 1, and no seed trains when
+    # the stage it starts from has no workdir
+    stage2 = ["--name", "tiny2", "--config", "experiments/vit_scenes.py:runlocal", "--workdir_root",
+              str(tmp_path / "w"), "--out_dir", str(tmp_path), "--", "--config.total_steps=3",
+              f"--config.data.data_dir={scenes_tiny_dir}", "--config.checkpoint.every_steps=3",
+              f"--config.init_from.workdir={tmp_path / 'w' / 'tiny'}/seed{{seed}}", "--config.init_from.include=.*"]
+    assert seeds.main(["--seeds", "1", *stage2]) == 0
+    cfg = json.loads((tmp_path / "w" / "tiny2" / "seed1" / "config.json").read_text())
+    assert cfg["init_from"]["workdir"] == str(tmp_path / "w" / "tiny" / "seed1")
+    with pytest.raises(SystemExit, match="seed 7 starts from --config.init_from.workdir=.*/tiny/seed7, which does not"):
+        seeds.main(["--seeds", "7", *stage2])
+    assert not (tmp_path / "w" / "tiny2" / "seed7").exists()
+    row = json.loads((tmp_path / "runs" / "seeds.jsonl").read_text().splitlines()[-1])
+    assert row["seed"] == 1 and any(a.endswith("/seed{seed}") for a in row["overrides"])  # kept as written
 
 
 def test_parse_eval_lines():
