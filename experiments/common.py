@@ -34,11 +34,12 @@ def parse_arg(arg, known, experiment: str, combine: bool = False):
     return set(given) if combine else (arg or None)
 
 
-def image_pp(size=None, key: str = "image") -> list:
-    """Evaluation image ops: decode, a resize to `size` (an int or (h, w); none when falsy), values to [-1, 1]."""
+def image_pp(size=None, key: str = "image", method: str = "bilinear") -> list:
+    """Evaluation image ops: decode, a resize to `size` (an int or (h, w); none when falsy) by `method`, values to
+    [-1, 1]."""
     pp = [dict(op="decode", key=key)]
     if size:
-        pp.append(dict(op="resize", key=key, size=size))
+        pp.append(dict(op="resize", key=key, size=size, **({} if method == "bilinear" else {"method": method})))
     return pp + [dict(op="value_range", key=key, vmin=-1, vmax=1)]
 
 

@@ -26,8 +26,9 @@ and writes them as a step-0 checkpoint, so the workdir is a vlmjax run (`vlmjax-
 Text goes through the `tokenize` op as HF's SiglipTokenizer prepares it: canonicalised (punctuation removed, lower
 case, whitespace collapsed), eos appended (kept when a text is cut), padded with eos (`</s>`, id 1, what SigLIP was trained with:
 the text tower has no padding mask and pools at the last position, so the pad id matters); the ids equal HF's
-(tests/test_siglip_hf_experiment.py). Images: HF resizes bicubic, our `resize` op bilinear; both map values to
-[-1, 1]. Given the same token ids and pixels, the imported model's embeddings equal HF's.
+(tests/test_siglip_hf_experiment.py). Images are resized bicubic (Pillow's) and mapped to [-1, 1], as HF's
+Pillow image processor (`SiglipImageProcessorPil`) does: the pixels equal its output to 1e-6 (tested; HF's
+torchvision backend, its default where torchvision is installed, resizes with torchvision's bicubic: not compared). Given the same token ids and pixels, the imported model's embeddings equal HF's.
 """
 import json
 import os
@@ -77,7 +78,7 @@ def read_hf_config(folder: str) -> dict:
 def preprocess(size, text_len, caption_key="captions/text"):
     txt = [dict(op="choice", key=caption_key, out="text"), dict(op="tokenize", max_len=text_len, key="text",
                                                                    pad_id="eos", canonicalize=True, keep_eos=True)]
-    return image_pp(size), txt
+    return image_pp(size, method="bicubic"), txt
 
 
 def get_config(arg=None):

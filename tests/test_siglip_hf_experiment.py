@@ -106,3 +106,32 @@ def test_text_ids_equal_hf_siglip_tokenizer(hf_folder):
                  "red circle left of yellow triangle above blue square left of purple star above green circle"]:
         ref = hf_tok(text, padding="max_length", max_length=12, truncation=True)["input_ids"]
         assert ours({"text": text}, None)["text"].tolist() == ref, text
+
+
+def test_image_pixels_equal_hf_siglip_image_processor(hf_folder, tmp_path):
+    """The eval image ops siglip_hf configures (decode, bicubic resize, [-1, 1]) give HF's Pillow image processor's
+    pixel values for a PNG of another size and aspect."""
+    import io
+
+    transformers = pytest.importorskip("transformers")
+    from PIL import Image
+
+    from vlmjax.data.ops import get_preprocess_fn
+
+    processor = getattr(transformers, "SiglipImageProcessorPil", None)
+    if processor is None:  # transformers 4: the Pillow processor is the only one
+        processor = transformers.SiglipImageProcessor
+    folder, _ = hf_folder
+    config = load_experiment(f"siglip_hf:{folder},runlocal")
+    ops = [op for op in config.evals.zeroshot.data.preprocess if op["op"] != "keep"]
+    rng = np.random.default_rng(0)
+    for h, w in ((37, 53), (64, 24)):
+        png = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(png, format="PNG")
+        ours = get_preprocess_fn(ops)({"image": png.getvalue()}, None)["image"]
+        ref = processor(size={"height": 16, "width": 16})(images=Image.open(io.BytesIO(png.getvalue())),
+                                                           return_tensors="np")["pixel_values"][0]
+        assert ours.shape == (16, 16, 3)
+        np.testing.assert_allclose(ours, ref.transpose(1, 2, 0), atol=1e-6)
+        bilinear = get_preprocess_fn([dict(op, method="bilinear") if op["op"] == "resize" else op for op in ops])
+        assert np.abs(bilinear({"image": png.getvalue()}, None)["image"] - ours).max() > 1e-2  # the method matters
