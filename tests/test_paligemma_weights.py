@@ -225,6 +225,19 @@ def test_init_from_hf_paligemma_and_export_with_the_cli(paligemma, tmp_path):
     np.testing.assert_allclose(hf_paligemma_logits(back, images, ours_ids, token_type),
                                hf_paligemma_logits(paligemma, images, ids, token_type), atol=1e-4, rtol=0)
     want = flatten(pw.load_hf_paligemma(out))
+    # the folder loads back into vlmjax (its config and tokenizer beside HF's files), scanned LM as the run has it
+    import vlmjax
+
+    run, back = vlmjax.load(wd), vlmjax.load(out)
+    got, ref = flatten(back.variables["params"]), flatten(run.variables["params"])
+    assert "lm/blocks/attn/q_kernel" in ref and sorted(got) == sorted(ref)
+    assert all(np.array_equal(got[k], ref[k]) for k in ref)
+    image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    assert back.answer(image, "example", max_new_tokens=4) == run.answer(image, "example", max_new_tokens=4)
+    same = {k: v for k, v in run.config.to_dict().items() if k != "tokenizer"}
+    assert {k: v for k, v in back.config.to_dict().items() if k != "tokenizer"} == same
+    with open(run.config.tokenizer, "rb") as a, open(back.config.tokenizer, "rb") as b:
+        assert a.read() == b.read()
     npz = str(tmp_path / "run.npz")
     assert export_cli.main(["--workdir", wd, "--format", "big_vision_paligemma", "--out", npz]) == 0
     got = flatten(pw.load_big_vision_paligemma(npz))

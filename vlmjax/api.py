@@ -72,7 +72,8 @@ def load_run(workdir: str, tasks=None, keys=("params", "model_state"), step: int
 
 def load(path: str, step: int = None):
     """The run in `path` as its family's model object (see the module docstring): a `vlmjax-train` workdir
-    (checkpoint `step`, default: the latest) or a folder written by `vlmjax-export --format hf_siglip`."""
+    (checkpoint `step`, default: the latest) or a folder written by `vlmjax-export --format hf_siglip` (towers) or
+    `--format hf_paligemma` (a prefix-LM)."""
     if os.path.isfile(os.path.join(path, EXPORT_CONFIG)):
         return _load_export(path)
     name = load_run_config(path).get("task", "")
@@ -82,9 +83,11 @@ def load(path: str, step: int = None):
     return FAMILIES[name](*load_run(path, (name,), step=step, where="workdir"), workdir=path)
 
 
-# What `vlmjax-export --format hf_siglip` adds to the HF folder so that `load` can rebuild the run from it: the
-# run's resolved config and its SentencePiece model (HF's own files stay untouched).
+# What `vlmjax-export` adds to a HF folder that holds a whole model so that `load` can rebuild the run from it: the
+# run's resolved config and its SentencePiece model (HF's own files stay untouched). The format of each family's
+# whole-model folder (hf_gemma holds the LM alone; .npz files are no folders):
 EXPORT_CONFIG, EXPORT_TOKENIZER = "vlmjax_config.json", "vlmjax_spm.model"
+EXPORT_FORMATS = {"contrastive": "hf_siglip", "prefixlm": "hf_paligemma"}
 
 
 def save_export_config(config, out_dir: str) -> list:
@@ -104,13 +107,25 @@ def save_export_config(config, out_dir: str) -> list:
     return paths
 
 
+def _param_shapes(task) -> dict:
+    """{parameter path: shape} of `task`'s model, traced (nothing is allocated or compiled)."""
+    import jax
+    from flax import linen as nn
+
+    from vlmjax.core.optim import param_path
+
+    params = nn.unbox(jax.eval_shape(task.init, jax.random.key(0), task.dummy_batch(1))["params"])
+    return {param_path(p): tuple(leaf.shape) for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+
+
 def _load_export(folder: str):
-    """A TwoTowerModel from an exported hf_siglip folder: its weights through the HF importer."""
+    """The run of an exported hf_siglip / hf_paligemma folder: its weights through the HF importer, in the layout
+    (scanned blocks or not) of the run's own modules."""
     import json
 
     import ml_collections
 
-    from vlmjax.models import two_towers
+    from vlmjax.models import foreign, two_towers
     from vlmjax.models.weight_files import flatten, nest, stack_blocks
     from vlmjax.tasks import get_task_class
     from vlmjax.core import config as config_lib
@@ -118,12 +133,18 @@ def _load_export(folder: str):
     with open(os.path.join(folder, EXPORT_CONFIG)) as f:
         raw = ml_collections.ConfigDict(json.load(f))
     raw.tokenizer = os.path.join(folder, EXPORT_TOKENIZER)
+    if raw.get("task") not in EXPORT_FORMATS:
+        raise ValueError(f"{folder!r}: {EXPORT_CONFIG} has config.task={raw.get('task')!r}; vlmjax.load opens "
+                         f"exports of {', '.join(f'{t} runs ({f})' for t, f in EXPORT_FORMATS.items())}")
     task_cls = get_task_class(raw.task)
     task = task_cls(config_lib.resolve(raw, task_cls.config_defaults()))
-    params = two_towers.load(folder)
-    for tower, key in (("image", "img"), ("text", "txt")):  # blocks stacked where the run's modules scan them
-        if task.config.model[tower].get("scan_layers", False):
-            params[key] = nest(stack_blocks(flatten(params[key])))
+    if raw.task == "prefixlm":
+        params = foreign.load(EXPORT_FORMATS[raw.task], folder, _param_shapes(task))
+    else:
+        params = two_towers.load(folder)
+        for tower, key in (("image", "img"), ("text", "txt")):  # blocks stacked where the run's modules scan them
+            if task.config.model[tower].get("scan_layers", False):
+                params[key] = nest(stack_blocks(flatten(params[key])))
     return FAMILIES[raw.task](task, {"params": params}, workdir=folder)
 
 

@@ -13,7 +13,8 @@ holds the run's config and SentencePiece model (`vlmjax_config.json`, `vlmjax_sp
 `big_vision`: the two towers' params in one `.npz` under the names of big_vision's released SigLIP checkpoints
 ('params/img/Transformer/encoderblock_0/...', layers unrolled), which `config.init_from` (format 'big_vision') reads.
 `hf_paligemma` / `hf_gemma` / `big_vision_paligemma`: a prefix-LM run as a HF `PaliGemmaForConditionalGeneration`
-folder, its LM alone as a `GemmaForCausalLM` folder, or a big_vision PaliGemma `.npz`
+folder (with the run's config and SentencePiece model, as `hf_siglip`: `vlmjax.load(folder)` answers as the run
+did), its LM alone as a `GemmaForCausalLM` folder, or a big_vision PaliGemma `.npz`
 (vlmjax/models/paligemma_weights.py, docs/prefixlm.md).
 Exit code 2 on bad input.
 """
@@ -39,7 +40,7 @@ def export(workdir: str, fmt: str, out: str, step: int = None) -> list:
     """Writes the run's checkpoint `step` (default: latest) to `out` in format `fmt`; returns the written paths."""
     if fmt not in FORMATS:
         raise ValueError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
-    from vlmjax.api import load_run, load_run_config, save_export_config
+    from vlmjax.api import EXPORT_FORMATS, load_run, load_run_config, save_export_config
     from vlmjax.models import foreign
 
     raw = load_run_config(workdir)
@@ -50,7 +51,7 @@ def export(workdir: str, fmt: str, out: str, step: int = None) -> list:
     foreign.check_exportable(raw.model, fmt)  # before the checkpoint is read
     task, variables, _ = load_run(workdir, (kind,), keys=("params",), step=step)
     paths = foreign.export(fmt, variables["params"], task.config.model, out)
-    return paths + (save_export_config(task.config, out) if fmt == "hf_siglip" else [])
+    return paths + (save_export_config(task.config, out) if fmt in EXPORT_FORMATS.values() else [])
 
 
 def export_main(_) -> int:
