@@ -53,6 +53,8 @@ def defaults() -> ml_collections.ConfigDict:
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
     c.init_from = ml_collections.ConfigDict(dict(workdir="", path="", format="", include=".*", rewrite=[]))
     c.debug = ml_collections.ConfigDict(dict(sleep_per_step=0.0))
+    # A jax.profiler trace of steps start_step .. start_step + steps - 1 into dir (default <workdir>/profile); 0: off.
+    c.profile = ml_collections.ConfigDict(dict(start_step=0, steps=5, dir=""))
     # Weights & Biases: off while `project` is empty; `name` defaults to the workdir's name (core/metrics.py).
     c.wandb = ml_collections.ConfigDict(dict(project="", entity="", name="", mode=""))
     return c
@@ -163,6 +165,9 @@ def check_runtime(config, num_devices: int, process_count: int = 1) -> tuple:
             raise ValueError(f"config.evals.{name}.data.batch_size={ev.data.batch_size}: must be >= 1")
     if config.nan_policy not in ("stop", "skip"):
         raise ValueError(f"config.nan_policy={config.nan_policy!r}: expected 'stop' or 'skip'")
+    if config.profile.start_step < 0 or config.profile.steps < 1:
+        raise ValueError(f"config.profile: start_step={config.profile.start_step} (>= 0; 0: no trace) and "
+                         f"steps={config.profile.steps} (>= 1) traces steps start_step .. start_step + steps - 1")
     if config.total_steps < 0:
         raise ValueError(f"config.total_steps={config.total_steps}: must be >= 0 (0: evaluate the initial or "
                          f"imported weights, train nothing)")

@@ -32,6 +32,7 @@ from vlmjax.core.mesh import (batch_sharding, data_parallel_size, like_params_sh
                                rules_from_config)
 from vlmjax.core.metrics import CLEAR_LINE, MetricWriter, Progress
 from vlmjax.core.optim import make_optimizer
+from vlmjax.core.profiling import StepProfiler
 from vlmjax.core.restore_check import check_resume_config
 from vlmjax.core.run_paths import record_launch_dir
 from vlmjax.core.runtime import Runtime
@@ -349,6 +350,7 @@ class Trainer(Runtime):
         progress = Progress(cfg.total_steps, cfg.batch_size, start)
         self.peak_flops, peak_src = peak_flops(self.mesh.devices.flat[0])  # outside the mesh: it runs a matmul
         preemption = PreemptionWatcher()
+        profiler = StepProfiler(cfg.profile, self.workdir, log)
         final, self.preempted = {}, False
         if start >= cfg.total_steps:  # already finished: report its evaluation instead of silently exiting
             with jax.set_mesh(self.mesh):
@@ -370,7 +372,9 @@ class Trainer(Runtime):
                         log(f"train step: {self.step_flops['model']:.4g} model FLOPs per device "
                             f"({self.step_flops['hardware']:.4g} with recomputation); peak "
                             f"{self.peak_flops:.4g} FLOP/s ({peak_src})")
-                    state, metrics = self._compiled(state, gbatch)
+                    with profiler.step(step):
+                        state, metrics = self._compiled(state, gbatch)
+                    profiler.done(step, metrics)
                     if jax.process_index() == 0:
                         progress.tick(step)
                     will_save = step == cfg.total_steps or ckpt.mngr.should_save(step)
@@ -408,6 +412,7 @@ class Trainer(Runtime):
                     if cfg.debug.sleep_per_step:
                         time.sleep(cfg.debug.sleep_per_step)
         finally:
+            profiler.close()
             preemption.close()
             ckpt.close()
             writer.close()
