@@ -19,7 +19,10 @@ Per row: examples/s (median of timed rounds), model FLOPs per step (counted on o
 trainer logs as train/mfu; checked against the analytic count), MFU against the chip's bf16 peak, peak memory
 (ours: XLA's buffer assignment for the compiled step; torch: max_memory_allocated) and compile time. Phases run in
 priority order within `--budget_s`, and the JSON is rewritten after every phase, so a run that is cut short still
-reports what it measured. Writes benchmarks/results/accelerator_step_<platform>.json (or under --out).
+reports what it measured. Each of our rows also carries `profile`: `--profile_steps` steps traced with
+jax.profiler after the timed rounds, as device time by XLA op (the top 20) and the share of the traced span the
+device was busy (what tells a scanned step's extra copies, or a host-bound step, from slower kernels).
+Writes benchmarks/results/accelerator_step_<platform>.json (or under --out).
 """
 import argparse
 import functools
@@ -38,6 +41,8 @@ ap.add_argument("--budget_s", type=float, default=1e9, help="skip phases that wo
 ap.add_argument("--rounds", type=int, default=3)
 ap.add_argument("--steps", type=int, default=5, help="steps per timed round")
 ap.add_argument("--out", default="", help="folder for the JSON (default benchmarks/results)")
+ap.add_argument("--profile_steps", type=int, default=3, help="steps of each of our rows traced with jax.profiler "
+                "after timing, summarised by XLA op into the row's `profile` (0: none)")
 ARGS = ap.parse_args()
 if ARGS.cpu:
     os.environ["JAX_PLATFORMS"] = "cpu"
@@ -54,6 +59,7 @@ from common import RESULTS, timing_setup  # noqa: E402
 from vlmjax.models import siglip_hf, weight_files  # noqa: E402
 from vlmjax.core.flops import memory_of, peak_flops  # noqa: E402
 from vlmjax.core.loop import Trainer  # noqa: E402
+from vlmjax.core.profiling import trace_summary  # noqa: E402
 
 T0 = time.time()
 tokenizer = functools.cache(timing_setup)  # one SentencePiece model for every variant
@@ -255,12 +261,31 @@ def jax_row(trainer, state, batch):
     with jax.set_mesh(trainer.mesh):
         losses = [float(step()) for _ in range(2)]
         sec, all_s = median_step_s(step)
+        profile = op_profile(step)
     n = len(next(iter(batch.values())))
     return dict(step_s_all=all_s, compile_s=compile_s, peak_bytes=peak, peak_bytes_per_example=peak / n,
+                profile=profile,
                 memory_analysis=mem, hardware_flops_per_step=trainer.step_flops["hardware"],
                 hfu=trainer.step_flops["hardware"] / sec / PEAK if PEAK == PEAK else None,
                 flops_source="jaxpr (trainer.step_flops)", sec=sec,
                 model_flops=trainer.step_flops["model"]), losses
+
+
+def op_profile(step):
+    """Device time by XLA op over `--profile_steps` steps, traced after the timed rounds (`profiling.
+    op_time_summary`: the top ops and the device's busy fraction), or None with --profile_steps 0."""
+    if not ARGS.profile_steps:
+        return None
+    directory = tempfile.mkdtemp()
+    jax.profiler.start_trace(directory)
+    try:
+        for i in range(ARGS.profile_steps):
+            with jax.profiler.StepTraceAnnotation("train", step_num=i):
+                out = step()
+        block(out)
+    finally:
+        jax.profiler.stop_trace()
+    return dict(trace_summary(directory, top=20), steps=ARGS.profile_steps)
 
 
 def siglip_jax(name, cfg, state_dict, batch, workdir):

@@ -28,6 +28,10 @@ def test_every_requested_phase_ran(result):
     assert "pod" in result["siglip"]["rows"] and "ours_pod" in result["prefixlm"]["rows"]
     for row in list(result["siglip"]["rows"].values()) + list(result["prefixlm"]["rows"].values()):
         assert row["examples_per_s"] > 0 and row["model_flops_per_step"] > 0
+    for row in (result["siglip"]["rows"]["pod"], result["prefixlm"]["rows"]["ours_pod"]):  # our rows' op profile
+        profile = row["profile"]
+        assert profile["steps"] == 3 and profile["op_ms"] > 0 and len(profile["ops"]) == 20
+        assert any(name.startswith(("dot", "ynn_fusion", "convolution")) for name, _, _ in profile["ops"])
 
 
 def test_trainer_flops_equal_the_analytic_counts(result):
