@@ -277,7 +277,10 @@ def op_profile(step):
     if not ARGS.profile_steps:
         return None
     directory = tempfile.mkdtemp()
-    jax.profiler.start_trace(directory)
+    try:  # the profiler needs CUPTI on GPU: a machine without it loses the profile, never the row's timings
+        jax.profiler.start_trace(directory)
+    except Exception as e:
+        return {"error": f"start_trace: {type(e).__name__}: {e}"[:500]}
     try:
         for i in range(ARGS.profile_steps):
             with jax.profiler.StepTraceAnnotation("train", step_num=i):
@@ -285,7 +288,10 @@ def op_profile(step):
         block(out)
     finally:
         jax.profiler.stop_trace()
-    return dict(trace_summary(directory, top=20), steps=ARGS.profile_steps)
+    try:
+        return dict(trace_summary(directory, top=20), steps=ARGS.profile_steps)
+    except Exception as e:
+        return {"error": f"trace_summary: {type(e).__name__}: {e}"[:500]}
 
 
 def siglip_jax(name, cfg, state_dict, batch, workdir):
