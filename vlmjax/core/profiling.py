@@ -6,7 +6,8 @@
 `start_step` 0 (the default) traces nothing. Steps `start_step .. start_step + steps - 1` are traced, each marked
 with a `StepTraceAnnotation` (the plugin's step view); the trace stops once the last traced step's results are
 ready, so the window holds whole steps. Start after the first step: that one compiles. A run resumed past the
-window traces nothing. Each process writes its own trace (named by host) under `dir` (default `<workdir>/profile`).
+window traces nothing. The trace goes under `dir` (default `<workdir>/profile`), in `process_<i>/` when the run
+has several processes (traces are named by host, and local processes share one).
 A bad setting stops the run before anything compiles (`config.check_runtime`); the setting may change on resume.
 """
 import contextlib
@@ -22,6 +23,8 @@ class StepProfiler:
         self.first = int(cfg.start_step)
         self.last = self.first + int(cfg.steps) - 1
         self.dir = cfg.dir or os.path.join(workdir, "profile")
+        if jax.process_count() > 1:
+            self.dir = os.path.join(self.dir, f"process_{jax.process_index()}")
         self.active, self._log = False, log
 
     def step(self, step: int):
