@@ -12,6 +12,7 @@ over the last quarter of the steps); zero-shot and R@1 on the test split are rea
     .venv/bin/python benchmarks/sigmoid_vs_softmax.py             # 18 arms, ~5.5 h on 2 cores (scenes/raw: `make bench`)
     .venv/bin/python benchmarks/sigmoid_vs_softmax.py --batches 32 128 --no_report   # one sitting's share
     .venv/bin/python benchmarks/sigmoid_vs_softmax.py --quick     # a smoke run, nothing written
+    .venv/bin/python benchmarks/sigmoid_vs_softmax.py --long 32:38400 128:19200  # + those batches trained longer
 
 Each finished arm is appended to `--runs_file` (one JSON line with its settings and the commit it ran at;
 benchmarks/results/runs/sigmoid_vs_softmax.jsonl, committed after each sitting so a fresh checkout resumes), and an
@@ -84,13 +85,13 @@ def run_config(loss: str, batch: int, steps: int, seed: int, args):
     return c
 
 
-def train_arm(loss: str, batch: int, seed: int, args) -> dict:
+def train_arm(loss: str, batch: int, steps: int, seed: int, args) -> dict:
     import jax
 
     from vlmjax.core.loop import train
     from vlmjax.core.metrics import read_metrics
 
-    cfg = run_config(loss, batch, args.steps, seed, args)
+    cfg = run_config(loss, batch, steps, seed, args)
     with tempfile.TemporaryDirectory() as wd:
         t0 = time.time()
         final = train(cfg, wd, devices=jax.devices()[:1])
@@ -98,7 +99,7 @@ def train_arm(loss: str, batch: int, seed: int, args) -> dict:
         curve = [{"step": r["step"], "img2txt_r1": r["eval/retrieval/img2txt_r@1"],
                   "txt2img_r1": r["eval/retrieval/txt2img_r@1"], "zeroshot": r["eval/zeroshot/accuracy"]}
                  for r in read_metrics(wd) if "eval/retrieval/img2txt_r@1" in r]
-    return {"loss": loss, "batch": batch, "seed": seed, "steps": args.steps, "examples": args.steps * batch,
+    return {"loss": loss, "batch": batch, "seed": seed, "steps": steps, "examples": steps * batch,
             "seconds": round(secs, 1), "temperature": final.get("train/temperature"), "bias": final.get("train/bias"),
             "validation_curve": curve,
             "zeroshot": final["eval/zeroshot_test/accuracy"], "img2txt_r1": final["eval/retrieval_test/img2txt_r@1"],
@@ -111,17 +112,18 @@ def last_quarter_gain(curve, steps: int) -> float:
     return r1(curve[-1]) - r1(max((c for c in curve if c["step"] <= 0.75 * steps), key=lambda c: c["step"]))
 
 
-def arm_settings(loss: str, batch: int, seed: int, args) -> dict:
+def arm_settings(loss: str, batch: int, steps: int, seed: int, args) -> dict:
     """What makes two arms the same run (the key of `--runs_file`)."""
-    return {"loss": loss, "batch": batch, "seed": seed, "steps": args.steps, "eval_examples": args.eval_examples,
+    return {"loss": loss, "batch": batch, "seed": seed, "steps": steps, "eval_examples": args.eval_examples,
             "val_evals": args.val_evals, "tb_lr_mult": args.tb_lr_mult, "dataset": args.dataset}
 
 
 def arms(rows) -> dict:
-    """{(loss, batch): {metric: (mean, std)}} over seeds, test metrics, plus the last quarter's validation gain."""
+    """{(loss, batch, steps): {metric: (mean, std)}} over seeds, test metrics, plus the last quarter's validation
+    gain."""
     out = {}
-    for key in sorted({(r["loss"], r["batch"]) for r in rows}):
-        rs = [r for r in rows if (r["loss"], r["batch"]) == key]
+    for key in sorted({(r["loss"], r["batch"], r["steps"]) for r in rows}):
+        rs = [r for r in rows if (r["loss"], r["batch"], r["steps"]) == key]
         stats = {}
         for m, _ in METRICS:
             v = [r[m] for r in rs]
@@ -135,23 +137,29 @@ def arms(rows) -> dict:
     return out
 
 
-def plot(rows, path: str) -> None:
+def equal_steps(rows, steps: int) -> list:
+    """The rows of the equal-steps grid (the `--long` arms left out)."""
+    return [r for r in rows if r["steps"] == steps]
+
+
+def plot(rows, path: str, steps: int) -> None:
+    """Test metrics against batch size, the equal-steps arms only."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    stats = arms(rows)
-    batches = sorted({b for _, b in stats})
+    stats = arms(equal_steps(rows, steps))
+    batches = sorted({b for _, b, _ in stats})
     fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.2))
     for ax, (m, title) in zip(axes, METRICS):
         for loss in LOSSES:
-            mean = [stats[(loss, b)][m][0] for b in batches]
-            std = [stats[(loss, b)][m][1] for b in batches]
+            mean = [stats[(loss, b, steps)][m][0] for b in batches]
+            std = [stats[(loss, b, steps)][m][1] for b in batches]
             ax.errorbar(batches, mean, yerr=std, marker="o", capsize=3, label=loss)
         ax.set_xscale("log", base=2)
         ax.set_xticks(batches, [str(b) for b in batches])
-        ax.set_xlabel("batch size (equal steps)")
+        ax.set_xlabel(f"batch size ({steps} steps each)")
         ax.set_title(f"test {title}")
         ax.grid(alpha=0.3)
     axes[0].legend()
@@ -160,48 +168,67 @@ def plot(rows, path: str) -> None:
     plt.close(fig)
 
 
+def _table(stats, f) -> list:
+    lines = ["| loss | batch | steps | zero-shot | img→txt R@1 | txt→img R@1 | val gain (last quarter) | final t | "
+             "final b |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for (loss, batch, steps), s in sorted(stats.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])):
+        bias = "—" if s["bias"] is None else f"{s['bias'][0]:.2f}"
+        lines.append(f"| {loss} | {batch} | {steps} | {f(s['zeroshot'])} | {f(s['img2txt_r1'])} | "
+                     f"{f(s['txt2img_r1'])} | {s['last_quarter_gain'][0]:+.3f} | {s['temperature'][0]:.1f} | {bias} |")
+    return lines
+
+
+def _gaps(stats) -> list:
+    """One line per (batch, steps) that has both losses: sigmoid minus softmax, zero-shot and mean R@1."""
+    lines = []
+    for b, n in sorted({(b, n) for _, b, n in stats}, key=lambda bn: (bn[1], bn[0])):
+        s, x = stats.get(("sigmoid", b, n)), stats.get(("softmax", b, n))
+        if s and x:
+            dr = ((s["img2txt_r1"][0] + s["txt2img_r1"][0]) - (x["img2txt_r1"][0] + x["txt2img_r1"][0])) / 2
+            lines.append(f"- batch {b}, {n} steps: sigmoid {100 * (s['zeroshot'][0] - x['zeroshot'][0]):+.1f} points "
+                         f"zero-shot, {100 * dr:+.1f} points mean R@1 vs softmax.")
+    return lines
+
+
 def markdown(rows, result) -> str:
-    stats = arms(rows)
-    lo, hi = min(b for _, b in stats), max(b for _, b in stats)
+    steps = result["steps"]
+    grid = arms(equal_steps(rows, steps))
+    longer = arms([r for r in rows if r["steps"] != steps])
+    lo, hi = min(b for _, b, _ in grid), max(b for _, b, _ in grid)
     f = lambda ms: f"{ms[0]:.3f} ± {ms[1]:.3f}"  # noqa: E731
     lines = [BEGIN, "",
-             f"{result['steps']} steps for every arm (batch {lo} sees {lo * result['steps']} examples, {hi} sees "
-             f"{hi * result['steps']}); seeds {', '.join(map(str, result['seeds']))}; test metrics on the first "
+             f"{steps} steps for every arm (batch {lo} sees {lo * steps} examples, {hi} sees "
+             f"{hi * steps}); seeds {', '.join(map(str, result['seeds']))}; test metrics on the first "
              f"{result['eval_examples']} test images, read once at the end; `val gain` is the last quarter's change "
              f"of the mean validation R@1 (near 0: the run had stopped improving). Arms ran at commit "
              f"{', '.join('`' + c[:10] + '`' for c in result.get('arm_commits', [result['commit']]))}. "
-             f"Regenerate: `{result['command']}`.", "",
-             "| loss | batch | zero-shot | img→txt R@1 | txt→img R@1 | val gain (last quarter) | final t | "
-             "final b |",
-             "|---|---|---|---|---|---|---|---|"]
-    for (loss, batch), s in sorted(stats.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        bias = "—" if s["bias"] is None else f"{s['bias'][0]:.2f}"
-        lines.append(f"| {loss} | {batch} | {f(s['zeroshot'])} | {f(s['img2txt_r1'])} | {f(s['txt2img_r1'])} | "
-                     f"{s['last_quarter_gain'][0]:+.3f} | {s['temperature'][0]:.1f} | {bias} |")
+             f"Regenerate: `{result['command']}`.", ""]
+    lines += _table(grid, f)
     lines += ["", "![sigmoid vs softmax: test metrics vs batch size](sigmoid_vs_softmax.png)", ""]
-    for b in sorted({b for _, b in stats}):
-        s, x = stats.get(("sigmoid", b)), stats.get(("softmax", b))
-        if s and x:
-            dr = ((s["img2txt_r1"][0] + s["txt2img_r1"][0]) - (x["img2txt_r1"][0] + x["txt2img_r1"][0])) / 2
-            lines.append(f"- batch {b}: sigmoid {100 * (s['zeroshot'][0] - x['zeroshot'][0]):+.1f} points zero-shot, "
-                         f"{100 * dr:+.1f} points mean R@1 vs softmax.")
+    lines += _gaps(grid)
+    if longer:
+        lines += ["", "The same arms trained longer (`--long`, outside the equal-steps grid: whether an arm's ranking "
+                  "holds once it has stopped improving on validation):", ""]
+        lines += _table(longer, f) + [""] + _gaps(longer)
     return "\n".join(lines + ["", END])
 
 
 def run_arms(args, source: dict, runs_file: str) -> list:
-    """Every (batch, loss, seed) arm's row, in that order: read from `runs_file` when an arm with the same settings
-    finished there before, else trained now and appended to it (with `source`'s commit)."""
+    """Every (batch, loss, seed) arm's row at `args.steps`, then every `--long` (batch, steps) arm's, in that order:
+    read from `runs_file` when an arm with the same settings finished there before, else trained now and appended
+    to it (with `source`'s commit)."""
     done = read_runs(runs_file)
     rows = []
-    for batch in args.batches:
+    for batch, steps in [(b, args.steps) for b in args.batches] + args.long:
         for loss in LOSSES:
             for seed in args.seeds:
-                want = arm_settings(loss, batch, seed, args)
+                want = arm_settings(loss, batch, steps, seed, args)
                 found = last_run(done, want)
                 if found:
                     rows.append(found)
                     continue
-                rows.append({**train_arm(loss, batch, seed, args), **want, "workers": getattr(args, "workers", -1),
+                rows.append({**train_arm(loss, batch, steps, seed, args), **want, "workers": getattr(args, "workers", -1),
                              "commit": source["commit"], "dirty": source["dirty"]})
                 # progress without the test metrics: a sitting reads no test number before the report
                 hidden = {"validation_curve"} | {m for m, _ in METRICS}
@@ -218,6 +245,9 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=0, help="steps per arm (default 9600, from the validation pilots; "
                    "--quick 8)")
     p.add_argument("--batches", type=int, nargs="+", default=[32, 128, 512])
+    p.add_argument("--long", nargs="*", default=[], metavar="BATCH:STEPS",
+                   help="arms beyond the equal-steps grid, e.g. 32:38400: a batch trained longer (both losses, every "
+                   "seed), reported in a table of their own")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--eval_examples", type=int, default=1000)
     p.add_argument("--tb_lr_mult", type=float, default=100.0, help="learning-rate multiplier of t and b")
@@ -233,8 +263,14 @@ def parse_args(argv) -> argparse.Namespace:
                    "study; the test evaluations are `quiet`: in each arm's metrics, not on the console)")
     args = p.parse_args(argv)
     args.steps = args.steps or (8 if args.quick else 9600)
+    try:
+        args.long = [tuple(int(x) for x in a.split(":")) for a in args.long]
+        assert all(len(a) == 2 for a in args.long)
+    except (ValueError, AssertionError):
+        p.error(f"--long takes BATCH:STEPS entries, e.g. 32:38400; got {' '.join(map(str, args.long))}")
     if args.quick:
         args.eval_examples, args.batches, args.seeds = min(args.eval_examples, 128), [16, 32], [0, 1]
+        args.long = args.long and [(16, 16)]
     return args
 
 
@@ -254,7 +290,8 @@ def main(argv=None):
         print(markdown(rows, result))
     if args.quick or args.no_report:
         return
-    publish_study("sigmoid_vs_softmax", result, rows, plot, PLOT, markdown, DOC, "Contrastive", BEGIN, END)
+    publish_study("sigmoid_vs_softmax", result, rows, lambda rs, path: plot(rs, path, args.steps), PLOT, markdown,
+                  DOC, "Contrastive", BEGIN, END)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import sigmoid_vs_softmax as svs  # noqa: E402
 
 def study_args(**over):
     args = dict(steps=8, batches=[16, 32], seeds=[0], eval_examples=64, val_evals=4, tb_lr_mult=100.0,
-                dataset="scenes/tiny", data_dir="", tokenizer="")
+                dataset="scenes/tiny", data_dir="", tokenizer="", long=[])
     return argparse.Namespace(**{**args, **over})
 
 
@@ -28,10 +28,10 @@ def fake_curve(steps, values):
 def test_arms_resume_from_the_runs_file(tmp_path, monkeypatch):
     trained = []
 
-    def fake_train_arm(loss, batch, seed, args):
+    def fake_train_arm(loss, batch, steps, seed, args):
         trained.append((loss, batch, seed))
-        return {"loss": loss, "batch": batch, "seed": seed, "steps": args.steps, "seconds": 1.0,
-                "validation_curve": fake_curve(args.steps, [0.1, 0.2, 0.3, 0.4]), "zeroshot": 0.5,
+        return {"loss": loss, "batch": batch, "seed": seed, "steps": steps, "seconds": 1.0,
+                "validation_curve": fake_curve(steps, [0.1, 0.2, 0.3, 0.4]), "zeroshot": 0.5,
                 "img2txt_r1": 0.4, "txt2img_r1": 0.4, "temperature": 10.0, "bias": -10.0}
 
     monkeypatch.setattr(svs, "train_arm", fake_train_arm)
@@ -53,6 +53,10 @@ def test_arms_resume_from_the_runs_file(tmp_path, monkeypatch):
     svs.run_arms(study_args(steps=16), source, str(runs))
     assert len(trained) == 12
     assert len(svs.read_runs(str(runs))) == 12
+    # a `--long` arm (one batch at more steps) trains only its own arms, after the grid's, which are all found
+    longer = svs.run_arms(study_args(long=[(16, 32)]), source, str(runs))
+    assert trained[12:] == [("sigmoid", 16, 0), ("softmax", 16, 0)]
+    assert [(r["batch"], r["steps"]) for r in longer] == [(16, 8)] * 2 + [(32, 8)] * 2 + [(16, 32)] * 2
 
 
 def test_the_committed_runs_file_resumes_the_default_study(monkeypatch):
@@ -75,6 +79,9 @@ def test_the_committed_runs_file_resumes_the_default_study(monkeypatch):
     found = {key(r): r for r in rows}
     assert all(found[key(r)] == r for r in reported if r["batch"] in complete)
     assert {key(r) for r in reported} <= set(found)
+    assert svs.parse_args(["--long", "32:38400"]).long == [(32, 38400)]
+    with pytest.raises(SystemExit):
+        svs.parse_args(["--long", "32"])
 
 
 def test_last_quarter_gain_reads_the_evaluation_at_three_quarters():
@@ -87,7 +94,7 @@ def test_arms_statistics_over_seeds():
     rows = [{"loss": "sigmoid", "batch": 32, "steps": 4, "zeroshot": z, "img2txt_r1": 0.2, "txt2img_r1": 0.4,
              "temperature": 10.0, "bias": -9.0, "validation_curve": fake_curve(4, [0.1, 0.2, 0.3, 0.4])}
             for z in (0.1, 0.3, 0.8)]
-    s = svs.arms(rows)[("sigmoid", 32)]
+    s = svs.arms(rows)[("sigmoid", 32, 4)]
     assert s["zeroshot"][0] == pytest.approx(0.4) and s["zeroshot"][1] == pytest.approx(math.sqrt(0.13))
     assert s["n"] == 3 and s["last_quarter_gain"][0] == pytest.approx(0.1)
 
@@ -98,7 +105,7 @@ def test_one_real_arm_moves_t_and_b(scenes_tiny_dir, tmp_path):
     tok = train_from_texts(dataset_texts(scenes_tiny_dir, "scenes/tiny", max_examples=500),
                            str(tmp_path / "spm.model")).path
     args = study_args(steps=4, eval_examples=32, data_dir=scenes_tiny_dir, tokenizer=tok)
-    row = svs.train_arm("sigmoid", 8, 0, args)
+    row = svs.train_arm("sigmoid", 8, 4, 0, args)
     assert [c["step"] for c in row["validation_curve"]] == [1, 2, 3, 4]
     assert all(0 <= row[m] <= 1 for m in ("zeroshot", "img2txt_r1", "txt2img_r1"))
     # Adam moves a parameter by at most ~lr per step: 4 steps at the base lr (2e-3) cannot move b by 0.05
@@ -118,5 +125,15 @@ def test_report_of_a_study_with_some_batches_done():
                              "command": "python benchmarks/sigmoid_vs_softmax.py"})
     assert "batch 32 sees 256 examples, 128 sees 1024" in md and "512" not in md
     assert md.count("| sigmoid |") == 2 and md.count("| softmax |") == 2
-    assert "- batch 32: sigmoid +10.0 points zero-shot, -5.0 points mean R@1 vs softmax." in md
-    assert "- batch 128: sigmoid -2.0 points zero-shot, +5.0 points mean R@1 vs softmax." in md
+    assert "- batch 32, 8 steps: sigmoid +10.0 points zero-shot, -5.0 points mean R@1 vs softmax." in md
+    assert "- batch 128, 8 steps: sigmoid -2.0 points zero-shot, +5.0 points mean R@1 vs softmax." in md
+    assert "trained longer" not in md
+    # `--long` arms: a table of their own, outside the equal-steps text and gaps
+    longer = [{**r, "steps": 32, "zeroshot": r["zeroshot"] + (0.2 if r["loss"] == "softmax" else 0.0)}
+              for r in rows if r["batch"] == 32]
+    md = svs.markdown(rows + longer, {"steps": 8, "seeds": [0, 1], "eval_examples": 64, "commit": "c" * 40,
+                                      "command": "python benchmarks/sigmoid_vs_softmax.py --long 32:32"})
+    assert "batch 32 sees 256 examples, 128 sees 1024" in md and "trained longer" in md
+    assert md.count("| sigmoid |") == 3 and md.count("| sigmoid | 32 | 32 |") == 1
+    assert "- batch 32, 8 steps: sigmoid +10.0 points zero-shot" in md
+    assert "- batch 32, 32 steps: sigmoid -10.0 points zero-shot, -5.0 points mean R@1 vs softmax." in md
