@@ -1,4 +1,5 @@
-"""Multi-process runs on one machine (launch/local.py, gloo CPU collectives) and SIGTERM preemption."""
+"""Multi-process runs on one machine (launch/local.py, gloo CPU collectives; a profiled window traced per process)
+and SIGTERM preemption."""
 import os
 import signal
 import subprocess
@@ -25,8 +26,9 @@ def test_two_processes_match_one_process(scenes_tiny_dir, tmp_path):
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     r = subprocess.run([sys.executable, "launch/local.py", "--num_processes", "2", "--devices_per_process", "4",
-                        "--", *trainer_args(two, scenes_tiny_dir)], cwd=ROOT, capture_output=True, text=True,
-                       timeout=400)
+                        "--", *trainer_args(two, scenes_tiny_dir, "--config.profile.start_step=5",
+                                            "--config.profile.steps=2")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=400)
     logs = "".join(open(os.path.join(two, "logs", f)).read()[-1500:] for f in sorted(os.listdir(os.path.join(two, "logs"))))
     assert r.returncode == 0, logs
     want = [m["train/loss"] for m in read_metrics(one)]
@@ -38,6 +40,10 @@ def test_two_processes_match_one_process(scenes_tiny_dir, tmp_path):
     ev = [m for m in read_metrics(two) if "eval/test/accuracy" in m][-1]["eval/test/accuracy"]
     ev1 = [m for m in read_metrics(one) if "eval/test/accuracy" in m][-1]["eval/test/accuracy"]
     assert ev == ev1
+    # the profiled window (steps 5-6) left one trace per process, each in its own folder
+    for i in range(2):
+        traces = [f for _, _, fs in os.walk(os.path.join(two, "profile", f"process_{i}")) for f in fs]
+        assert any(f.endswith(".xplane.pb") for f in traces), (i, traces)
 
 
 def test_sigterm_saves_exits_zero_and_resumes_bit_exact(scenes_tiny_dir, tmp_path):
