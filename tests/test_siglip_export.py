@@ -61,13 +61,14 @@ def test_export_cli_loads_in_transformers_with_our_embeddings(contrastive_run, t
     back = vlmjax.load(out)
     np.testing.assert_allclose(back.embed_images(imgs), zimg, atol=1e-6)
     np.testing.assert_allclose(back.zeroshot(imgs, ["red", "blue"]), m.zeroshot(imgs, ["red", "blue"]), atol=1e-6)
-    with open(f"{out}/vlmjax_config.json") as f:  # the same run with scanned towers: blocks stacked on load
+    with open(f"{out}/vlmjax_config.json") as f:  # the same run, its image tower scanned: its blocks stacked on load
         cfg = json.load(f)
-    cfg["model"]["image"]["scan_layers"] = cfg["model"]["text"]["scan_layers"] = True
+    cfg["model"]["image"]["scan_layers"] = True
     with open(f"{out}/vlmjax_config.json", "w") as f:
         json.dump(cfg, f)
     scanned = vlmjax.load(out)
     assert "blocks" in scanned.variables["params"]["img"]["encoder"]
+    assert "blocks" not in scanned.variables["params"]["txt"]["encoder"]
     np.testing.assert_allclose(scanned.embed_images(imgs), zimg, atol=1e-5)
     np.testing.assert_allclose(scanned.embed_texts(texts), ztxt, atol=1e-5)
 
@@ -76,6 +77,12 @@ def test_export_cli_loads_in_transformers_with_our_embeddings(contrastive_run, t
     assert export_cli.main(["--workdir", wd, "--format", "big_vision", "--out", npz]) == 0
     got, want = weight_files.flatten(two_towers.load(npz)), weight_files.flatten(m.variables["params"])
     assert sorted(got) == sorted(want) and all(np.array_equal(got[k], want[k]) for k in want)
+    # a template whose text tower alone scans: that tower's blocks stacked, the image tower's left per block
+    template = {k.replace("txt/encoder/block00/", "txt/encoder/blocks/"): np.shape(v) for k, v in want.items()}
+    mixed = weight_files.flatten(two_towers.load(npz, template=template))
+    assert any(k.startswith("txt/encoder/blocks/") for k in mixed)
+    assert not any(k.startswith("img/encoder/blocks/") for k in mixed)
+    assert weight_files.unstack_blocks(mixed).keys() == want.keys()
 
 
 def test_export_refuses_what_hf_siglip_cannot_express(contrastive_run, tmp_path, capsys):  # noqa: F811

@@ -125,8 +125,7 @@ def _load_export(folder: str):
 
     import ml_collections
 
-    from vlmjax.models import foreign, two_towers
-    from vlmjax.models.weight_files import flatten, nest, stack_blocks
+    from vlmjax.models import foreign
     from vlmjax.tasks import get_task_class
     from vlmjax.core import config as config_lib
 
@@ -138,13 +137,7 @@ def _load_export(folder: str):
                          f"exports of {', '.join(f'{t} runs ({f})' for t, f in EXPORT_FORMATS.items())}")
     task_cls = get_task_class(raw.task)
     task = task_cls(config_lib.resolve(raw, task_cls.config_defaults()))
-    if raw.task == "prefixlm":
-        params = foreign.load(EXPORT_FORMATS[raw.task], folder, _param_shapes(task))
-    else:
-        params = two_towers.load(folder)
-        for tower, key in (("image", "img"), ("text", "txt")):  # blocks stacked where the run's modules scan them
-            if task.config.model[tower].get("scan_layers", False):
-                params[key] = nest(stack_blocks(flatten(params[key])))
+    params = foreign.load(EXPORT_FORMATS[raw.task], folder, _param_shapes(task))
     return FAMILIES[raw.task](task, {"params": params}, workdir=folder)
 
 

@@ -107,8 +107,9 @@ def load(path: str, num_heads: int = None, text_num_heads: int = None, scan_laye
     folder of them) or a big_vision .npz ('big_vision'); `fmt` None tells them apart by their key names.
     template: {our parameter path: shape} of the leaves being initialised (what `config.init_from` selects). It
     settles what the file leaves open: the HF head counts when neither `num_heads` nor a config.json next to the
-    file gives them, and, when `scan_layers` is None, whether blocks are stacked into the scanned
-    `encoder/blocks` layout (as soon as the template has one)."""
+    file gives them, and, when `scan_layers` is None, whether each tower's blocks are stacked into the scanned
+    `encoder/blocks` layout (a tower is stacked where the template's tower has that layout: one tower may scan
+    and the other not)."""
     flat = read_state_dict(path)
     fmt = fmt or ("hf_siglip" if any(k.startswith(siglip_hf.HF_PREFIXES) for k in flat) else "big_vision")
     if fmt == "hf_siglip":
@@ -117,9 +118,12 @@ def load(path: str, num_heads: int = None, text_num_heads: int = None, scan_laye
         params = siglip_hf.from_hf(flat, num_heads, text_num_heads)
     else:
         params = siglip_big_vision.from_big_vision(flat)
-    if scan_layers is None:
-        scan_layers = any("/blocks/" in k for k in template or ())
-    return nest(stack_blocks(params) if scan_layers else params)
+    if scan_layers is not None:
+        return nest(stack_blocks(params) if scan_layers else params)
+    scanned = {k.split("/")[0] for k in template or () if "/blocks/" in k}  # 'img', 'txt'
+    return nest(stack_blocks(params) if scanned >= {"img", "txt"} else
+                {**{k: v for k, v in params.items() if k.split("/")[0] not in scanned},
+                 **stack_blocks({k: v for k, v in params.items() if k.split("/")[0] in scanned})})
 
 
 # Per format: (config.model key, the module's default, the value the format implies). big_vision's two towers have
