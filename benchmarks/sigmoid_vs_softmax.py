@@ -265,8 +265,9 @@ def parse_args(argv) -> argparse.Namespace:
     args.steps = args.steps or (8 if args.quick else 9600)
     try:
         args.long = [tuple(int(x) for x in a.split(":")) for a in args.long]
-        assert all(len(a) == 2 for a in args.long)
-    except (ValueError, AssertionError):
+        if any(len(a) != 2 for a in args.long):
+            raise ValueError
+    except ValueError:
         p.error(f"--long takes BATCH:STEPS entries, e.g. 32:38400; got {' '.join(map(str, args.long))}")
     if args.quick:
         args.eval_examples, args.batches, args.seeds = min(args.eval_examples, 128), [16, 32], [0, 1]

@@ -67,7 +67,7 @@ def test_the_committed_runs_file_resumes_the_default_study(monkeypatch):
 
     monkeypatch.setattr(svs, "train_arm", no_training)
     args = svs.parse_args([])
-    done = svs.read_runs(args.runs_file)
+    done = svs.equal_steps(svs.read_runs(args.runs_file), args.steps)  # the `--long` pilots are other arms
     per_batch = len(svs.LOSSES) * len(args.seeds)
     complete = [b for b in sorted({r["batch"] for r in done}) if sum(r["batch"] == b for r in done) == per_batch]
     assert complete, "no batch size is complete in the runs file"

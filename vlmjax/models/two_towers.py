@@ -121,9 +121,8 @@ def load(path: str, num_heads: int = None, text_num_heads: int = None, scan_laye
     if scan_layers is not None:
         return nest(stack_blocks(params) if scan_layers else params)
     scanned = {k.split("/")[0] for k in template or () if "/blocks/" in k}  # 'img', 'txt'
-    return nest(stack_blocks(params) if scanned >= {"img", "txt"} else
-                {**{k: v for k, v in params.items() if k.split("/")[0] not in scanned},
-                 **stack_blocks({k: v for k, v in params.items() if k.split("/")[0] in scanned})})
+    stacked = stack_blocks({k: v for k, v in params.items() if k.split("/")[0] in scanned})
+    return nest({**{k: v for k, v in params.items() if k.split("/")[0] not in scanned}, **stacked})
 
 
 # Per format: (config.model key, the module's default, the value the format implies). big_vision's two towers have
