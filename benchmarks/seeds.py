@@ -22,8 +22,9 @@ metrics and wall seconds, each seed's validation curve (the evaluations its trai
 mean, std (ddof=1) and n, the experiment file the config resolved to
 with its sha256, and the commit each seed ran at; prints the markdown table `table()` makes from it. Each finished
 seed is also appended to `--runs_file` (`<out_dir>/runs/seeds.jsonl`, committed with the results), and a seed of the
-same recipe (name, config, overrides, split, eval_data, experiment sha256) found there is not trained again: a
-recipe's seeds accumulate over sittings, and a fresh checkout, which has no workdirs, keeps them. An experiment that
+same recipe (name, config, overrides, split, eval_data, experiment sha256, and the sha256 of the config it resolves to,
+which sees changes in the files the experiment imports; rows from before that field match without it) found there is
+not trained again: a recipe's seeds accumulate over sittings, and a fresh checkout, which has no workdirs, keeps them. An experiment that
 resolves outside this checkout (a git worktree whose editable install points at another tree) is refused: its runs
 would train that tree's config.
 
@@ -136,6 +137,28 @@ def experiment_file(config_spec: str) -> str:
     return os.path.realpath(experiment_module(config_spec.partition(":")[0]).__file__)
 
 
+def resolved_config_sha256(config_spec: str) -> str:
+    """sha256 of the config `config_spec` resolves to (before command-line overrides), as config.json writes it:
+    it changes when a file the experiment imports (experiments/common.py, another experiment) changes, which the
+    experiment file's own sha256 does not see."""
+    sys.path.insert(0, ROOT)
+    from vlmjax.core import config as config_lib
+
+    return hashlib.sha256(config_lib.to_json(config_lib.load_experiment(config_spec)).encode()).hexdigest()
+
+
+def finished_row(done: list, recipe: dict, seed: int, resolved_sha: str):
+    """The runs-file row of `recipe`'s `seed` to reuse, or None to train it. A row that records the resolved config's
+    sha256 is reused only if it equals `resolved_sha`; rows written before that field existed match on the recipe
+    (experiment file sha256 included) alone."""
+    row = last_run(done, {**recipe, "seed": seed})
+    if row and row.get("resolved_config_sha256", resolved_sha) != resolved_sha:
+        print(f"seed {seed}: the runs-file row (commit {row['commit'][:10]}) was trained with another resolved config "
+              f"(a file the experiment imports changed): training again")
+        return None
+    return row
+
+
 def split_overrides(names, split: str) -> list:
     """`--config.evals.<name>.data.split=<split>` for every evaluator name."""
     return [f"--config.evals.{name}.data.split={split}" for name in names]
@@ -244,23 +267,24 @@ def main(argv=None):
     runs_file = os.path.join(args.out_dir, "runs", "seeds.jsonl") if args.runs_file is None else args.runs_file
     recipe = {"name": args.name, "config": args.config, "overrides": extra, "split": args.split,
               "eval_data": args.eval_data, "config_sha256": exp_sha}
+    resolved_sha = resolved_config_sha256(args.config)
     done = [] if args.force else read_runs(runs_file)
     per_seed, wall, curves, seed_commits, names = {}, {}, {}, {}, eval_names(args.config)
     for s in seeds:
-        row = last_run(done, {**recipe, "seed": s})
+        row = finished_row(done, recipe, s, resolved_sha)
         if row:  # finished in an earlier sitting (its workdir may be gone): not trained again
             print(f"seed {s}: from {runs_file} (commit {row['commit'][:10]})")
         else:
             metrics, secs, curve = run_seed(args, s, extra, names)
             row = {**recipe, "seed": s, "metrics": metrics, "wall_s": secs, "validation_curve": curve,
-                   "commit": commit, "dirty": dirty}
+                   "commit": commit, "dirty": dirty, "resolved_config_sha256": resolved_sha}
             if runs_file:
                 append_run(runs_file, row)
         per_seed[str(s)], wall[str(s)], curves[str(s)] = row["metrics"], row["wall_s"], row["validation_curve"]
         seed_commits[str(s)] = row["commit"]
     result = {"name": args.name, "command": command, "config": args.config, "overrides": extra, "split": args.split,
               "eval_data": args.eval_data, "config_file": os.path.relpath(exp_file, root),
-              "config_sha256": exp_sha, "commit": commit, "dirty": dirty, "seeds": seeds, "per_seed": per_seed,
+              "config_sha256": exp_sha, "resolved_config_sha256": resolved_sha, "commit": commit, "dirty": dirty, "seeds": seeds, "per_seed": per_seed,
               "validation_curves": curves, "wall_s": wall, "seed_commits": seed_commits,
               "summary": summarize(per_seed)}
     os.makedirs(args.out_dir, exist_ok=True)

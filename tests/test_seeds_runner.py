@@ -76,6 +76,7 @@ def test_two_seeds_on_validation(tmp_path, scenes_tiny_dir):
     result = json.loads((tmp_path / "seeds_tiny_validation.json").read_text())
     assert result["seeds"] == [0, 1] and result["split"] == "validation"
     assert result["config_file"] == os.path.join("experiments", "vit_scenes.py") and len(result["config_sha256"]) == 64
+    assert result["resolved_config_sha256"] == seeds.resolved_config_sha256("experiments/vit_scenes.py:runlocal")
     for s in ("0", "1"):
         workdir = tmp_path / "w" / "tiny" / f"seed{s}"
         cfg = json.loads((workdir / "config.json").read_text())
@@ -113,6 +114,24 @@ def test_two_seeds_on_validation(tmp_path, scenes_tiny_dir):
     assert not (tmp_path / "w" / "tiny2" / "seed7").exists()
     row = json.loads((tmp_path / "runs" / "seeds.jsonl").read_text().splitlines()[-1])
     assert row["seed"] == 1 and any(a.endswith("/seed{seed}") for a in row["overrides"])  # kept as written
+
+
+def test_a_row_trained_with_another_resolved_config_is_trained_again(capsys):
+    """The experiment file's sha256 misses a change in a file it imports; the resolved config's does not."""
+    sha = seeds.resolved_config_sha256("vit_scenes:runlocal")
+    assert len(sha) == 64 and sha == seeds.resolved_config_sha256("experiments/vit_scenes.py:runlocal")
+    assert sha != seeds.resolved_config_sha256("vit_scenes")  # another variant resolves to another config
+    recipe = {"name": "r", "config": "vit_scenes:runlocal", "split": "validation"}
+    old = {**recipe, "seed": 0, "commit": "a" * 40}  # written before the field existed: matches on the recipe
+    same = {**recipe, "seed": 1, "commit": "b" * 40, "resolved_config_sha256": sha}
+    changed = {**recipe, "seed": 2, "commit": "c" * 40, "resolved_config_sha256": "0" * 64}
+    done = [old, same, changed]
+    assert seeds.finished_row(done, recipe, 0, sha) is old
+    assert seeds.finished_row(done, recipe, 1, sha) is same
+    assert seeds.finished_row(done, recipe, 2, sha) is None
+    assert "seed 2: the runs-file row (commit cccccccccc) was trained with another resolved config" in \
+        capsys.readouterr().out
+    assert seeds.finished_row(done, {**recipe, "split": "test"}, 1, sha) is None
 
 
 def test_parse_eval_lines():
