@@ -1,10 +1,12 @@
 """Where a prefix-LM run's VQA answers go wrong: exact-match accuracy per question type and object count, with the
 relation questions split into "what is to the left/right of X?" (name an object) and "is X to the left/right of
-Y?" (yes/no, chance 0.5), on the `scenes` test split's own questions.
+Y?" (yes/no, chance 0.5), on a `scenes` split's own questions (`--split`, test by default: a final recipe's
+test read; validation for anything chosen on it).
 
     .venv/bin/python benchmarks/vqa_breakdown.py --workdir workdirs/prefixlm_scenes_chat [--data_dir data/tfds]
+    .venv/bin/python benchmarks/vqa_breakdown.py --workdir W --split validation --out_name vqa_breakdown_W_validation
 
-Writes benchmarks/results/vqa_breakdown.json (command, commit, split and the run's workdir). Greedy decoding, as
+Writes benchmarks/results/<out_name>.json (default vqa_breakdown.json: command, commit, split and the run's workdir). Greedy decoding, as
 the VQA evaluator.
 """
 import argparse
@@ -24,7 +26,9 @@ def main(argv=None):
     p.add_argument("--workdir", required=True)
     p.add_argument("--data_dir", default="data/tfds")
     p.add_argument("--data", default="scenes/default", help="the tfds dataset (a scenes config)")
-    p.add_argument("--examples", type=int, default=500, help="test images (all their questions)")
+    p.add_argument("--split", default="test", choices=("test", "validation"))
+    p.add_argument("--examples", type=int, default=500, help="images of the split (all their questions)")
+    p.add_argument("--out_name", default="vqa_breakdown", help="benchmarks/results/<out_name>.json")
     p.add_argument("--batch", type=int, default=64)
     args = p.parse_args(argv)
     from vlmjax.data.op_registry import as_text as _text
@@ -33,7 +37,7 @@ def main(argv=None):
 
     task, variables, _ = load_run(args.workdir, ("prefixlm",))
     size = int(task.config.image_size)
-    exs, pixels = scenes_images(args.data_dir, "test", args.examples, size, args.data)
+    exs, pixels = scenes_images(args.data_dir, args.split, args.examples, size, args.data)
     images, prompts, keys, answers = [], [], [], []
     for ex, img in zip(exs, pixels):
         for qtype, q, a in zip(ex["question_types"], ex["questions"], ex["answers"]):
@@ -53,14 +57,14 @@ def main(argv=None):
         for k in ("all", qtype, f"{qtype}/{n}_objects"):
             hits[k].append(ok)
     yesno = [pred.strip() for (qtype, _), pred in zip(keys, preds) if qtype == "relation_yesno"]
-    result = {**provenance(__file__, argv), "data": args.data, "split": "test",
+    result = {**provenance(__file__, argv), "data": args.data, "split": args.split,
               "workdir": os.path.abspath(args.workdir), "examples": args.examples,
               "accuracy": {k: {"n": len(v), "accuracy": float(np.mean(v))} for k, v in sorted(hits.items())},
               "relation_yesno_answered_yes": float(np.mean([p == "yes" for p in yesno])) if yesno else None}
     for k, v in sorted(result["accuracy"].items()):
         print(f"{k:32s} n={v['n']:5d}  accuracy {v['accuracy']:.3f}")
     print(f"yes/no relation questions answered 'yes': {result['relation_yesno_answered_yes']}")
-    write_result("vqa_breakdown", result)
+    write_result(args.out_name, result)
 
 
 if __name__ == "__main__":

@@ -332,3 +332,10 @@ def test_vqa_breakdown_counts_every_question_once(two_stage, scenes_tiny_dir, tm
     types = [k for k in acc if k != "all" and "/" not in k]
     assert acc["all"]["accuracy"] == pytest.approx(sum(acc[t]["n"] * acc[t]["accuracy"] for t in types) / want["all"])
     assert result["split"] == "test" and result["data"] == "scenes/tiny" and len(result["commit"]) == 40
+    # --split validation reads that split's records (its own question counts) and writes where --out_name says
+    vqa_breakdown.main(["--workdir", two_stage[1], "--data_dir", scenes_tiny_dir, "--data", "scenes/tiny",
+                        "--examples", "8", "--split", "validation", "--out_name", "vqa_breakdown_val"])
+    val = json.loads((tmp_path / "vqa_breakdown_val.json").read_text())
+    src = tfds.data_source("scenes/tiny", split="validation", data_dir=scenes_tiny_dir)
+    assert val["split"] == "validation"
+    assert val["accuracy"]["all"]["n"] == sum(len(src[i]["questions"]) for i in range(8))
