@@ -22,11 +22,11 @@ metrics and wall seconds, each seed's validation curve (the evaluations its trai
 mean, std (ddof=1) and n, the experiment file the config resolved to
 with its sha256, and the commit each seed ran at; prints the markdown table `table()` makes from it. Each finished
 seed is also appended to `--runs_file` (`<out_dir>/runs/seeds.jsonl`, committed with the results), and a seed of the
-same recipe (name, config, overrides, split, eval_data, experiment sha256, and the sha256 of the config it resolves to,
-which sees changes in the files the experiment imports; rows from before that field match without it) found there is
-not trained again: a recipe's seeds accumulate over sittings, and a fresh checkout, which has no workdirs, keeps them. An experiment that
-resolves outside this checkout (a git worktree whose editable install points at another tree) is refused: its runs
-would train that tree's config.
+same recipe (name, config, overrides, split, eval_data, experiment sha256, and the sha256 of the config it resolves
+to, which sees changes in the files the experiment imports; rows from before that field match without it) found
+there is not trained again: a recipe's seeds accumulate over sittings, and a fresh checkout, which has no workdirs,
+keeps them. An experiment that resolves outside this checkout (a git worktree whose editable install points at
+another tree) is refused: its runs would train that tree's config.
 
 A recipe that starts from another recipe's runs (a multi-stage chain: a `vit_scenes` tower, then prefix-LM
 pretraining, then chat) writes `{seed}` in an override, e.g. `--config.init_from.workdir=workdirs/seeds/A/seed{seed}`:
@@ -284,7 +284,8 @@ def main(argv=None):
         seed_commits[str(s)] = row["commit"]
     result = {"name": args.name, "command": command, "config": args.config, "overrides": extra, "split": args.split,
               "eval_data": args.eval_data, "config_file": os.path.relpath(exp_file, root),
-              "config_sha256": exp_sha, "resolved_config_sha256": resolved_sha, "commit": commit, "dirty": dirty, "seeds": seeds, "per_seed": per_seed,
+              "config_sha256": exp_sha, "resolved_config_sha256": resolved_sha, "commit": commit, "dirty": dirty,
+              "seeds": seeds, "per_seed": per_seed,
               "validation_curves": curves, "wall_s": wall, "seed_commits": seed_commits,
               "summary": summarize(per_seed)}
     os.makedirs(args.out_dir, exist_ok=True)

@@ -6,8 +6,8 @@ test read; validation for anything chosen on it).
     .venv/bin/python benchmarks/vqa_breakdown.py --workdir workdirs/prefixlm_scenes_chat [--data_dir data/tfds]
     .venv/bin/python benchmarks/vqa_breakdown.py --workdir W --split validation --out_name vqa_breakdown_W_validation
 
-Writes benchmarks/results/<out_name>.json (default vqa_breakdown.json: command, commit, split and the run's workdir). Greedy decoding, as
-the VQA evaluator.
+Writes benchmarks/results/<out_name>.json (default vqa_breakdown.json): command, commit, split and the run's workdir.
+Greedy decoding, as the VQA evaluator.
 """
 import argparse
 import collections
