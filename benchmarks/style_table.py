@@ -26,8 +26,9 @@ from seeds import RESULTS, result_path
 
 # (row label, seeds-runner name, the data its training split came from, metric, format)
 ROWS = [
-    ("ViT classification accuracy (`vit_scenes`)", "vit_dark", "scenes/default", "eval/test/accuracy", "{:.3f}"),
-    ("", "vit_styles", "scenes/styles", "eval/test/accuracy", "{:.3f}"),
+    ("ViT classification accuracy (`vit_scenes`)", "vit_dark", "scenes/default", "eval/classification/accuracy",
+     "{:.3f}"),
+    ("", "vit_styles", "scenes/styles", "eval/classification/accuracy", "{:.3f}"),
     ("VQ-VAE reconstruction PSNR, dB (`vqvae_scenes`)", "vqvae_dark", "scenes/default", "eval/recon/psnr", "{:.1f}"),
     ("", "vqvae_styles", "scenes/styles", "eval/recon/psnr", "{:.1f}"),
     ("SigLIP zero-shot, one-object images (`siglip_scenes`)", "siglip_presence", "scenes/default",
@@ -37,6 +38,9 @@ ROWS = [
     ("Prefix-LM VQA accuracy, 64 px (`prefixlm_scenes:chat`)", "prefixlm64_chat", "scenes/default",
      "eval/vqa/accuracy", "{:.3f}"),
 ]
+# Metric names of files written before an evaluator was renamed: vit_scenes' `classification` was `test` until
+# 2026-12-06 (in the seeds runner's files it read the split the file names, as now).
+FORMER_NAMES = {"eval/classification/accuracy": "eval/test/accuracy"}
 COLUMNS = [("dark", "scenes/default"), ("light", "scenes/light"), ("texture (held out)", "scenes/texture")]
 
 
@@ -47,7 +51,8 @@ def cell(run: str, trained_on: str, eval_data: str, metric: str, fmt: str, split
     if not os.path.exists(path):
         return "--"
     with open(path) as f:
-        return compare_table.fmt(json.load(f)["summary"].get(metric), fmt)
+        summary = json.load(f)["summary"]
+    return compare_table.fmt(summary.get(metric, summary.get(FORMER_NAMES.get(metric))), fmt)
 
 
 def table(split: str = "validation", out_dir: str = RESULTS) -> str:

@@ -15,6 +15,9 @@ TINY = dict(width=32, depth=2, num_heads=2, mlp_dim=64)  # `:runlocal` smoke-tes
 # (64 tokens, as a plain /8 ViT), MAP pooling. siglip_scenes' image tower is the same.
 SCENES_HYBRID_VIT = dict(patch_size=(2, 2), width=96, depth=2, num_heads=3, mlp_dim=384, pool_type="map",
                          stem_channels=64, stem_patch=4, stem_blocks=3)
+# The split the `scenes` experiments' periodic evaluations read: every step count, recipe and prompt set is chosen
+# there. The test split is read once per final recipe: `vlmjax-eval --workdir W --split test`.
+EVAL_SPLIT = "validation"
 
 
 def parse_arg(arg, known, experiment: str, combine: bool = False):

@@ -18,7 +18,7 @@ The measured accuracy of this recipe is in docs/prefixlm.md.
 """
 import ml_collections
 
-from .common import image_pp, keep, parse_arg
+from .common import EVAL_SPLIT, image_pp, keep, parse_arg
 
 TYPES = ["color", "shape", "count", "relation"]
 TRAIN_KEYS = ["image", "tokens", "input_mask", "mask_ar", "mask_loss"]
@@ -54,7 +54,7 @@ def caption_pp(size=None):
 
 
 def evals(stage, size=None, max_examples=0, text_len=32, max_turns=8):
-    data = lambda pp: dict(split="test", preprocess=pp, max_examples=max_examples)  # noqa: E731
+    data = lambda pp: dict(split=EVAL_SPLIT, preprocess=pp, max_examples=max_examples)  # noqa: E731
     ev = dict(caption=dict(type="caption", max_new_tokens=28, data=data(caption_pp(size))))
     if stage == "pretrain":
         ev["perplexity"] = dict(type="perplexity", data=data(pretrain_pp(text_len, size)))

@@ -18,7 +18,7 @@ multi-turn QA chats like the continuous experiment (experiments/prefixlm_scenes.
 import ml_collections
 
 from . import prefixlm_scenes as base
-from .common import image_pp, keep, parse_arg
+from .common import EVAL_SPLIT, image_pp, keep, parse_arg
 
 SIZE = 32
 GEN_CAPTIONS = ["one shape: a large red circle", "one shape: a small blue square",
@@ -35,8 +35,8 @@ def vqvae_config(steps=1500, batch=64):
     c.total_steps, c.batch_size, c.log_every_steps = steps, batch, 50
     pp = image_pp(SIZE) + [keep("image")]
     c.data = dict(name="scenes/default", split="train", preprocess=pp)
-    c.evals = dict(recon=dict(type="recon", num_images=8, data=dict(split="test", preprocess=pp, max_examples=512)),
-                   codebook=dict(type="codebook", data=dict(split="test", preprocess=pp, max_examples=512)))
+    c.evals = dict(recon=dict(type="recon", num_images=8, data=dict(split=EVAL_SPLIT, preprocess=pp, max_examples=512)),
+                   codebook=dict(type="codebook", data=dict(split=EVAL_SPLIT, preprocess=pp, max_examples=512)))
     c.eval = dict(every_steps=0, batch_size=128)
     c.model = dict(ch=32, ch_mult=(1, 2, 4), num_res_blocks=1, z_channels=32, norm_groups=8, num_codes=256,
                    code_dim=8, l2_normalize=True, project=True, restart_unused=True, restart_window=100)

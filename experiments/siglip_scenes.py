@@ -1,7 +1,8 @@
-r"""SigLIP (sigmoid loss) on the built-in `scenes` captions, on CPU; zero-shot on the main-object label of test.
+r"""SigLIP (sigmoid loss) on the built-in `scenes` captions, on CPU; zero-shot on the main-object label.
 
     make data   # builds scenes/default and data/tfds/scenes_spm.model
     vlmjax-train --config experiments/siglip_scenes.py --workdir workdirs/siglip_scenes
+    vlmjax-eval --workdir workdirs/siglip_scenes --split test   # training evaluates on validation; the one test read
     vlmjax-train --config experiments/siglip_scenes.py:runlocal --workdir /tmp/siglip_scenes   # seconds, smoke test
     vlmjax-zeroshot --workdir workdirs/siglip_scenes --image a.png --labels "red circle,blue square" \
         --eval caption_retrieval
@@ -35,7 +36,7 @@ The measured accuracy of each, and of LiT (experiments/lit_scenes.py): docs/cont
 import ml_collections
 
 from vlmjax.data.scenes import CLASS_NAMES, COLORS, HELDOUT_CLASSES, OBJECT_NAME, SHAPES, SIZES
-from .common import SCENES_HYBRID_VIT, image_pp, keep, parse_arg
+from .common import EVAL_SPLIT, SCENES_HYBRID_VIT, image_pp, keep, parse_arg
 
 # Zero-shot prompts in the style of the captions. The label is the MAIN (largest, then leftmost) object; captions
 # of multi-object scenes say "<main object> with <others> to its left/right", so "a large red circle with" names
@@ -140,15 +141,15 @@ def get_config(arg=None):
                                               presence, presence_batch, unsized))
     c.evals = dict(
         zeroshot=dict(type="zeroshot", templates=list(TEMPLATES),
-                      data=dict(split="test", preprocess=img_pp + [keep("image", "label")])),
+                      data=dict(split=EVAL_SPLIT, preprocess=img_pp + [keep("image", "label")])),
         retrieval=dict(type="retrieval", max_captions=3,
-                       data=dict(split="test", preprocess=img_pp + [keep("image", "captions")])),
+                       data=dict(split=EVAL_SPLIT, preprocess=img_pp + [keep("image", "captions")])),
         # class names can answer these (the main-object label's "largest, then leftmost" rule is not in a name):
         # one-object images, and every object present (multi-label mAP)
         zeroshot_1obj=dict(type="zeroshot", templates=list(TEMPLATES),
-                           data=dict(split="test", preprocess=[ONE_OBJECT] + img_pp + [keep("image", "label")])),
+                           data=dict(split=EVAL_SPLIT, preprocess=[ONE_OBJECT] + img_pp + [keep("image", "label")])),
         multilabel=dict(type="zeroshot_multilabel", templates=list(OBJECT_TEMPLATES),
-                        data=dict(split="test", preprocess=img_pp + [keep("image", "multi_labels")])))
+                        data=dict(split=EVAL_SPLIT, preprocess=img_pp + [keep("image", "multi_labels")])))
     # the same prompts, each class scored by its better template instead of their mean: "a large X" or "a small X"
     # (chosen on validation for the presence recipes, docs/contrastive.md; the mean is the standard protocol)
     c.evals.multilabel_max = dict(c.evals.multilabel.to_dict(), aggregate="max")

@@ -24,7 +24,7 @@ Any variant can add the VQGAN patch adversarial loss (off by default), e.g.
 """
 import ml_collections
 
-from .common import image_pp, keep, parse_arg
+from .common import EVAL_SPLIT, image_pp, keep, parse_arg
 
 ARGS = ("vit", "runlocal")
 
@@ -42,9 +42,9 @@ def get_config(arg=None):
 
     pp = image_pp() + [keep("image")]
     c.data = dict(name="scenes/default", split="train", preprocess=pp)
-    c.evals = dict(recon=dict(type="recon", num_images=16, data=dict(split="test", preprocess=pp)),
-                   codebook=dict(type="codebook", data=dict(split="test", preprocess=pp)))
-    c.eval = dict(every_steps=0, batch_size=200)  # only at the end: a pass over the 2000 test images costs ~30 s
+    c.evals = dict(recon=dict(type="recon", num_images=16, data=dict(split=EVAL_SPLIT, preprocess=pp)),
+                   codebook=dict(type="codebook", data=dict(split=EVAL_SPLIT, preprocess=pp)))
+    c.eval = dict(every_steps=0, batch_size=200)  # only at the end: a pass over the 2000 validation images costs ~30 s
 
     c.model = dict(ch=16, ch_mult=(1, 1, 2, 4), num_res_blocks=0, z_channels=32, norm_groups=2, num_codes=1024,
                    code_dim=8, l2_normalize=True, project=True, commitment_cost=0.25, restart_unused=True,

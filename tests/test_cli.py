@@ -24,8 +24,8 @@ def test_help_lists_own_flags(prog, capsys):
 
 @pytest.mark.parametrize("module,argv,message", [
     (evaluate, ["--workdir", "w", "--wrkdir=3"],
-     "error: unknown flag '--wrkdir' (did you mean '--workdir'?); known flags: --config, --json, --step, --verbosity, "
-     "--workdir (see vlmjax-eval --help)"),
+     "error: unknown flag '--wrkdir' (did you mean '--workdir'?); known flags: --config, --json, --split, --step, "
+     "--verbosity, --workdir (see vlmjax-eval --help)"),
     (evaluate, [], "error: --workdir is required (see vlmjax-eval --help)"),
     (export, ["--workdir", "w", "--format", "onnx", "--out", "o"], "error: flag --format=onnx: value should be one of "
      "<hf_siglip|big_vision|hf_paligemma|hf_gemma|big_vision_paligemma>"),

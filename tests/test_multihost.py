@@ -37,8 +37,8 @@ def test_two_processes_match_one_process(scenes_tiny_dir, tmp_path):
     # Same global batches (each process reads every other example of the same shuffled stream), so only the
     # order of float additions differs.
     np.testing.assert_allclose(got, want, rtol=1e-6)
-    ev = [m for m in read_metrics(two) if "eval/test/accuracy" in m][-1]["eval/test/accuracy"]
-    ev1 = [m for m in read_metrics(one) if "eval/test/accuracy" in m][-1]["eval/test/accuracy"]
+    ev = [m for m in read_metrics(two) if "eval/classification/accuracy" in m][-1]["eval/classification/accuracy"]
+    ev1 = [m for m in read_metrics(one) if "eval/classification/accuracy" in m][-1]["eval/classification/accuracy"]
     assert ev == ev1
     # the profiled window (steps 5-6) left one trace per process, each in its own folder
     for i in range(2):

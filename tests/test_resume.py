@@ -118,10 +118,28 @@ def test_eval_cli_reproduces_final_metrics(scenes_tiny_dir, tmp_path):
     out = subprocess.run([sys.executable, "-m", "vlmjax.cli.evaluate", f"--workdir={wd}", "--json"], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    want = [r for r in read_metrics(wd) if "eval/test/accuracy" in r][-1]["eval/test/accuracy"]
-    line = [ln for ln in out.stdout.splitlines() if ln.startswith("eval/test/accuracy=")][0]
+    want = [r for r in read_metrics(wd) if "eval/classification/accuracy" in r][-1]["eval/classification/accuracy"]
+    line = [ln for ln in out.stdout.splitlines() if ln.startswith("eval/classification/accuracy=")][0]
     assert float(line.split("=")[1]) == pytest.approx(want, abs=1e-6)
     assert os.path.exists(os.path.join(wd, "eval_5.json"))
+    # --split test: the one test read (the run's own evaluations read validation); its own json file
+    out = subprocess.run([sys.executable, "-m", "vlmjax.cli.evaluate", f"--workdir={wd}", "--json", "--split=test"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    with open(os.path.join(wd, "eval_5.json")) as f, open(os.path.join(wd, "eval_5_test.json")) as g:
+        val, test = json.load(f), json.load(g)
+    assert test["eval/classification/loss"] != pytest.approx(val["eval/classification/loss"], rel=1e-6)
+
+
+def test_with_split_sets_every_evaluator_and_leaves_the_config_alone():
+    from vlmjax.cli.evaluate import with_split
+    from vlmjax.core.config import load_experiment
+
+    config = load_experiment("siglip_scenes:runlocal")
+    assert {e.data.split for e in config.evals.values()} == {"validation"}  # EVAL_SPLIT: training never reads test
+    tested = with_split(config, "test")
+    assert set(tested.evals) == set(config.evals) and {e.data.split for e in tested.evals.values()} == {"test"}
+    assert {e.data.split for e in config.evals.values()} == {"validation"}
 
 
 @pytest.mark.parametrize("override,message", [

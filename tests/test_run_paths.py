@@ -45,7 +45,8 @@ def test_eval_from_another_directory_reads_only_eval_splits(scenes_tiny_dir, tmp
     monkeypatch.chdir(launch)
     workdir = str(tmp_path / "run")
     config = load_with_overrides(os.path.join(ROOT, "experiments/vit_scenes.py:runlocal"), [
-        ("data.data_dir", "tfds"), ("total_steps", "2"), ("mesh.data", "1"), ("evals.test.data.max_examples", "64"),
+        ("data.data_dir", "tfds"), ("total_steps", "2"), ("mesh.data", "1"),
+        ("evals.classification.data.max_examples", "64"),
         ("checkpoint.async_save", "false")])
     final = train(config, workdir, devices=jax.devices()[:1])
     with open(os.path.join(workdir, "config.json")) as f:
@@ -63,9 +64,9 @@ def test_eval_from_another_directory_reads_only_eval_splits(scenes_tiny_dir, tmp
     out = subprocess.run([sys.executable, "-m", "vlmjax.cli.evaluate", "--workdir", workdir],
                          cwd=elsewhere, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    line = [x for x in out.stdout.splitlines() if x.startswith("eval/test/accuracy=")]
+    line = [x for x in out.stdout.splitlines() if x.startswith("eval/classification/accuracy=")]
     assert line, out.stdout
-    assert float(line[0].split("=")[1]) == pytest.approx(final["eval/test/accuracy"], abs=1e-6)
+    assert float(line[0].split("=")[1]) == pytest.approx(final["eval/classification/accuracy"], abs=1e-6)
 
 
 @pytest.mark.parametrize("name,command", [

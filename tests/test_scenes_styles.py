@@ -176,22 +176,22 @@ def _args(**kw):
 
 
 def test_eval_data_overrides_the_evaluation_only():
-    names = ["test", "mention"]
+    names = ["classification", "mention"]
     extra = ["--config.total_steps=3"]
     train0, eval0 = seeds.commands(_args(), 1, extra, names)
     train1, eval1 = seeds.commands(_args(eval_data="scenes/texture"), 1, extra, names)
     assert train1 == train0  # the same training: a finished workdir is reused, not trained again
     assert not any(".data.name=" in a for a in train1 + eval0)
-    assert eval1 == eval0[:-1] + ["--config.evals.test.data.name=scenes/texture",
+    assert eval1 == eval0[:-1] + ["--config.evals.classification.data.name=scenes/texture",
                                   "--config.evals.mention.data.name=scenes/texture"] + eval0[-1:]
-    assert "--config.evals.test.data.split=test" in eval1 and "--workdir" in eval1
+    assert "--config.evals.classification.data.split=test" in eval1 and "--workdir" in eval1
     # The override reaches the evaluator's data config as vlmjax-eval loads it.
     from vlmjax.core import config as config_lib
 
-    _, overrides = config_lib.split_overrides(seeds.data_overrides(["test"], "scenes/texture"))
+    _, overrides = config_lib.split_overrides(seeds.data_overrides(["classification"], "scenes/texture"))
     cfg = config_lib.load_with_overrides("experiments/vit_scenes.py:runlocal", overrides)
     config_lib.fill_eval_data(cfg)
-    assert cfg.evals.test.data.name == "scenes/texture" and cfg.data.name == "scenes/tiny"
+    assert cfg.evals.classification.data.name == "scenes/texture" and cfg.data.name == "scenes/tiny"
 
 
 def test_eval_data_result_file_and_test_guard(tmp_path, monkeypatch):
@@ -202,7 +202,7 @@ def test_eval_data_result_file_and_test_guard(tmp_path, monkeypatch):
 
     def fake_run_seed(args, seed, extra, names):
         calls.append((args.eval_data, seed))
-        return {"eval/test/accuracy": 0.5 + seed / 10}, 1.0, []
+        return {"eval/classification/accuracy": 0.5 + seed / 10}, 1.0, []
 
     monkeypatch.setattr(seeds, "run_seed", fake_run_seed)
     monkeypatch.setattr(seeds, "eval_names", lambda spec: ["test"])
@@ -214,7 +214,7 @@ def test_eval_data_result_file_and_test_guard(tmp_path, monkeypatch):
     result = json.loads(out.read_text())
     assert result["eval_data"] == "scenes/texture" and result["split"] == "test" and calls == [
         ("scenes/texture", 0), ("scenes/texture", 1)]
-    assert result["summary"]["eval/test/accuracy"]["mean"] == pytest.approx(0.55)
+    assert result["summary"]["eval/classification/accuracy"]["mean"] == pytest.approx(0.55)
     assert "of `scenes/texture`" in seeds.table(result)
     assert json.loads((tmp_path / "seeds_r_test.json").read_text()) == {"commit": "0123456789ab"}  # untouched
     assert seeds.main(argv) == 2  # ... and it is itself read once

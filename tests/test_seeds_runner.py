@@ -82,15 +82,16 @@ def test_two_seeds_on_validation(tmp_path, scenes_tiny_dir):
         cfg = json.loads((workdir / "config.json").read_text())
         assert cfg["seed"] == int(s)
         assert all(e["data"]["split"] == "validation" for e in cfg["evals"].values())  # training never reads test
+        loss = "eval/classification/loss"
         logged = [r for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())
-                  if "eval/test/loss" in r][-1]  # the run's own last validation eval: the same checkpoint and data
-        assert result["per_seed"][s]["eval/test/loss"] == pytest.approx(logged["eval/test/loss"], rel=1e-5)
+                  if loss in r][-1]  # the run's own last validation eval: the same checkpoint and data
+        assert result["per_seed"][s][loss] == pytest.approx(logged[loss], rel=1e-5)
         curve = result["validation_curves"][s]  # every evaluation the training logged, as logged
-        assert curve[-1]["step"] == logged["step"] and curve[-1]["eval/test/loss"] == logged["eval/test/loss"]
+        assert curve[-1]["step"] == logged["step"] and curve[-1][loss] == logged[loss]
         assert all(set(c) == {"step"} | {k for k in c if k.startswith("eval/")} for c in curve)
-    losses = [result["per_seed"][s]["eval/test/loss"] for s in ("0", "1")]
+    losses = [result["per_seed"][s]["eval/classification/loss"] for s in ("0", "1")]
     assert losses[0] != losses[1]  # the seed reaches the run
-    assert result["summary"]["eval/test/loss"]["mean"] == pytest.approx(sum(losses) / 2)
+    assert result["summary"]["eval/classification/loss"]["mean"] == pytest.approx(sum(losses) / 2)
     # a later sitting in a fresh checkout (no workdirs): both seeds come from the runs file, nothing trains
     rc = seeds.main(["--name", "tiny", "--config", "experiments/vit_scenes.py:runlocal", "--seeds", "0,1",
                      "--workdir_root", str(tmp_path / "fresh"), "--out_dir", str(tmp_path),
@@ -144,8 +145,8 @@ def test_style_table_reads_each_cell_from_its_own_file(tmp_path):
     for a missing one, mean ± std over the seeds."""
     import style_table
 
-    def write(run, eval_data, values):
-        per_seed = {str(i): {"eval/test/accuracy": v} for i, v in enumerate(values)}
+    def write(run, eval_data, values, metric="eval/classification/accuracy"):
+        per_seed = {str(i): {metric: v} for i, v in enumerate(values)}
         path = seeds.result_path(str(tmp_path), run, "validation", eval_data)
         with open(path, "w") as f:
             json.dump({"summary": seeds.summarize(per_seed)}, f)
@@ -154,10 +155,11 @@ def test_style_table_reads_each_cell_from_its_own_file(tmp_path):
     write("vit_dark", "scenes/texture", [0.5])
     write("vit_styles", "scenes/default", [0.95])          # trained on scenes/styles, evaluated on dark
     write("vit_styles", None, [0.1])                        # its own (styles mix) file is no column of the table
+    write("vit_styles", "scenes/light", [0.7], "eval/test/accuracy")  # the evaluator's former name
     rows = {line.split(" | ")[1]: line for line in style_table.table("validation", str(tmp_path)).splitlines()
             if line.startswith("| ") and "`scenes/" in line}
     assert rows["`scenes/default`"].endswith("| 0.900 ± 0.100 (3) | -- | 0.500 (1) |")
-    assert rows["`scenes/styles`"].endswith("| 0.950 (1) | -- | -- |")
+    assert rows["`scenes/styles`"].endswith("| 0.950 (1) | 0.700 (1) | -- |")
     assert len(rows) == 2  # rows of runs without any file are left out
 
 

@@ -1,9 +1,11 @@
 """`vlmjax-eval`: run an experiment's evaluators on a trained workdir's latest checkpoint.
 
     vlmjax-eval --workdir workdirs/vit_scenes                      # the config saved with the run
-    vlmjax-eval --workdir W --config vit_scenes --config.evals.test.data.split=validation
+    vlmjax-eval --workdir workdirs/vit_scenes --split test         # the one test read of a final recipe
+    vlmjax-eval --workdir W --config vit_scenes --config.evals.classification.data.split=train
 
-Prints `eval/<evaluator>/<metric>=value` lines; `--json` also writes them to `<workdir>/eval_<step>.json`.
+Prints `eval/<evaluator>/<metric>=value` lines; `--json` also writes them to `<workdir>/eval_<step>.json`
+(`eval_<step>_<split>.json` with `--split`).
 Library logs stay at WARNING; `-v` (`--verbosity=1`) shows their INFO lines.
 """
 import json
@@ -21,6 +23,16 @@ flags.DEFINE_string("config", None, "Experiment name or file[:variant]; default:
                     flag_values=FLAGS)
 flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).", flag_values=FLAGS)
 flags.DEFINE_bool("json", False, "Write the metrics to <workdir>/eval_<step>.json.", flag_values=FLAGS)
+flags.DEFINE_string("split", None, "Every evaluator reads this split (e.g. test); default: each evaluator's own "
+                    "(the `scenes` experiments' periodic evaluations read validation).", flag_values=FLAGS)
+
+
+def with_split(config, split: str):
+    """`config` with every evaluator's `data.split` set to `split` (a copy; `config` is unchanged)."""
+    config = config.copy_and_resolve_references()
+    for name in config.get("evals", {}) or {}:
+        config.evals[name].data.split = split
+    return config
 
 
 def run_config(workdir: str, spec: str = None):
@@ -85,11 +97,13 @@ def eval_main(overrides) -> int:
     config = run_config(F.workdir, F.config)
     defaults = get_task_class(config.get("task", "")).config_defaults()
     config = config_lib.apply_overrides(config, overrides, defaults)
+    if F.split:
+        config = with_split(config, F.split)
     step, metrics = evaluate_workdir(F.workdir, config, F.step)
     for k, v in sorted(metrics.items()):
         print(f"{k}={v:.6g}")
     if F.json:
-        with open(os.path.join(F.workdir, f"eval_{step}.json"), "w") as f:
+        with open(os.path.join(F.workdir, f"eval_{step}{'_' + F.split if F.split else ''}.json"), "w") as f:
             json.dump({"step": step, **metrics}, f, indent=2)
     return 0
 
