@@ -5,6 +5,7 @@ import os
 import statistics
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -176,3 +177,25 @@ def test_compare_table_puts_each_file_in_its_own_column(tmp_path):
     assert lines[0] == "| metric | `a` (validation, 0123456) | `b` (validation, 0123456) |"
     assert lines[2] == "| `eval/m` | 0.700 ± 0.200 (3) | 0.250 (1) |"
     assert lines[3] == "| `eval/absent` | -- | -- |"
+
+
+def test_curve_plot_means_the_seeds_at_their_shared_steps(tmp_path):
+    """benchmarks/curve_plot.py: per-seed curves from a seeds result, the mean and sample std at the steps every
+    seed evaluated, and a PNG of them."""
+    import curve_plot
+
+    curves = {"0": [{"step": 600, "eval/a": 0.5}, {"step": 1200, "eval/a": 0.7, "eval/b": 1.0}],
+              "1": [{"step": 600, "eval/a": 0.3}, {"step": 900, "eval/a": 0.4}, {"step": 1200, "eval/a": 0.9}]}
+    result = {"name": "r", "split": "validation", "commit": "abcdef0123", "validation_curves": curves}
+    per_seed = curve_plot.seed_curves(result, "eval/a")
+    assert list(per_seed["1"][0]) == [600, 900, 1200] and list(curve_plot.seed_curves(result, "eval/b")) == ["0"]
+    steps, mean, std = curve_plot.mean_curve(per_seed)
+    assert list(steps) == [600, 1200]  # 900: seed 1 only
+    np.testing.assert_allclose(mean, [0.4, 0.8])
+    np.testing.assert_allclose(std, [np.std([0.5, 0.3], ddof=1), np.std([0.7, 0.9], ddof=1)])
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "seeds_r_validation.json"
+    path.write_text(json.dumps(result))
+    drawn = curve_plot.plot([str(path)], ["eval/a", "eval/b"], str(tmp_path / "c.png"))
+    assert drawn[str(path)]["eval/b"] == [[1200], [1.0], [0.0]]
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
