@@ -29,7 +29,7 @@ data: venv
 	@test -f $(DATA_DIR)/scenes_spm.model || $(BIN)/python -m vlmjax.data.tokenizer --data_dir $(DATA_DIR) \
 		--dataset scenes/default --out $(DATA_DIR)/scenes_spm.model
 
-# Trains the default experiment on CPU and prints its eval metrics (a finished workdir just re-evaluates).
+# Trains the default experiment on CPU and prints its validation metrics (a finished workdir just re-evaluates).
 demo: data
 	$(BIN)/vlmjax-train --config experiments/vit_scenes.py --workdir $(DEMO_WORKDIR)
 
