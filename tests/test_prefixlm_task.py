@@ -252,9 +252,10 @@ def test_sharded_training_equals_one_device(two_stage, scenes_tiny_dir, tok_path
 
 def test_two_stage_answers_questions_from_the_image(two_stage, scenes_tiny_dir):
     _, chat, final = two_stage
+    from experiments.common import EVAL_SPLIT
     from vlmjax.data.sources.scenes import blind_vqa_prior
 
-    blind_by_type, n = blind_vqa_prior(scenes_tiny_dir, "tiny", 128)
+    blind_by_type, n = blind_vqa_prior(scenes_tiny_dir, "tiny", 128, split=EVAL_SPLIT)  # the split the run evaluated
     blind = blind_by_type.pop("all")
     assert final["eval/vqa/questions"] == n
     print(f"VQA accuracy {final['eval/vqa/accuracy']:.3f} vs blind {blind:.3f} on {n} questions;",

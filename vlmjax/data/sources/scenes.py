@@ -155,10 +155,11 @@ def build(data_dir: str, config="default") -> Tuple[bool, float]:
     return True, time.perf_counter() - t0
 
 
-def blind_vqa_prior(data_dir: str, config: str = "default", n_test: int = None) -> Tuple[Dict[str, float], int]:
+def blind_vqa_prior(data_dir: str, config: str = "default", n_images: int = None,
+                    split: str = "test") -> Tuple[Dict[str, float], int]:
     """VQA accuracy of answering from the question alone: the most common train answer of that question (of its
     type for a question never seen in train) -- what a model that ignores the image can reach. Over the questions
-    of the first `n_test` test images -> ({'all': acc, '<type>': acc, ...}, number of questions)."""
+    of the first `n_images` images of `split` -> ({'all': acc, '<type>': acc, ...}, number of questions)."""
     builder = Scenes(data_dir=data_dir, config=config)
     src = lambda split: builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})  # noqa
     by_q, by_t = collections.defaultdict(collections.Counter), collections.defaultdict(collections.Counter)
@@ -168,9 +169,9 @@ def blind_vqa_prior(data_dir: str, config: str = "default", n_test: int = None) 
         for q, a, t in zip(ex["questions"], ex["answers"], ex["question_types"]):
             by_q[q][a] += 1
             by_t[t][a] += 1
-    test_src, hits = src("test"), collections.defaultdict(list)
-    for i in range(len(test_src) if n_test is None else n_test):
-        ex = test_src[i]
+    eval_src, hits = src(split), collections.defaultdict(list)
+    for i in range(len(eval_src) if n_images is None else n_images):
+        ex = eval_src[i]
         for q, a, t in zip(ex["questions"], ex["answers"], ex["question_types"]):
             hits[t.decode() if isinstance(t, bytes) else t].append((by_q.get(q) or by_t[t]).most_common(1)[0][0] == a)
     every = [h for hs in hits.values() for h in hs]
