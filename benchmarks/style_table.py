@@ -35,7 +35,7 @@ ROWS = [
      "eval/zeroshot_1obj/accuracy", "{:.3f}"),
     ("SigLIP multi-label mAP", "siglip_presence", "scenes/default", "eval/multilabel/mAP", "{:.3f}"),
     ("SigLIP image -> text R@1", "siglip_presence", "scenes/default", "eval/retrieval/img2txt_r@1", "{:.3f}"),
-    ("Prefix-LM VQA accuracy, 64 px (`prefixlm_scenes:chat`)", "prefixlm64_chat", "scenes/default",
+    ("Prefix-LM VQA accuracy, 64 px (`prefixlm_scenes:chat`, 1200 chat steps)", "prefixlm64_chat", "scenes/default",
      "eval/vqa/accuracy", "{:.3f}"),
 ]
 # Metric names of files written before an evaluator was renamed: vit_scenes' `classification` was `test` until
