@@ -33,7 +33,7 @@ def get_config(arg=None):
     # shapes far more slowly here (Xiao et al. 2021, "Early convolutions help transformers see better"). 3 stem
     # blocks + 2 ViT layers learnt fastest of 1 + 4, 2 + 3 and 3 + 2 (same FLOPs per step), and MAP pooling (a
     # learned query can pick "the largest, then leftmost" object directly) than `gap`: both single early runs, read
-    # on the test split before choices moved to validation, so no figure of them is quoted (docs/status.md).
+    # on the test split before choices moved to validation, so no figure of them is quoted.
     c.model = dict(SCENES_HYBRID_VIT)
     c.optimizer = dict(name="adamw", lr=3e-3, weight_decay=1e-4, clip_norm=1.0)
     c.schedule = dict(name="cosine", warmup_steps=50)
