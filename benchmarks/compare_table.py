@@ -4,7 +4,8 @@ r"""A markdown table comparing seeds-runner results side by side: one column per
         benchmarks/results/seeds_siglip_presence_validation.json --metrics eval/multilabel/mAP,eval/zeroshot_1obj/accuracy
 
 Each cell is `mean ± std (n)` from the file's summary (`benchmarks/seeds.py` writes them), '--' when the file lacks
-the metric; the header names each file's config, split and commit, so a table in docs/ says where it came from.
+the metric; the header names each file's run (the seeds runner's `--name`), config, split and commit, so a table in
+docs/ says where it came from, and two recipes of one config (differing by an override or the commit) are told apart.
 """
 import argparse
 import json
@@ -15,7 +16,8 @@ def column(path: str) -> dict:
     with open(path) as f:
         result = json.load(f)
     data = f" of {result['eval_data']}" if result.get("eval_data") else ""
-    return {"title": f"`{result.get('config', os.path.basename(path))}` ({result['split']}{data}, "
+    name = result.get("name") or os.path.basename(path)
+    return {"title": f"`{name}` (`{result.get('config', '?')}`, {result['split']}{data}, "
                      f"{str(result.get('commit', '?'))[:7]})", "summary": result["summary"]}
 
 

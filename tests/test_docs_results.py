@@ -25,8 +25,8 @@ import style_table  # noqa: E402
 
 DOCS = [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
 RESULT_PREFIXES = ("seeds_", "multilabel_diagnosis_", "prompt_sweep_")
-# a compare_table column title: `config` (split[ of data], commit7)
-TITLE = re.compile(r"^`([^`]+)` \((validation|test|train)(?: of ([^,]+))?, ([0-9a-f]{7})\)$")
+# a compare_table column title: `name` (`config`, split[ of data], commit7)
+TITLE = re.compile(r"^`([^`]+)` \(`([^`]+)`, (validation|test|train)(?: of ([^,]+))?, ([0-9a-f]{7})\)$")
 
 
 def expand_braces(text: str) -> list:
@@ -99,8 +99,8 @@ def generated_tables(doc: str):
             continue
         cols = []
         for m in titles:
-            config, split, data, commit = m.groups()
-            found = [r for r in results if r.get("config") == config and r["split"] == split
+            name, config, split, data, commit = m.groups()
+            found = [r for r in results if r.get("name") == name and r.get("config") == config and r["split"] == split
                      and r["commit"].startswith(commit) and (r.get("eval_data") or None) == data]
             assert len(found) == 1, f"{os.path.relpath(doc, ROOT)}: column {m.group(0)} matches {len(found)} results"
             cols.append(found[0])

@@ -170,11 +170,11 @@ def test_compare_table_puts_each_file_in_its_own_column(tmp_path):
     paths = []
     for name, values in (("a", [0.5, 0.7, 0.9]), ("b", [0.25])):
         p = tmp_path / f"seeds_{name}_validation.json"
-        p.write_text(json.dumps({"config": name, "split": "validation", "commit": "0123456789",
+        p.write_text(json.dumps({"name": f"run_{name}", "config": name, "split": "validation", "commit": "0123456789",
                                  "summary": seeds.summarize({str(i): {"eval/m": v} for i, v in enumerate(values)})}))
         paths.append(str(p))
     lines = compare_table.table(paths, ["eval/m", "eval/absent"]).splitlines()
-    assert lines[0] == "| metric | `a` (validation, 0123456) | `b` (validation, 0123456) |"
+    assert lines[0] == "| metric | `run_a` (`a`, validation, 0123456) | `run_b` (`b`, validation, 0123456) |"
     assert lines[2] == "| `eval/m` | 0.700 ± 0.200 (3) | 0.250 (1) |"
     assert lines[3] == "| `eval/absent` | -- | -- |"
 
