@@ -14,7 +14,7 @@ printed as mean ± std over its seeds; a missing file prints as "--". The comman
     python benchmarks/seeds.py --name vit_styles --config vit_scenes --seeds 0 --split validation \
         --eval_data scenes/texture -- --config.data.name=scenes/styles
     (the same with scenes/light, and scenes/default for vit_styles; vqvae_dark / vqvae_styles with
-    vqvae_scenes; siglip_presence with --config siglip_scenes:presence, the default recipe then; prefixlm64_chat2400
+    vqvae_scenes; siglip_dark with --config siglip_scenes, the default recipe; prefixlm64_chat2400
     with the chain of docs/prefixlm.md, its overrides after `--`)
 """
 import argparse
@@ -31,10 +31,10 @@ ROWS = [
     ("", "vit_styles", "scenes/styles", "eval/classification/accuracy", "{:.3f}"),
     ("VQ-VAE reconstruction PSNR, dB (`vqvae_scenes`)", "vqvae_dark", "scenes/default", "eval/recon/psnr", "{:.1f}"),
     ("", "vqvae_styles", "scenes/styles", "eval/recon/psnr", "{:.1f}"),
-    ("SigLIP zero-shot, one-object images (`siglip_scenes`)", "siglip_presence", "scenes/default",
+    ("SigLIP zero-shot, one-object images (`siglip_scenes`)", "siglip_dark", "scenes/default",
      "eval/zeroshot_1obj/accuracy", "{:.3f}"),
-    ("SigLIP multi-label mAP", "siglip_presence", "scenes/default", "eval/multilabel/mAP", "{:.3f}"),
-    ("SigLIP image -> text R@1", "siglip_presence", "scenes/default", "eval/retrieval/img2txt_r@1", "{:.3f}"),
+    ("SigLIP multi-label mAP", "siglip_dark", "scenes/default", "eval/multilabel/mAP", "{:.3f}"),
+    ("SigLIP image -> text R@1", "siglip_dark", "scenes/default", "eval/retrieval/img2txt_r@1", "{:.3f}"),
     ("Prefix-LM VQA accuracy, 64 px (`prefixlm_scenes:chat`, 2400 chat steps)", "prefixlm64_chat2400",
      "scenes/default", "eval/vqa/accuracy", "{:.3f}"),
 ]
