@@ -161,7 +161,7 @@ def blind_vqa_prior(data_dir: str, config: str = "default", n_images: int = None
     type for a question never seen in train) -- what a model that ignores the image can reach. Over the questions
     of the first `n_images` images of `split` -> ({'all': acc, '<type>': acc, ...}, number of questions)."""
     builder = Scenes(data_dir=data_dir, config=config)
-    src = lambda split: builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})  # noqa
+    src = lambda name: builder.as_data_source(split=name, decoders={"image": tfds.decode.SkipDecoding()})  # noqa
     by_q, by_t = collections.defaultdict(collections.Counter), collections.defaultdict(collections.Counter)
     train_src = src("train")
     for i in range(len(train_src)):
