@@ -228,8 +228,10 @@ def run_arms(args, source: dict, runs_file: str) -> list:
                 if found:
                     rows.append(found)
                     continue
+                # cpus: XLA CPU's thread pool is sized from the cores this process may use, and its results move
+                # with it (one seed on 1 vs 2 cores differs in the last bits, then more); load does not move them
                 rows.append({**train_arm(loss, batch, steps, seed, args), **want, "workers": getattr(args, "workers", -1),
-                             "commit": source["commit"], "dirty": source["dirty"]})
+                             "cpus": len(os.sched_getaffinity(0)), "commit": source["commit"], "dirty": source["dirty"]})
                 # progress without the test metrics: a sitting reads no test number before the report
                 hidden = {"validation_curve"} | {m for m, _ in METRICS}
                 print(json.dumps({k: v for k, v in rows[-1].items() if k not in hidden}), flush=True)
