@@ -1,12 +1,17 @@
 """`train/data_wait_frac`: the share of a logging interval the loop spent waiting for its next batch, and the one-line
-input-bound warning above 20%. A source that sleeps per record must read as input-bound; the in-memory one as less."""
+input-bound warning above 20%. A source that sleeps per record must read as input-bound; the in-memory one as less.
+Only the part of a fetch after the previous step completed counts (dispatch is asynchronous): `InputWait` against a
+simulated device."""
+import threading
 import time
 
 import jax
+import pytest
 
 import fake_data
 from test_core import tiny_config
 from vlmjax.data import pipeline
+from vlmjax.core.input_wait import InputWait
 from vlmjax.core.loop import train
 from vlmjax.core.metrics import read_metrics
 
@@ -46,3 +51,50 @@ def test_a_slow_source_reads_as_input_bound_and_warns_once(tmp_path, capsys):
     assert out.count("warning: input-bound") == 1
     fast, out = _wait_fracs(tmp_path / "fast", "fake:clean", capsys)
     assert max(fast[1:]) < min(slow[1:]), (fast, slow)  # decoding 16 small PNGs still outlasts this tiny step
+
+
+class _Step:
+    """A dispatched step whose outputs become ready when `finish()` is called (the device's completion)."""
+
+    def __init__(self):
+        self.event = threading.Event()
+
+    def block_until_ready(self):
+        self.event.wait()
+        return self
+
+    def finish(self):
+        self.event.set()
+        time.sleep(0.02)  # let the watcher thread record the completion time
+
+
+def test_input_wait_charges_only_the_fetch_after_the_previous_step_completed():
+    w = InputWait()
+    try:
+        # Step 1 computes through the whole fetch of batch 2: the device never waited.
+        s1 = _Step()
+        w.dispatched(1, s1)
+        t0 = time.perf_counter()
+        time.sleep(0.05)  # reading batch 2
+        t1 = time.perf_counter()
+        s1.finish()  # the read ended before step 1 did
+        w.fetched(2, t0, t1)
+        assert w.take() == 0.0
+        # Step 2 completes at once; the fetch of batch 3 goes on for 0.2 s after it: charged ~0.2 s, not the 0.25 s
+        # that timing next() alone would count.
+        s2 = _Step()
+        w.dispatched(2, s2)
+        t0 = time.perf_counter()
+        time.sleep(0.05)
+        s2.finish()
+        t_done = time.perf_counter()
+        time.sleep(0.2)
+        t1 = time.perf_counter()
+        w.fetched(3, t0, t1)
+        waited = w.take()
+        assert t1 - t_done - 0.03 <= waited <= t1 - t0 - 0.03, (waited, t1 - t0, t1 - t_done)
+        # A fetch with no step launched before it (the run's first) counts whole.
+        w.fetched(9, 1.0, 1.5)
+        assert w.take() == pytest.approx(0.5)
+    finally:
+        w.close()

@@ -28,6 +28,7 @@ from vlmjax.core.checkpoint import (Checkpointer, check_init_from, load_imported
                                      merge_params, read_variables)
 from vlmjax.core.distributed import PreemptionWatcher
 from vlmjax.core.flops import peak_flops, step_flops
+from vlmjax.core.input_wait import InputWait
 from vlmjax.core.mesh import (batch_sharding, data_parallel_size, like_params_shardings, logical_shardings, make_mesh,
                                rules_from_config)
 from vlmjax.core.metrics import CLEAR_LINE, MetricWriter, Progress
@@ -355,25 +356,27 @@ class Trainer(Runtime):
         if start >= cfg.total_steps:  # already finished: report its evaluation instead of silently exiting
             with jax.set_mesh(self.mesh):
                 final = self.evaluate(state, start, only=True)
-        data_wait, t_interval, warned_input_bound = 0.0, time.perf_counter(), False
+        input_wait, t_interval, warned_input_bound = InputWait(), time.perf_counter(), False
         try:
             with jax.set_mesh(self.mesh):
                 for step in range(start + 1, cfg.total_steps + 1):
-                    t_wait = time.perf_counter()
+                    t_fetch = time.perf_counter()
                     batch = next(train_iter)
-                    data_wait += time.perf_counter() - t_wait
+                    input_wait.fetched(step, t_fetch, time.perf_counter())
                     self.task.check_batch(batch, f"train batch at step {step}")
                     gbatch = self._global_batch(batch)
                     if self._compiled is None:  # compile once, ahead of time, to read its FLOPs for MFU
                         self.compile_step(state, gbatch)
                         progress.restart(step - 1)  # the ETA excludes compilation
                         # ... and the input-bound measure both compilation and the pipeline's start-up.
-                        data_wait, t_interval = 0.0, time.perf_counter()
+                        input_wait.take()
+                        t_interval = time.perf_counter()
                         log(f"train step: {self.step_flops['model']:.4g} model FLOPs per device "
                             f"({self.step_flops['hardware']:.4g} with recomputation); peak "
                             f"{self.peak_flops:.4g} FLOP/s ({peak_src})")
                     with profiler.step(step):
                         state, metrics = self._compiled(state, gbatch)
+                    input_wait.dispatched(step, metrics)
                     profiler.done(step, metrics)
                     if jax.process_index() == 0:
                         progress.tick(step)
@@ -383,7 +386,7 @@ class Trainer(Runtime):
                         m.update(train_iter.drop_metrics())
                         self._check_finite(m, step, ckpt)
                         if step % cfg.log_every_steps == 0 or step == cfg.total_steps:
-                            interval = time.perf_counter() - t_interval
+                            interval, data_wait = time.perf_counter() - t_interval, input_wait.take()
                             rate = progress.rate(step)
                             if step > start + 1:  # the first interval includes compilation
                                 m["train/steps_per_s"] = rate
@@ -393,9 +396,10 @@ class Trainer(Runtime):
                                 if m["train/data_wait_frac"] > 0.2 and not warned_input_bound:
                                     warned_input_bound = True
                                     log(f"warning: input-bound: the step waited for data "
-                                        f"{m['train/data_wait_frac']:.0%} of the time (train/data_wait_frac); "
+                                        f"{m['train/data_wait_frac']:.0%} of the time (train/data_wait_frac: "
+                                        f"the device idle while the next batch was read); "
                                         f"raise config.data.worker_count or move work to the device")
-                            data_wait, t_interval = 0.0, time.perf_counter()
+                            t_interval = time.perf_counter()
                             writer.write(step, m)
                             log(progress.line(step, m, rate))
                             final.update(m)
@@ -412,6 +416,7 @@ class Trainer(Runtime):
                     if cfg.debug.sleep_per_step:
                         time.sleep(cfg.debug.sleep_per_step)
         finally:
+            input_wait.close()
             profiler.close()
             preemption.close()
             ckpt.close()
