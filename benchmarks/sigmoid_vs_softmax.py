@@ -106,10 +106,31 @@ def train_arm(loss: str, batch: int, steps: int, seed: int, args) -> dict:
             "txt2img_r1": final["eval/retrieval_test/txt2img_r@1"]}
 
 
+def mean_r1(point) -> float:
+    """The mean of image->text and text->image R@1 at one validation evaluation."""
+    return (point["img2txt_r1"] + point["txt2img_r1"]) / 2
+
+
 def last_quarter_gain(curve, steps: int) -> float:
     """Mean validation R@1 (both directions) at the end minus at the last evaluation at or before 3/4 of `steps`."""
-    r1 = lambda c: (c["img2txt_r1"] + c["txt2img_r1"]) / 2  # noqa: E731
-    return r1(curve[-1]) - r1(max((c for c in curve if c["step"] <= 0.75 * steps), key=lambda c: c["step"]))
+    return mean_r1(curve[-1]) - mean_r1(max((c for c in curve if c["step"] <= 0.75 * steps), key=lambda c: c["step"]))
+
+
+def budget_gain(rows, loss: str, batch: int, steps: int):
+    """(gain, shorter): the final validation R@1 of (loss, batch) at `steps` minus at the next-shorter budget
+    `shorter` among `rows`, averaged over the seeds run at both (paired); None without a shorter budget or a
+    common seed. Under a cosine schedule the last quarter always gains from the decay, so a run has stopped
+    improving when more steps no longer buy R@1: this is that check."""
+    mine = {r["seed"]: r for r in rows if (r["loss"], r["batch"], r["steps"]) == (loss, batch, steps)}
+    shorter = [r["steps"] for r in rows if (r["loss"], r["batch"]) == (loss, batch) and r["steps"] < steps]
+    if not shorter:
+        return None
+    prev = {r["seed"]: r for r in rows if (r["loss"], r["batch"], r["steps"]) == (loss, batch, max(shorter))}
+    seeds = sorted(set(mine) & set(prev))
+    if not seeds:
+        return None
+    return statistics.mean(mean_r1(mine[s]["validation_curve"][-1]) - mean_r1(prev[s]["validation_curve"][-1])
+                           for s in seeds), max(shorter)
 
 
 def arm_settings(loss: str, batch: int, steps: int, seed: int, args) -> dict:
@@ -168,14 +189,18 @@ def plot(rows, path: str, steps: int) -> None:
     plt.close(fig)
 
 
-def _table(stats, f) -> list:
-    lines = ["| loss | batch | steps | zero-shot | img→txt R@1 | txt→img R@1 | val gain (last quarter) | final t | "
-             "final b |",
-             "|---|---|---|---|---|---|---|---|---|"]
+def _table(stats, f, rows) -> list:
+    """`stats` (arms()) as a table; `rows`: every run, for the gain over a shorter budget."""
+    lines = ["| loss | batch | steps | zero-shot | img→txt R@1 | txt→img R@1 | val gain (last quarter) | val gain "
+             "(vs shorter run) | final t | final b |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for (loss, batch, steps), s in sorted(stats.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])):
         bias = "—" if s["bias"] is None else f"{s['bias'][0]:.2f}"
+        bg = budget_gain(rows, loss, batch, steps)
+        bg = "—" if bg is None else f"{bg[0]:+.3f} (vs {bg[1]})"
         lines.append(f"| {loss} | {batch} | {steps} | {f(s['zeroshot'])} | {f(s['img2txt_r1'])} | "
-                     f"{f(s['txt2img_r1'])} | {s['last_quarter_gain'][0]:+.3f} | {s['temperature'][0]:.1f} | {bias} |")
+                     f"{f(s['txt2img_r1'])} | {s['last_quarter_gain'][0]:+.3f} | {bg} | {s['temperature'][0]:.1f} | "
+                     f"{bias} |")
     return lines
 
 
@@ -200,17 +225,19 @@ def markdown(rows, result) -> str:
     lines = [BEGIN, "",
              f"{steps} steps for every arm (batch {lo} sees {lo * steps} examples, {hi} sees "
              f"{hi * steps}); seeds {', '.join(map(str, result['seeds']))}; test metrics on the first "
-             f"{result['eval_examples']} test images, read once at the end; `val gain` is the last quarter's change "
-             f"of the mean validation R@1 (near 0: the run had stopped improving). Arms ran at commit "
+             f"{result['eval_examples']} test images, read once at the end; `val gain (last quarter)` is the last "
+             f"quarter's change of the mean validation R@1 (it includes what the cosine decay buys), `val gain (vs "
+             f"shorter run)` the change of the final validation R@1 from the next-shorter budget of the same loss and "
+             f"batch, paired by seed (near 0: more steps no longer help). Arms ran at commit "
              f"{', '.join('`' + c[:10] + '`' for c in result.get('arm_commits', [result['commit']]))}. "
              f"Regenerate: `{result['command']}`.", ""]
-    lines += _table(grid, f)
+    lines += _table(grid, f, rows)
     lines += ["", "![sigmoid vs softmax: test metrics vs batch size](sigmoid_vs_softmax.png)", ""]
     lines += _gaps(grid)
     if longer:
         lines += ["", "The same arms trained longer (`--long`, outside the equal-steps grid: whether an arm's ranking "
                   "holds once it has stopped improving on validation):", ""]
-        lines += _table(longer, f) + [""] + _gaps(longer)
+        lines += _table(longer, f, rows) + [""] + _gaps(longer)
     return "\n".join(lines + ["", END])
 
 

@@ -90,6 +90,22 @@ def test_last_quarter_gain_reads_the_evaluation_at_three_quarters():
     assert svs.last_quarter_gain(fake_curve(400, [0.1, 0.2, 0.3, 0.4]), 400) == pytest.approx(0.1)
 
 
+def test_budget_gain_pairs_seeds_with_the_next_shorter_budget():
+    def row(steps, seed, end, loss="sigmoid"):
+        return {"loss": loss, "batch": 32, "steps": steps, "seed": seed,
+                "validation_curve": fake_curve(steps, [0.0, end])}
+    rows = [row(100, 0, 0.5), row(100, 1, 0.6), row(100, 2, 0.9), row(400, 0, 0.7), row(400, 1, 0.65),
+            row(200, 0, 0.6), row(800, 3, 0.99), row(400, 0, 0.1, loss="softmax")]
+    # 400 steps: the next-shorter budget is 200 (not 100), and only seed 0 ran at both: 0.7 - 0.6
+    gain, shorter = svs.budget_gain(rows, "sigmoid", 32, 400)
+    assert shorter == 200 and gain == pytest.approx(0.1)
+    # 200 vs 100: seed 0 only (seeds 1 and 2 never ran at 200)
+    assert svs.budget_gain(rows, "sigmoid", 32, 200) == (pytest.approx(0.1), 100)
+    assert svs.budget_gain(rows, "sigmoid", 32, 100) is None  # the shortest
+    assert svs.budget_gain(rows, "sigmoid", 32, 800) is None  # no seed in common with 400
+    assert svs.budget_gain(rows, "softmax", 32, 400) is None  # the other loss has no shorter run
+
+
 def test_arms_statistics_over_seeds():
     rows = [{"loss": "sigmoid", "batch": 32, "steps": 4, "zeroshot": z, "img2txt_r1": 0.2, "txt2img_r1": 0.4,
              "temperature": 10.0, "bias": -9.0, "validation_curve": fake_curve(4, [0.1, 0.2, 0.3, 0.4])}
@@ -137,3 +153,5 @@ def test_report_of_a_study_with_some_batches_done():
     assert md.count("| sigmoid |") == 3 and md.count("| sigmoid | 32 | 32 |") == 1
     assert "- batch 32, 8 steps: sigmoid +10.0 points zero-shot" in md
     assert "- batch 32, 32 steps: sigmoid -10.0 points zero-shot, -5.0 points mean R@1 vs softmax." in md
+    # the longer arms' gain over the 8-step runs, paired by seed: the same curve end (0.4) at both budgets
+    assert md.count("| +0.000 (vs 8) |") == 2
