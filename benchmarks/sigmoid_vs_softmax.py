@@ -12,6 +12,7 @@ over the last quarter of the steps); zero-shot and R@1 on the test split are rea
     .venv/bin/python benchmarks/sigmoid_vs_softmax.py             # 18 arms, ~5.5 h on 2 cores (scenes/raw: `make bench`)
     .venv/bin/python benchmarks/sigmoid_vs_softmax.py --batches 32 128 --no_report   # one sitting's share
     .venv/bin/python benchmarks/sigmoid_vs_softmax.py --quick     # a smoke run, nothing written
+    .venv/bin/python benchmarks/sigmoid_vs_softmax.py --val_summary   # the runs so far, validation numbers only
     .venv/bin/python benchmarks/sigmoid_vs_softmax.py --long 32:38400 128:19200  # + those batches trained longer
 
 Each finished arm is appended to `--runs_file` (one JSON line with its settings and the commit it ran at;
@@ -241,6 +242,23 @@ def markdown(rows, result) -> str:
     return "\n".join(lines + ["", END])
 
 
+def validation_summary(rows) -> str:
+    """Markdown: per (loss, batch, steps) of `rows`, the seeds run and, over them, the final validation R@1 and
+    zero-shot and both gains; no test number (what a sitting reads to choose the next budget)."""
+    lines = ["| loss | batch | steps | seeds | val R@1 (end) | val zero-shot (end) | val gain (last quarter) | "
+             "val gain (vs shorter run) |", "|---|---|---|---|---|---|---|---|"]
+    for loss, batch, steps in sorted({(r["loss"], r["batch"], r["steps"]) for r in rows},
+                                     key=lambda k: (k[1], k[2], k[0])):
+        rs = [r for r in rows if (r["loss"], r["batch"], r["steps"]) == (loss, batch, steps)]
+        bg = budget_gain(rows, loss, batch, steps)
+        lines.append(f"| {loss} | {batch} | {steps} | {','.join(str(r['seed']) for r in rs)} | "
+                     f"{statistics.mean(mean_r1(r['validation_curve'][-1]) for r in rs):.3f} | "
+                     f"{statistics.mean(r['validation_curve'][-1]['zeroshot'] for r in rs):.3f} | "
+                     f"{statistics.mean(last_quarter_gain(r['validation_curve'], steps) for r in rs):+.3f} | "
+                     f"{'—' if bg is None else f'{bg[0]:+.3f} (vs {bg[1]})'} |")
+    return "\n".join(lines)
+
+
 def run_arms(args, source: dict, runs_file: str) -> list:
     """Every (batch, loss, seed) arm's row at `args.steps`, then every `--long` (batch, steps) arm's, in that order:
     read from `runs_file` when an arm with the same settings finished there before, else trained now and appended
@@ -287,6 +305,8 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=-1, help="config.data.worker_count of every arm (speed only: "
                    "0 and 1 give the same batches; -1: the trainer's auto count, 0 on a CPU-only host)")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--val_summary", action="store_true",
+                   help="print the validation numbers of every arm in --runs_file (no test metric) and exit")
     p.add_argument("--no_report", action="store_true",
                    help="train (and store) the arms only: no JSON, plot, docs or table (a sitting of a longer "
                    "study; the test evaluations are `quiet`: in each arm's metrics, not on the console)")
@@ -307,6 +327,9 @@ def parse_args(argv) -> argparse.Namespace:
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.val_summary:
+        print(validation_summary(read_runs(args.runs_file)))
+        return
     source = provenance(__file__, argv)  # the tree the runs come from, read before they start
     t0 = time.time()
     rows = run_arms(args, source, "" if args.quick else args.runs_file)

@@ -155,3 +155,13 @@ def test_report_of_a_study_with_some_batches_done():
     assert "- batch 32, 32 steps: sigmoid -10.0 points zero-shot, -5.0 points mean R@1 vs softmax." in md
     # the longer arms' gain over the 8-step runs, paired by seed: the same curve end (0.4) at both budgets
     assert md.count("| +0.000 (vs 8) |") == 2
+
+
+def test_validation_summary_reads_no_test_metric():
+    rows = [{"loss": "sigmoid", "batch": 32, "steps": st, "seed": s, "zeroshot": 0.777, "img2txt_r1": 0.777,
+             "txt2img_r1": 0.777, "validation_curve": fake_curve(st, [0.2, 0.5 + 0.1 * s + st / 1000])}
+            for st in (100, 200) for s in (0, 1)]
+    md = svs.validation_summary(rows)
+    assert "0.777" not in md
+    # 200 steps: final val R@1 0.7 / 0.8 (mean 0.75), last quarter from 0.2; +0.1 over the 100-step runs
+    assert "| sigmoid | 32 | 200 | 0,1 | 0.750 | 0.750 | +0.550 | +0.100 (vs 100) |" in md
