@@ -8,8 +8,8 @@ core and on all. Regenerates:
 
 The run is one arm of benchmarks/sigmoid_vs_softmax.py (tiny towers, 32 px, batch 32, sigmoid loss) without its
 evaluations, where the effect was found: XLA CPU sizes its thread pool from the cores a process may use, and how a
-dot or reduction is split over the threads moves the last bits. What it means for resume is in docs/scale.md
-("Numerics across machines"). Writes benchmarks/results/cpu_core_numerics.json.
+dot or reduction is split over the threads moves the last bits. What it means for resume is in docs/guide.md
+("Numerics across machines (CPU)"). Writes benchmarks/results/cpu_core_numerics.json.
 """
 import argparse
 import json
@@ -67,12 +67,18 @@ def ops_child() -> list:
     return [hashlib.md5(np.asarray(o).tobytes()).hexdigest()[:8] for o in outs]
 
 
+def run_pinned(cores: list, flags: str, call: str) -> str:
+    """Runs `call` (a Python expression on this module, `m`) in a fresh process pinned to `cores` with XLA_FLAGS
+    `flags`, so that jax starts there with that thread pool; returns its stdout."""
+    code = (f"import os, sys; os.sched_setaffinity(0, {cores!r}); sys.path[:0] = [{HERE!r}, {ROOT!r}]; "
+            f"import cpu_core_numerics as m; {call}")
+    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True).stdout
+
+
 def ops_variant(cores: list, flags: str) -> dict:
     """`ops_child` in a fresh process pinned to `cores`."""
-    code = (f"import os, sys, json; os.sched_setaffinity(0, {cores!r}); sys.path[:0] = [{HERE!r}, {ROOT!r}]; "
-            f"import cpu_core_numerics as m; print(json.dumps(m.ops_child()))")
-    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True).stdout
+    out = run_pinned(cores, flags, "import json; print(json.dumps(m.ops_child()))")
     return dict(zip(("large_k_dot", "small_dot", "column_sum"), json.loads(out.strip().splitlines()[-1])))
 
 
@@ -82,12 +88,9 @@ def variant(name: str, cores: list, flags: str, busy: bool, args, tmp: str) -> d
     import numpy as np
 
     out = os.path.join(tmp, f"{name}.npz")
-    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
-    code = (f"import os, sys; os.sched_setaffinity(0, {cores!r}); sys.path[:0] = [{HERE!r}, {ROOT!r}]; "
-            f"import cpu_core_numerics as m; m.child({out!r}, {args.steps}, {args.seed}, {args.data_dir!r})")
     spin = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
     try:
-        subprocess.run([sys.executable, "-c", code], env=env, check=True, stdout=subprocess.DEVNULL)
+        run_pinned(cores, flags, f"m.child({out!r}, {args.steps}, {args.seed}, {args.data_dir!r})")
     finally:
         if spin:
             spin.kill()
@@ -121,14 +124,15 @@ def main(argv=None):
     if len(every) < 2:
         sys.exit("cpu_core_numerics: this process may use one core only; the comparison needs two or more")
     base = os.environ.get("XLA_FLAGS", "")
+    single = f"{base} {FLAG}".strip()
     plan = [("all_cores", every, base, False), ("all_cores_again", every, base, False),
             ("all_cores_busy", every, base, True), ("one_core", every[:1], base, False),
-            ("all_cores_single_thread_eigen", every, f"{base} {FLAG}".strip(), False),
-            ("one_core_single_thread_eigen", every[:1], f"{base} {FLAG}".strip(), False)]
+            ("all_cores_single_thread_eigen", every, single, False),
+            ("one_core_single_thread_eigen", every[:1], single, False)]
     with tempfile.TemporaryDirectory() as tmp:
         runs = {name: variant(name, cores, flags, busy, args, tmp) for name, cores, flags, busy in plan}
     ops = {f"{n}_cores{' ' + FLAG if f != base else ''}": ops_variant(c, f)
-           for n, c in ((1, every[:1]), (len(every), every)) for f in (base, f"{base} {FLAG}".strip())}
+           for n, c in ((1, every[:1]), (len(every), every)) for f in (base, single)}
     ref = runs["all_cores"]
     rows = [compare(ref, r) for r in runs.values()]
     rows.append(compare(runs["all_cores_single_thread_eigen"], runs["one_core_single_thread_eigen"])

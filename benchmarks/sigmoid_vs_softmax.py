@@ -134,6 +134,12 @@ def budget_gain(rows, loss: str, batch: int, steps: int):
                            for s in seeds), max(shorter)
 
 
+def _budget_cell(rows, loss: str, batch: int, steps: int) -> str:
+    """`budget_gain` as a table cell: '+0.042 (vs 9600)', or '—'."""
+    bg = budget_gain(rows, loss, batch, steps)
+    return "—" if bg is None else f"{bg[0]:+.3f} (vs {bg[1]})"
+
+
 def arm_settings(loss: str, batch: int, steps: int, seed: int, args) -> dict:
     """What makes two arms the same run (the key of `--runs_file`)."""
     return {"loss": loss, "batch": batch, "seed": seed, "steps": steps, "eval_examples": args.eval_examples,
@@ -197,11 +203,9 @@ def _table(stats, f, rows) -> list:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for (loss, batch, steps), s in sorted(stats.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])):
         bias = "—" if s["bias"] is None else f"{s['bias'][0]:.2f}"
-        bg = budget_gain(rows, loss, batch, steps)
-        bg = "—" if bg is None else f"{bg[0]:+.3f} (vs {bg[1]})"
         lines.append(f"| {loss} | {batch} | {steps} | {f(s['zeroshot'])} | {f(s['img2txt_r1'])} | "
-                     f"{f(s['txt2img_r1'])} | {s['last_quarter_gain'][0]:+.3f} | {bg} | {s['temperature'][0]:.1f} | "
-                     f"{bias} |")
+                     f"{f(s['txt2img_r1'])} | {s['last_quarter_gain'][0]:+.3f} | "
+                     f"{_budget_cell(rows, loss, batch, steps)} | {s['temperature'][0]:.1f} | {bias} |")
     return lines
 
 
@@ -250,12 +254,11 @@ def validation_summary(rows) -> str:
     for loss, batch, steps in sorted({(r["loss"], r["batch"], r["steps"]) for r in rows},
                                      key=lambda k: (k[1], k[2], k[0])):
         rs = [r for r in rows if (r["loss"], r["batch"], r["steps"]) == (loss, batch, steps)]
-        bg = budget_gain(rows, loss, batch, steps)
         lines.append(f"| {loss} | {batch} | {steps} | {','.join(str(r['seed']) for r in rs)} | "
                      f"{statistics.mean(mean_r1(r['validation_curve'][-1]) for r in rs):.3f} | "
                      f"{statistics.mean(r['validation_curve'][-1]['zeroshot'] for r in rs):.3f} | "
                      f"{statistics.mean(last_quarter_gain(r['validation_curve'], steps) for r in rs):+.3f} | "
-                     f"{'—' if bg is None else f'{bg[0]:+.3f} (vs {bg[1]})'} |")
+                     f"{_budget_cell(rows, loss, batch, steps)} |")
     return "\n".join(lines)
 
 
@@ -273,10 +276,10 @@ def run_arms(args, source: dict, runs_file: str) -> list:
                 if found:
                     rows.append(found)
                     continue
-                # cpus: XLA CPU's thread pool is sized from the cores this process may use, and its results move
-                # with it (one seed on 1 vs 2 cores differs in the last bits, then more); load does not move them
-                rows.append({**train_arm(loss, batch, steps, seed, args), **want, "workers": getattr(args, "workers", -1),
-                             "cpus": len(os.sched_getaffinity(0)), "commit": source["commit"], "dirty": source["dirty"]})
+                # cpus: XLA CPU's numerics follow the cores a process may use (docs/guide.md)
+                rows.append({**train_arm(loss, batch, steps, seed, args), **want,
+                             "workers": getattr(args, "workers", -1), "cpus": len(os.sched_getaffinity(0)),
+                             "commit": source["commit"], "dirty": source["dirty"]})
                 # progress without the test metrics: a sitting reads no test number before the report
                 hidden = {"validation_curve"} | {m for m, _ in METRICS}
                 print(json.dumps({k: v for k, v in rows[-1].items() if k not in hidden}), flush=True)

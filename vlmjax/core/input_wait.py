@@ -63,7 +63,7 @@ class InputWait:
             total += max(0.0, end - prev)
         keep = max((s for s, _, _ in self._fetches), default=None)
         self._fetches = []
-        with self._cv:  # the last fetched step's predecessor may still be needed by the next interval: keep none
+        with self._cv:  # the next interval's first fetch (keep + 1) needs done[keep]; nothing before it
             self._done = {s: t for s, t in self._done.items() if keep is not None and s >= keep}
         self._dispatched = {s for s in self._dispatched if keep is not None and s >= keep}
         return total
