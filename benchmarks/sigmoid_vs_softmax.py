@@ -11,6 +11,7 @@ over the last quarter of the steps); zero-shot and R@1 on the test split are rea
 
     .venv/bin/python benchmarks/sigmoid_vs_softmax.py             # 18 arms, ~5.5 h on 2 cores (scenes/raw: `make bench`)
     .venv/bin/python benchmarks/sigmoid_vs_softmax.py --batches 32 128 --no_report   # one sitting's share
+    .venv/bin/python benchmarks/sigmoid_vs_softmax.py --long 128:38400 --seeds 1 --losses sigmoid --no_report
     .venv/bin/python benchmarks/sigmoid_vs_softmax.py --quick     # a smoke run, nothing written
     .venv/bin/python benchmarks/sigmoid_vs_softmax.py --val_summary   # the runs so far, validation numbers only
     .venv/bin/python benchmarks/sigmoid_vs_softmax.py --long 32:38400 128:19200  # + those batches trained longer
@@ -269,7 +270,7 @@ def run_arms(args, source: dict, runs_file: str) -> list:
     done = read_runs(runs_file)
     rows = []
     for batch, steps in [(b, args.steps) for b in args.batches] + args.long:
-        for loss in LOSSES:
+        for loss in getattr(args, "losses", LOSSES):
             for seed in args.seeds:
                 want = arm_settings(loss, batch, steps, seed, args)
                 found = last_run(done, want)
@@ -299,6 +300,8 @@ def parse_args(argv) -> argparse.Namespace:
                    help="arms beyond the equal-steps grid, e.g. 32:38400: a batch trained longer (both losses, every "
                    "seed), reported in a table of their own")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--losses", nargs="+", choices=LOSSES, default=list(LOSSES),
+                   help="train only these losses' arms (with --no_report: a sitting that fits one arm)")
     p.add_argument("--eval_examples", type=int, default=1000)
     p.add_argument("--tb_lr_mult", type=float, default=100.0, help="learning-rate multiplier of t and b")
     p.add_argument("--val_evals", type=int, default=24, help="validation evaluations per arm (evenly spaced)")
@@ -321,6 +324,8 @@ def parse_args(argv) -> argparse.Namespace:
             raise ValueError
     except ValueError:
         p.error(f"--long takes BATCH:STEPS entries, e.g. 32:38400; got {' '.join(map(str, args.long))}")
+    if set(args.losses) != set(LOSSES) and not (args.no_report or args.val_summary):
+        p.error("--losses " + " ".join(args.losses) + " needs --no_report: the report compares both losses")
     if args.quick:
         args.eval_examples, args.batches, args.seeds = min(args.eval_examples, 128), [16, 32], [0, 1]
         args.long = args.long and [(16, 16)]

@@ -57,6 +57,11 @@ def test_arms_resume_from_the_runs_file(tmp_path, monkeypatch):
     longer = svs.run_arms(study_args(long=[(16, 32)]), source, str(runs))
     assert trained[12:] == [("sigmoid", 16, 0), ("softmax", 16, 0)]
     assert [(r["batch"], r["steps"]) for r in longer] == [(16, 8)] * 2 + [(32, 8)] * 2 + [(16, 32)] * 2
+    # `--losses`: a sitting trains one loss's arm; the other loss's is left for the next sitting, which finds this one
+    svs.run_arms(study_args(long=[(16, 64)], losses=["softmax"]), source, str(runs))
+    assert trained[14:] == [("softmax", 16, 0)]
+    svs.run_arms(study_args(long=[(16, 64)]), source, str(runs))
+    assert trained[15:] == [("sigmoid", 16, 0)]
 
 
 def test_the_committed_runs_file_resumes_the_default_study(monkeypatch):
@@ -82,6 +87,9 @@ def test_the_committed_runs_file_resumes_the_default_study(monkeypatch):
     assert svs.parse_args(["--long", "32:38400"]).long == [(32, 38400)]
     with pytest.raises(SystemExit):
         svs.parse_args(["--long", "32"])
+    assert svs.parse_args(["--losses", "sigmoid", "--no_report"]).losses == ["sigmoid"]
+    with pytest.raises(SystemExit):  # a report needs both losses
+        svs.parse_args(["--losses", "sigmoid"])
 
 
 def test_last_quarter_gain_reads_the_evaluation_at_three_quarters():
