@@ -48,6 +48,19 @@ def scenes_images(data_dir: str, split: str, n: int, size: int, name: str = "sce
     return exs, images / 127.5 - 1
 
 
+def cpu_description() -> str:
+    """The CPU's model name and the vector extensions XLA's CPU kernels choose between (avx2, avx512f,
+    amx_tile): another set can give other float bits for the same program, as another core count does
+    (docs/guide.md, "Numerics across machines"), so a row that may be compared across sittings records it."""
+    try:
+        info = open("/proc/cpuinfo").read()
+    except OSError:
+        return platform.processor() or "unknown"
+    field = lambda key: next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith(key)), "")  # noqa: E731
+    isa = [f for f in ("avx2", "avx512f", "amx_tile") if f in field("flags").split()]
+    return f"{field('model name') or 'unknown'} ({' '.join(isa) or 'no avx2'})"
+
+
 def write_result(name: str, result: dict) -> str:
     import jax
 

@@ -37,7 +37,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
-from common import append_run, last_run, publish_study, read_runs  # noqa: E402
+from common import append_run, cpu_description, last_run, publish_study, read_runs  # noqa: E402
 from seeds import provenance  # noqa: E402
 
 DOC = os.path.join(ROOT, "docs", "contrastive.md")
@@ -280,6 +280,7 @@ def run_arms(args, source: dict, runs_file: str) -> list:
                 # cpus: XLA CPU's numerics follow the cores a process may use (docs/guide.md)
                 rows.append({**train_arm(loss, batch, steps, seed, args), **want,
                              "workers": getattr(args, "workers", -1), "cpus": len(os.sched_getaffinity(0)),
+                             "cpu": cpu_description(),
                              "commit": source["commit"], "dirty": source["dirty"]})
                 # progress without the test metrics: a sitting reads no test number before the report
                 hidden = {"validation_curve"} | {m for m, _ in METRICS}

@@ -40,7 +40,7 @@ def test_arms_resume_from_the_runs_file(tmp_path, monkeypatch):
     first = svs.run_arms(study_args(), source, str(runs))
     assert len(trained) == 4 and [(r["batch"], r["loss"]) for r in first] == [
         (16, "sigmoid"), (16, "softmax"), (32, "sigmoid"), (32, "softmax")]
-    assert all(r["commit"] == "a" * 40 for r in first)
+    assert all(r["commit"] == "a" * 40 and r["cpus"] >= 1 and r["cpu"] for r in first)
     # a later sitting, at another commit: nothing is trained again, and each arm keeps the commit it ran at
     again = svs.run_arms(study_args(), {"commit": "b" * 40, "dirty": False}, str(runs))
     assert len(trained) == 4 and again == first
