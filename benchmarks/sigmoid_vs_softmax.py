@@ -15,6 +15,7 @@ over the last quarter of the steps); zero-shot and R@1 on the test split are rea
     .venv/bin/python benchmarks/sigmoid_vs_softmax.py --quick     # a smoke run, nothing written
     .venv/bin/python benchmarks/sigmoid_vs_softmax.py --val_summary   # the runs so far, validation numbers only
     .venv/bin/python benchmarks/sigmoid_vs_softmax.py --long 32:38400 128:19200  # + those batches trained longer
+    .venv/bin/python benchmarks/sigmoid_vs_softmax.py --long 32:76800 --pilot 32:38400  # + a one-seed pilot, read only
 
 Each finished arm is appended to `--runs_file` (one JSON line with its settings and the commit it ran at;
 benchmarks/results/runs/sigmoid_vs_softmax.jsonl, committed after each sitting so a fresh checkout resumes), and an
@@ -23,7 +24,8 @@ the same command again (an arm cut off midway is trained from its start; `--no_r
 result). The result lists every commit its arms ran at.
 
 Writes benchmarks/results/sigmoid_vs_softmax.json (command, commit, seeds, splits, every run), the plot
-docs/sigmoid_vs_softmax.png (matplotlib) and the results block of docs/contrastive.md.
+docs/sigmoid_vs_softmax.png (matplotlib: the equal-steps arms, and each batch at its final budget, the longest one
+every seed of both losses ran) and the results block of docs/contrastive.md (its `seeds` column counts each row's).
 """
 import argparse
 import json
@@ -171,27 +173,47 @@ def equal_steps(rows, steps: int) -> list:
     return [r for r in rows if r["steps"] == steps]
 
 
-def plot(rows, path: str, steps: int) -> None:
-    """Test metrics against batch size, the equal-steps arms only."""
+def final_budgets(rows, seeds) -> dict:
+    """{batch: steps}: per batch, the longest budget at which both losses ran every one of `seeds` (the budget a
+    batch's plateau check chose, once its seeds are in)."""
+    have = lambda b, n: all({r["seed"] for r in rows if (r["loss"], r["batch"], r["steps"]) == (loss, b, n)}  # noqa: E731
+                            >= set(seeds) for loss in LOSSES)
+    out = {}
+    for batch, steps in sorted({(r["batch"], r["steps"]) for r in rows}):
+        if have(batch, steps):
+            out[batch] = steps
+    return out
+
+
+def plot(rows, path: str, steps: int, seeds=(0, 1, 2)) -> None:
+    """Test metrics against batch size: the equal-steps arms, and (a second row, when some batch has one) each batch
+    at its final budget (`final_budgets`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    stats = arms(equal_steps(rows, steps))
-    batches = sorted({b for _, b, _ in stats})
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.2))
-    for ax, (m, title) in zip(axes, METRICS):
-        for loss in LOSSES:
-            mean = [stats[(loss, b, steps)][m][0] for b in batches]
-            std = [stats[(loss, b, steps)][m][1] for b in batches]
-            ax.errorbar(batches, mean, yerr=std, marker="o", capsize=3, label=loss)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(batches, [str(b) for b in batches])
-        ax.set_xlabel(f"batch size ({steps} steps each)")
-        ax.set_title(f"test {title}")
-        ax.grid(alpha=0.3)
-    axes[0].legend()
+    # (steps per batch, x label, tick labels carry the steps)
+    panels = [({b: steps for _, b, _ in arms(equal_steps(rows, steps))}, f"{steps} steps each", False)]
+    final = final_budgets(rows, seeds)
+    if any(n != steps for n in final.values()):
+        panels.append((final, "each at its final budget, steps under it", True))
+    stats = arms(rows)
+    fig, axes = plt.subplots(len(panels), len(METRICS), figsize=(4 * len(METRICS), 3.2 * len(panels)),
+                             squeeze=False)
+    for row_axes, (budget, label, show_steps) in zip(axes, panels):
+        batches = sorted(budget)
+        for ax, (m, title) in zip(row_axes, METRICS):
+            for loss in LOSSES:
+                mean = [stats[(loss, b, budget[b])][m][0] for b in batches]
+                std = [stats[(loss, b, budget[b])][m][1] for b in batches]
+                ax.errorbar(batches, mean, yerr=std, marker="o", capsize=3, label=loss)
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(batches, [f"{b}\n{budget[b]}" if show_steps else str(b) for b in batches])
+            ax.set_xlabel(f"batch size ({label})", fontsize=8)
+            ax.set_title(f"test {title}")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -199,12 +221,12 @@ def plot(rows, path: str, steps: int) -> None:
 
 def _table(stats, f, rows) -> list:
     """`stats` (arms()) as a table; `rows`: every run, for the gain over a shorter budget."""
-    lines = ["| loss | batch | steps | zero-shot | img→txt R@1 | txt→img R@1 | val gain (last quarter) | val gain "
-             "(vs shorter run) | final t | final b |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| loss | batch | steps | seeds | zero-shot | img→txt R@1 | txt→img R@1 | val gain (last quarter) | "
+             "val gain (vs shorter run) | final t | final b |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (loss, batch, steps), s in sorted(stats.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])):
         bias = "—" if s["bias"] is None else f"{s['bias'][0]:.2f}"
-        lines.append(f"| {loss} | {batch} | {steps} | {f(s['zeroshot'])} | {f(s['img2txt_r1'])} | "
+        lines.append(f"| {loss} | {batch} | {steps} | {s['n']} | {f(s['zeroshot'])} | {f(s['img2txt_r1'])} | "
                      f"{f(s['txt2img_r1'])} | {s['last_quarter_gain'][0]:+.3f} | "
                      f"{_budget_cell(rows, loss, batch, steps)} | {s['temperature'][0]:.1f} | {bias} |")
     return lines
@@ -227,7 +249,7 @@ def markdown(rows, result) -> str:
     grid = arms(equal_steps(rows, steps))
     longer = arms([r for r in rows if r["steps"] != steps])
     lo, hi = min(b for _, b, _ in grid), max(b for _, b, _ in grid)
-    f = lambda ms: f"{ms[0]:.3f} ± {ms[1]:.3f}"  # noqa: E731
+    f = lambda ms: f"{ms[0]:.3f} ± {ms[1]:.3f}"  # noqa: E731  (± 0.000 in a one-seed row: see its `seeds`)
     lines = [BEGIN, "",
              f"{steps} steps for every arm (batch {lo} sees {lo * steps} examples, {hi} sees "
              f"{hi * steps}); seeds {', '.join(map(str, result['seeds']))}; test metrics on the first "
@@ -266,7 +288,8 @@ def validation_summary(rows) -> str:
 def run_arms(args, source: dict, runs_file: str) -> list:
     """Every (batch, loss, seed) arm's row at `args.steps`, then every `--long` (batch, steps) arm's, in that order:
     read from `runs_file` when an arm with the same settings finished there before, else trained now and appended
-    to it (with `source`'s commit)."""
+    to it (with `source`'s commit); then every `--pilot` (batch, steps) arm `runs_file` holds, whatever its seeds
+    (read only: a shorter budget that chose the final one, reported beside it)."""
     done = read_runs(runs_file)
     rows = []
     for batch, steps in [(b, args.steps) for b in args.batches] + args.long:
@@ -287,6 +310,14 @@ def run_arms(args, source: dict, runs_file: str) -> list:
                 print(json.dumps({k: v for k, v in rows[-1].items() if k not in hidden}), flush=True)
                 if runs_file:
                     append_run(runs_file, rows[-1])
+    for batch, steps in getattr(args, "pilot", []):
+        found = [r for loss in LOSSES for seed in sorted({r["seed"] for r in done})
+                 if (r := last_run(done, arm_settings(loss, batch, steps, seed, args)))]
+        if {r["loss"] for r in found} != set(LOSSES):
+            raise SystemExit(f"--pilot {batch}:{steps}: {runs_file or 'no runs file'} has no finished arm of "
+                             f"{' and '.join(sorted(set(LOSSES) - {r['loss'] for r in found}))} at these settings; "
+                             "a pilot is only read, never trained (train it with --long and --no_report)")
+        rows += found
     return rows
 
 
@@ -300,6 +331,9 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--long", nargs="*", default=[], metavar="BATCH:STEPS",
                    help="arms beyond the equal-steps grid, e.g. 32:38400: a batch trained longer (both losses, every "
                    "seed), reported in a table of their own")
+    p.add_argument("--pilot", nargs="*", default=[], metavar="BATCH:STEPS",
+                   help="budgets that chose a --long one (e.g. 32:38400, run with one seed): their arms in "
+                   "--runs_file are reported beside it, never trained")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--losses", nargs="+", choices=LOSSES, default=list(LOSSES),
                    help="train only these losses' arms (with --no_report: a sitting that fits one arm)")
@@ -319,12 +353,16 @@ def parse_args(argv) -> argparse.Namespace:
                    "study; the test evaluations are `quiet`: in each arm's metrics, not on the console)")
     args = p.parse_args(argv)
     args.steps = args.steps or (8 if args.quick else 9600)
-    try:
-        args.long = [tuple(int(x) for x in a.split(":")) for a in args.long]
-        if any(len(a) != 2 for a in args.long):
-            raise ValueError
-    except ValueError:
-        p.error(f"--long takes BATCH:STEPS entries, e.g. 32:38400; got {' '.join(map(str, args.long))}")
+    for flag in ("long", "pilot"):
+        entries = getattr(args, flag)
+        try:
+            setattr(args, flag, [tuple(int(x) for x in a.split(":")) for a in entries])
+            if any(len(a) != 2 for a in getattr(args, flag)):
+                raise ValueError
+        except ValueError:
+            p.error(f"--{flag} takes BATCH:STEPS entries, e.g. 32:38400; got {' '.join(map(str, entries))}")
+    if set(args.long) & set(args.pilot):
+        p.error(f"a budget is either trained (--long) or read (--pilot): {sorted(set(args.long) & set(args.pilot))}")
     if set(args.losses) != set(LOSSES) and not (args.no_report or args.val_summary):
         p.error("--losses " + " ".join(args.losses) + " needs --no_report: the report compares both losses")
     if args.quick:
@@ -352,8 +390,8 @@ def main(argv=None):
         print(markdown(rows, result))
     if args.quick or args.no_report:
         return
-    publish_study("sigmoid_vs_softmax", result, rows, lambda rs, path: plot(rs, path, args.steps), PLOT, markdown,
-                  DOC, "Contrastive", BEGIN, END)
+    publish_study("sigmoid_vs_softmax", result, rows, lambda rs, path: plot(rs, path, args.steps, args.seeds), PLOT,
+                  markdown, DOC, "Contrastive", BEGIN, END)
 
 
 if __name__ == "__main__":

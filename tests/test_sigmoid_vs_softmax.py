@@ -62,6 +62,11 @@ def test_arms_resume_from_the_runs_file(tmp_path, monkeypatch):
     assert trained[14:] == [("softmax", 16, 0)]
     svs.run_arms(study_args(long=[(16, 64)]), source, str(runs))
     assert trained[15:] == [("sigmoid", 16, 0)]
+    # `--pilot`: a budget run with fewer seeds is read, never trained, whatever seeds the command names
+    piloted = svs.run_arms(study_args(seeds=[0, 1], pilot=[(16, 64)]), source, str(runs))
+    assert len(trained) == 16 and [(r["steps"], r["seed"]) for r in piloted[-2:]] == [(64, 0), (64, 0)]
+    with pytest.raises(SystemExit, match="--pilot 16:128"):
+        svs.run_arms(study_args(pilot=[(16, 128)]), source, str(runs))
 
 
 def test_the_committed_runs_file_resumes_the_default_study(monkeypatch):
@@ -85,6 +90,7 @@ def test_the_committed_runs_file_resumes_the_default_study(monkeypatch):
     assert all(found[key(r)] == r for r in reported if r["batch"] in complete)
     assert {key(r) for r in reported} <= set(found)
     assert svs.parse_args(["--long", "32:38400"]).long == [(32, 38400)]
+    assert svs.parse_args(["--pilot", "32:9600", "32:38400"]).pilot == [(32, 9600), (32, 38400)]
     with pytest.raises(SystemExit):
         svs.parse_args(["--long", "32"])
     assert svs.parse_args(["--losses", "sigmoid", "--no_report"]).losses == ["sigmoid"]
@@ -173,3 +179,18 @@ def test_validation_summary_reads_no_test_metric():
     assert "0.777" not in md
     # 200 steps: final val R@1 0.7 / 0.8 (mean 0.75), last quarter from 0.2; +0.1 over the 100-step runs
     assert "| sigmoid | 32 | 200 | 0,1 | 0.750 | 0.750 | +0.550 | +0.100 (vs 100) |" in md
+
+
+def test_final_budgets_need_every_seed_of_both_losses(tmp_path):
+    def row(loss, batch, steps, seed):
+        return {"loss": loss, "batch": batch, "steps": steps, "seed": seed, "zeroshot": 0.3, "img2txt_r1": 0.5,
+                "txt2img_r1": 0.6, "temperature": 10.0, "bias": None,
+                "validation_curve": fake_curve(steps, [0.1, 0.2, 0.3, 0.4])}
+    rows = [row(loss, b, 8, s) for loss in svs.LOSSES for b in (16, 32) for s in (0, 1)]
+    rows += [row(loss, 16, 32, s) for loss in svs.LOSSES for s in (0, 1)]  # batch 16 trained longer, both seeds
+    rows += [row(loss, 16, 64, 0) for loss in svs.LOSSES]  # a one-seed pilot: not final
+    rows += [row("sigmoid", 32, 32, s) for s in (0, 1)]  # one loss only: not final
+    assert svs.final_budgets(rows, [0, 1]) == {16: 32, 32: 8}
+    assert svs.final_budgets(rows, [0]) == {16: 64, 32: 8}
+    svs.plot(rows, str(tmp_path / "p.png"), 8, [0, 1])  # the second row of panels: batch 16 at 32 steps
+    assert (tmp_path / "p.png").stat().st_size > 0
