@@ -15,7 +15,8 @@ from vlmjax.core.input_wait import InputWait
 from vlmjax.core.loop import train
 from vlmjax.core.metrics import read_metrics
 
-SLEEP_S = 0.01  # per record: 16 records a batch = 0.16 s a batch, against a tiny step of a few ms
+SLEEP_S = 0.03  # per record: 16 records a batch = 0.48 s a batch, against a tiny step of a few ms (long enough
+# that a loaded machine, whose step may take 10x longer, still reads > 0.8)
 
 
 class _SlowRecords:
