@@ -53,7 +53,8 @@ def cpu_description() -> str:
     amx_tile): another set can give other float bits for the same program, as another core count does
     (docs/guide.md, "Numerics across machines"), so a row that may be compared across sittings records it."""
     try:
-        info = open("/proc/cpuinfo").read()
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
     except OSError:
         return platform.processor() or "unknown"
     field = lambda key: next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith(key)), "")  # noqa: E731

@@ -28,6 +28,7 @@ docs/sigmoid_vs_softmax.png (matplotlib: the equal-steps arms, and each batch at
 every seed of both losses ran) and the results block of docs/contrastive.md (its `seeds` column counts each row's).
 """
 import argparse
+import collections
 import json
 import os
 import statistics
@@ -176,11 +177,12 @@ def equal_steps(rows, steps: int) -> list:
 def final_budgets(rows, seeds) -> dict:
     """{batch: steps}: per batch, the longest budget at which both losses ran every one of `seeds` (the budget a
     batch's plateau check chose, once its seeds are in)."""
-    have = lambda b, n: all({r["seed"] for r in rows if (r["loss"], r["batch"], r["steps"]) == (loss, b, n)}  # noqa: E731
-                            >= set(seeds) for loss in LOSSES)
+    ran = collections.defaultdict(set)  # (loss, batch, steps) -> its seeds
+    for r in rows:
+        ran[(r["loss"], r["batch"], r["steps"])].add(r["seed"])
     out = {}
-    for batch, steps in sorted({(r["batch"], r["steps"]) for r in rows}):
-        if have(batch, steps):
+    for batch, steps in sorted({(b, n) for _, b, n in ran}):
+        if all(ran[(loss, batch, steps)] >= set(seeds) for loss in LOSSES):
             out[batch] = steps
     return out
 
@@ -194,7 +196,7 @@ def plot(rows, path: str, steps: int, seeds=(0, 1, 2)) -> None:
     import matplotlib.pyplot as plt
 
     # (steps per batch, x label, tick labels carry the steps)
-    panels = [({b: steps for _, b, _ in arms(equal_steps(rows, steps))}, f"{steps} steps each", False)]
+    panels = [({r["batch"]: steps for r in equal_steps(rows, steps)}, f"{steps} steps each", False)]
     final = final_budgets(rows, seeds)
     if any(n != steps for n in final.values()):
         panels.append((final, "each at its final budget, steps under it", True))
@@ -293,7 +295,7 @@ def run_arms(args, source: dict, runs_file: str) -> list:
     done = read_runs(runs_file)
     rows = []
     for batch, steps in [(b, args.steps) for b in args.batches] + args.long:
-        for loss in getattr(args, "losses", LOSSES):
+        for loss in args.losses:
             for seed in args.seeds:
                 want = arm_settings(loss, batch, steps, seed, args)
                 found = last_run(done, want)
@@ -310,7 +312,7 @@ def run_arms(args, source: dict, runs_file: str) -> list:
                 print(json.dumps({k: v for k, v in rows[-1].items() if k not in hidden}), flush=True)
                 if runs_file:
                     append_run(runs_file, rows[-1])
-    for batch, steps in getattr(args, "pilot", []):
+    for batch, steps in args.pilot:
         found = [r for loss in LOSSES for seed in sorted({r["seed"] for r in done})
                  if (r := last_run(done, arm_settings(loss, batch, steps, seed, args)))]
         if {r["loss"] for r in found} != set(LOSSES):
