@@ -181,7 +181,7 @@ def test_validation_summary_reads_no_test_metric():
     assert "| sigmoid | 32 | 200 | 0,1 | 0.750 | 0.750 | +0.550 | +0.100 (vs 100) |" in md
 
 
-def test_final_budgets_need_every_seed_of_both_losses(tmp_path):
+def budget_rows():
     def row(loss, batch, steps, seed):
         return {"loss": loss, "batch": batch, "steps": steps, "seed": seed, "zeroshot": 0.3, "img2txt_r1": 0.5,
                 "txt2img_r1": 0.6, "temperature": 10.0, "bias": None,
@@ -190,7 +190,16 @@ def test_final_budgets_need_every_seed_of_both_losses(tmp_path):
     rows += [row(loss, 16, 32, s) for loss in svs.LOSSES for s in (0, 1)]  # batch 16 trained longer, both seeds
     rows += [row(loss, 16, 64, 0) for loss in svs.LOSSES]  # a one-seed pilot: not final
     rows += [row("sigmoid", 32, 32, s) for s in (0, 1)]  # one loss only: not final
+    return rows
+
+
+def test_final_budgets_need_every_seed_of_both_losses():
+    rows = budget_rows()
     assert svs.final_budgets(rows, [0, 1]) == {16: 32, 32: 8}
     assert svs.final_budgets(rows, [0]) == {16: 64, 32: 8}
-    svs.plot(rows, str(tmp_path / "p.png"), 8, [0, 1])  # the second row of panels: batch 16 at 32 steps
+
+
+def test_plot_draws_the_final_budget_row(tmp_path):
+    pytest.importorskip("matplotlib")  # `make test` installs without the [bench] extra
+    svs.plot(budget_rows(), str(tmp_path / "p.png"), 8, [0, 1])  # the second row of panels: batch 16 at 32 steps
     assert (tmp_path / "p.png").stat().st_size > 0
