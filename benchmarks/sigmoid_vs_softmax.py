@@ -72,7 +72,7 @@ def run_config(loss: str, batch: int, steps: int, seed: int, args):
         c.data.name = args.dataset  # scenes/raw: the same scenes stored as arrays, no PNG decode per example
         c.data.read_features = ["image", "captions"]  # speed only: the records' other features are never read
         # speed only: W=0 and W=1 give the same batches (tests/test_pipeline_workers.py); -1 is the trainer's auto
-        c.data.worker_count = getattr(args, "workers", -1)
+        c.data.worker_count = args.workers
         c.data.data_dir = args.data_dir
         c.tokenizer = args.tokenizer or os.path.join(args.data_dir, "scenes_spm.model")
         c.seed = seed
@@ -304,7 +304,7 @@ def run_arms(args, source: dict, runs_file: str) -> list:
                     continue
                 # cpus: XLA CPU's numerics follow the cores a process may use (docs/guide.md)
                 rows.append({**train_arm(loss, batch, steps, seed, args), **want,
-                             "workers": getattr(args, "workers", -1), "cpus": len(os.sched_getaffinity(0)),
+                             "workers": args.workers, "cpus": len(os.sched_getaffinity(0)),
                              "cpu": cpu_description(),
                              "commit": source["commit"], "dirty": source["dirty"]})
                 # progress without the test metrics: a sitting reads no test number before the report

@@ -16,7 +16,7 @@ import sigmoid_vs_softmax as svs  # noqa: E402
 
 def study_args(**over):
     args = dict(steps=8, batches=[16, 32], seeds=[0], eval_examples=64, val_evals=4, tb_lr_mult=100.0,
-                dataset="scenes/tiny", data_dir="", tokenizer="", long=[], pilot=[], losses=list(svs.LOSSES))
+                dataset="scenes/tiny", data_dir="", tokenizer="", long=[], pilot=[], losses=list(svs.LOSSES), workers=-1)
     return argparse.Namespace(**{**args, **over})
 
 
