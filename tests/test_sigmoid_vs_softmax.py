@@ -16,7 +16,8 @@ import sigmoid_vs_softmax as svs  # noqa: E402
 
 def study_args(**over):
     args = dict(steps=8, batches=[16, 32], seeds=[0], eval_examples=64, val_evals=4, tb_lr_mult=100.0,
-                dataset="scenes/tiny", data_dir="", tokenizer="", long=[], pilot=[], losses=list(svs.LOSSES), workers=-1)
+                dataset="scenes/tiny", data_dir="", tokenizer="", long=[], pilot=[], losses=list(svs.LOSSES),
+                workers=-1)
     return argparse.Namespace(**{**args, **over})
 
 
@@ -199,7 +200,18 @@ def test_final_budgets_need_every_seed_of_both_losses():
     assert svs.final_budgets(rows, [0]) == {16: 64, 32: 8}
 
 
-def test_plot_draws_the_final_budget_row(tmp_path):
-    pytest.importorskip("matplotlib")  # `make test` installs without the [bench] extra
-    svs.plot(budget_rows(), str(tmp_path / "p.png"), 8, [0, 1])  # the second row of panels: batch 16 at 32 steps
+def test_plot_draws_the_final_budget_row(tmp_path, monkeypatch):
+    matplotlib = pytest.importorskip("matplotlib")  # `make test` installs without the [bench] extra
+    import matplotlib.figure
+
+    saved, savefig = [], matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda fig, *a, **k: (saved.append(fig), savefig(fig, *a, **k)))
+    svs.plot(budget_rows(), str(tmp_path / "p.png"), 8, [0, 1])
     assert (tmp_path / "p.png").stat().st_size > 0
+    (fig,) = saved
+    first, second = fig.axes[:len(svs.METRICS)], fig.axes[len(svs.METRICS):]
+    assert len(second) == len(svs.METRICS)
+    assert [t.get_text() for t in first[0].get_xticklabels()] == ["16", "32"]
+    # the second row of panels: each batch at its final budget, the steps under the batch size
+    assert [t.get_text() for t in second[0].get_xticklabels()] == ["16\n32", "32\n8"]
