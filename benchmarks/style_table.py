@@ -13,9 +13,8 @@ printed as mean ± std over its seeds; a missing file prints as "--". The comman
         --eval_data scenes/texture
     python benchmarks/seeds.py --name vit_styles --config vit_scenes --seeds 0 --split validation \
         --eval_data scenes/texture -- --config.data.name=scenes/styles
-    python benchmarks/seeds.py --name vit_styles1800 --config vit_scenes --seeds 0 --split validation \
-        --eval_data scenes/texture -- --config.data.name=scenes/styles --config.total_steps=1800
-    (the same with scenes/light, and scenes/default for vit_styles; vqvae_dark / vqvae_styles with
+    (the same with scenes/light, and scenes/default for vit_styles; vit_styles1800 is vit_styles with
+    `--config.total_steps=1800` added after `--`; vqvae_dark / vqvae_styles with
     vqvae_scenes; siglip_dark with --config siglip_scenes, the default recipe; prefixlm64_chat2400
     with the chain of docs/prefixlm.md, its overrides after `--`)
 """
