@@ -184,7 +184,7 @@ class DecoderLM(nn.Module):
     scan_layers: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-    attention_impl: str = "auto"  # 'auto' | 'xla' | 'cudnn' (vlmjax.models.attention)
+    attention_impl: str = "auto"  # one of vlmjax.models.attention.IMPLS
     scan_unroll: int = 1  # layers per scan iteration (with scan_layers)
 
     def setup(self):
