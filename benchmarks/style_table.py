@@ -13,8 +13,8 @@ printed as mean ± std over its seeds; a missing file prints as "--". The comman
         --eval_data scenes/texture
     python benchmarks/seeds.py --name vit_styles --config vit_scenes --seeds 0 --split validation \
         --eval_data scenes/texture -- --config.data.name=scenes/styles
-    (the same with scenes/light, and scenes/default for vit_styles; vit_styles1800 is vit_styles with
-    `--config.total_steps=1800` added after `--`; vqvae_dark / vqvae_styles with
+    (the same with scenes/light, and scenes/default for vit_styles; vit_dark1800 / vit_styles1800 are
+    vit_dark / vit_styles with `--config.total_steps=1800` added after `--`; vqvae_dark / vqvae_styles with
     vqvae_scenes; siglip_dark with --config siglip_scenes, the default recipe; prefixlm64_chat2400
     with the chain of docs/prefixlm.md, its overrides after `--`)
 """
@@ -30,8 +30,9 @@ ROWS = [
     ("ViT classification accuracy (`vit_scenes`)", "vit_dark", "scenes/default", "eval/classification/accuracy",
      "{:.3f}"),
     ("", "vit_styles", "scenes/styles", "eval/classification/accuracy", "{:.3f}"),
-    ("ViT, the same recipe at 3x the steps (1800)", "vit_styles1800", "scenes/styles",
-     "eval/classification/accuracy", "{:.3f}"),
+    ("ViT, the same recipe at 3x the steps (1800)", "vit_dark1800", "scenes/default", "eval/classification/accuracy",
+     "{:.3f}"),
+    ("", "vit_styles1800", "scenes/styles", "eval/classification/accuracy", "{:.3f}"),
     ("VQ-VAE reconstruction PSNR, dB (`vqvae_scenes`)", "vqvae_dark", "scenes/default", "eval/recon/psnr", "{:.1f}"),
     ("", "vqvae_styles", "scenes/styles", "eval/recon/psnr", "{:.1f}"),
     ("SigLIP zero-shot, one-object images (`siglip_scenes`)", "siglip_dark", "scenes/default",
