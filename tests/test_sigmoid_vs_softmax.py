@@ -70,26 +70,30 @@ def test_arms_resume_from_the_runs_file(tmp_path, monkeypatch):
         svs.run_arms(study_args(pilot=[(16, 128)]), source, str(runs))
 
 
-def test_the_committed_runs_file_resumes_the_default_study(monkeypatch):
-    """The study's default command finds every arm the committed runs file holds (a fresh checkout does not train
-    them again), and those arms are the ones benchmarks/results/sigmoid_vs_softmax.json reports."""
+def test_the_committed_runs_file_resumes_the_reported_study(monkeypatch):
+    """The command that wrote benchmarks/results/sigmoid_vs_softmax.json finds every arm it reports in the committed
+    runs file (a fresh checkout trains none of them again), equal to the reported rows and in the same order; the
+    default command (the equal-steps grid) finds its complete batches too."""
     def no_training(*a):
         raise AssertionError(f"arm {a[:3]} would be trained again")
 
     monkeypatch.setattr(svs, "train_arm", no_training)
+    with open(os.path.join(ROOT, "benchmarks", "results", "sigmoid_vs_softmax.json")) as f:
+        reported = json.load(f)
+    argv = reported["command"].split()
+    assert argv[:2] == ["python", "benchmarks/sigmoid_vs_softmax.py"]
+    args = svs.parse_args(argv[2:])
+    rows = svs.run_arms(args, {"commit": "x" * 40, "dirty": False}, args.runs_file)
+    assert rows == reported["runs"]
+
     args = svs.parse_args([])
     done = svs.equal_steps(svs.read_runs(args.runs_file), args.steps)  # the `--long` pilots are other arms
     per_batch = len(svs.LOSSES) * len(args.seeds)
     complete = [b for b in sorted({r["batch"] for r in done}) if sum(r["batch"] == b for r in done) == per_batch]
     assert complete, "no batch size is complete in the runs file"
     args.batches = complete
-    rows = svs.run_arms(args, {"commit": "x" * 40, "dirty": False}, args.runs_file)
-    with open(os.path.join(ROOT, "benchmarks", "results", "sigmoid_vs_softmax.json")) as f:
-        reported = json.load(f)["runs"]
-    key = lambda r: (r["loss"], r["batch"], r["seed"])  # noqa: E731
-    found = {key(r): r for r in rows}
-    assert all(found[key(r)] == r for r in reported if r["batch"] in complete)
-    assert {key(r) for r in reported} <= set(found)
+    grid = svs.run_arms(args, {"commit": "x" * 40, "dirty": False}, args.runs_file)
+    assert grid == [r for r in reported["runs"] if r["batch"] in complete and r["steps"] == args.steps]
     assert svs.parse_args(["--long", "32:38400"]).long == [(32, 38400)]
     assert svs.parse_args(["--pilot", "32:9600", "32:38400"]).pilot == [(32, 9600), (32, 38400)]
     with pytest.raises(SystemExit):
