@@ -15,7 +15,7 @@ printed as mean ± std over its seeds; a missing file prints as "--". The comman
         --eval_data scenes/texture -- --config.data.name=scenes/styles
     (the same with scenes/light, and scenes/default for vit_styles; vit_dark1800 / vit_styles1800 are
     vit_dark / vit_styles with `--config.total_steps=1800` added after `--`; vqvae_dark / vqvae_styles with
-    vqvae_scenes; siglip_dark with --config siglip_scenes, the default recipe; prefixlm64_chat2400
+    vqvae_scenes; siglip_dark / siglip_styles with --config siglip_scenes, the default recipe; prefixlm64_chat2400
     with the chain of docs/prefixlm.md, its overrides after `--`)
 """
 import argparse
@@ -37,8 +37,11 @@ ROWS = [
     ("", "vqvae_styles", "scenes/styles", "eval/recon/psnr", "{:.1f}"),
     ("SigLIP zero-shot, one-object images (`siglip_scenes`)", "siglip_dark", "scenes/default",
      "eval/zeroshot_1obj/accuracy", "{:.3f}"),
+    ("", "siglip_styles", "scenes/styles", "eval/zeroshot_1obj/accuracy", "{:.3f}"),
     ("SigLIP multi-label mAP", "siglip_dark", "scenes/default", "eval/multilabel/mAP", "{:.3f}"),
+    ("", "siglip_styles", "scenes/styles", "eval/multilabel/mAP", "{:.3f}"),
     ("SigLIP image -> text R@1", "siglip_dark", "scenes/default", "eval/retrieval/img2txt_r@1", "{:.3f}"),
+    ("", "siglip_styles", "scenes/styles", "eval/retrieval/img2txt_r@1", "{:.3f}"),
     ("Prefix-LM VQA accuracy, 64 px (`prefixlm_scenes:chat`, 2400 chat steps)", "prefixlm64_chat2400",
      "scenes/default", "eval/vqa/accuracy", "{:.3f}"),
 ]
