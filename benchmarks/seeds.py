@@ -8,9 +8,9 @@ docs/ goes through.
     python benchmarks/seeds.py --name prefixlm_pretrain --config prefixlm_scenes:pretrain --seeds 0,1,2 \
         -- --config.init_from.workdir=workdirs/seeds/vit_scenes/seed{seed}          # a chain: each seed's own stage 1
 
-Each seed is one `vlmjax-train` process (`--config.seed=<s>`, workdir `<workdir_root>/<name>/seed<s>`; a finished
-workdir is not trained again) whose own periodic evaluations read `validation` only, then one `vlmjax-eval` process
-that evaluates the final checkpoint with every evaluator's split set to `--split`. So the test split is never read
+Each seed is one `vlmjax-train` process (`--config.seed=<s>`, workdir `<workdir_root>/<name>/seed<s>`; not started
+for a workdir that holds its final checkpoint) whose own periodic evaluations read `validation` only, then one
+`vlmjax-eval` process that evaluates the final checkpoint with every evaluator's split set to `--split`. So the test split is never read
 while training, and the `test` run of a recipe reuses the models its `validation` run trained. Choices (steps,
 recipe, prompts) are made on `validation`; `test` is read once per final recipe: a `test` result for the same recipe
 is never overwritten (exit 2) unless `--force`. `--eval_data NAME` (e.g. `scenes/texture`) sets every evaluator's
@@ -194,7 +194,7 @@ def missing_init_from(extra: list) -> list:
 
 def commands(args, seed: int, extra: list, names: list) -> tuple:
     """(train, evaluate) command lines of one seed (`{seed}` in `extra` replaced). Training is the same with or
-    without `args.eval_data` (a finished workdir resumes at its last step and is not trained again); only the
+    without `args.eval_data` (`run_seed` skips it for a workdir that holds its final checkpoint); only the
     evaluation reads eval_data."""
     workdir, extra = seed_workdir(args, seed), for_seed(extra, seed)
     train = [sys.executable, "-m", "vlmjax.cli", "--config", args.config, "--workdir", workdir,
@@ -204,6 +204,19 @@ def commands(args, seed: int, extra: list, names: list) -> tuple:
                 *data_overrides(names, args.eval_data),
                 *[a for a in extra if a.startswith("--config.")]]
     return train, evaluate
+
+
+def trained_to_the_end(config_spec: str, train: list, workdir: str) -> bool:
+    """Whether `workdir` holds the final checkpoint of the run the `train` command line describes (its config's
+    total_steps, the command's overrides applied). Such a run is not started again: a finished trainer would only
+    repeat its last evaluation, on the data it trained on (minutes for SigLIP's caption-space evaluator), before an
+    `--eval_data` run evaluates the same checkpoint on other data."""
+    sys.path.insert(0, ROOT)
+    from vlmjax.core import config as config_lib
+
+    _, overrides = config_lib.split_overrides(train)
+    total = config_lib.load_with_overrides(config_spec, overrides).total_steps
+    return os.path.isdir(os.path.join(workdir, "checkpoints", str(total)))
 
 
 def run_seed(args, seed: int, extra: list, names: list) -> tuple:
@@ -216,9 +229,12 @@ def run_seed(args, seed: int, extra: list, names: list) -> tuple:
                          f"exist: train that stage's seed {seed} first (its runs-file row does not bring back its "
                          f"workdir; `seeds.py --force` on validation retrains it)")
     train, evaluate = commands(args, seed, extra, names)
-    r = subprocess.run(train, cwd=ROOT)
-    if r.returncode != 0:
-        raise SystemExit(f"error: seed {seed} failed (exit {r.returncode}): {' '.join(train)}")
+    if trained_to_the_end(args.config, train, seed_workdir(args, seed)):
+        print(f"seed {seed}: {seed_workdir(args, seed)} holds its final checkpoint: not trained again")
+    else:
+        r = subprocess.run(train, cwd=ROOT)
+        if r.returncode != 0:
+            raise SystemExit(f"error: seed {seed} failed (exit {r.returncode}): {' '.join(train)}")
     r = subprocess.run(evaluate, cwd=ROOT, capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"error: evaluating seed {seed} failed (exit {r.returncode}): {' '.join(evaluate)}\n"

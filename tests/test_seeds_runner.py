@@ -68,7 +68,7 @@ def test_an_experiment_from_another_checkout_is_refused(tmp_path, capsys, monkey
     assert seeds.experiment_file("vit_scenes:runlocal").startswith(os.path.realpath(ROOT))
 
 
-def test_two_seeds_on_validation(tmp_path, scenes_tiny_dir):
+def test_two_seeds_on_validation(tmp_path, scenes_tiny_dir, monkeypatch):
     rc = seeds.main(["--name", "tiny", "--config", "experiments/vit_scenes.py:runlocal", "--seeds", "0,1",
                      "--workdir_root", str(tmp_path / "w"), "--out_dir", str(tmp_path),
                      "--", "--config.total_steps=3", f"--config.data.data_dir={scenes_tiny_dir}",
@@ -92,6 +92,19 @@ def test_two_seeds_on_validation(tmp_path, scenes_tiny_dir):
         assert all(set(c) == {"step"} | {k for k in c if k.startswith("eval/")} for c in curve)
     losses = [result["per_seed"][s]["eval/classification/loss"] for s in ("0", "1")]
     assert losses[0] != losses[1]  # the seed reaches the run
+    # a shift test of the same models (--eval_data): the finished workdir is only evaluated; no trainer starts (a
+    # finished one would repeat its last evaluation on the training data)
+    started, run = [], seeds.subprocess.run
+    monkeypatch.setattr(seeds.subprocess, "run", lambda cmd, **kw: (cmd[1] == "-m" and started.append(cmd[2]))
+                        or run(cmd, **kw))  # python -m <module>; git's calls pass through
+    assert seeds.main(["--name", "tiny", "--config", "experiments/vit_scenes.py:runlocal", "--seeds", "0",
+                       "--workdir_root", str(tmp_path / "w"), "--out_dir", str(tmp_path), "--eval_data",
+                       "scenes/tiny", "--", "--config.total_steps=3", f"--config.data.data_dir={scenes_tiny_dir}",
+                       "--config.checkpoint.every_steps=3"]) == 0
+    assert started == ["vlmjax.cli.evaluate"]
+    monkeypatch.undo()
+    shifted = json.loads((tmp_path / "seeds_tiny_validation_scenes_tiny.json").read_text())
+    assert shifted["per_seed"]["0"]["eval/classification/loss"] == pytest.approx(losses[0], rel=1e-5)
     assert result["summary"]["eval/classification/loss"]["mean"] == pytest.approx(sum(losses) / 2)
     # a later sitting in a fresh checkout (no workdirs): both seeds come from the runs file, nothing trains
     rc = seeds.main(["--name", "tiny", "--config", "experiments/vit_scenes.py:runlocal", "--seeds", "0,1",
@@ -101,7 +114,8 @@ def test_two_seeds_on_validation(tmp_path, scenes_tiny_dir):
     again = json.loads((tmp_path / "seeds_tiny_validation.json").read_text())
     assert rc == 0 and not (tmp_path / "fresh").exists()
     assert again["per_seed"] == result["per_seed"] and again["seed_commits"] == result["seed_commits"]
-    assert len((tmp_path / "runs" / "seeds.jsonl").read_text().splitlines()) == 2
+    rows = [json.loads(line) for line in (tmp_path / "runs" / "seeds.jsonl").read_text().splitlines()]
+    assert [(r["seed"], r["eval_data"]) for r in rows] == [(0, None), (1, None), (0, "scenes/tiny")]
     # a second stage chained on the first: seed 1 starts from the first stage's seed 1, and no seed trains when
     # the stage it starts from has no workdir
     stage2 = ["--name", "tiny2", "--config", "experiments/vit_scenes.py:runlocal", "--workdir_root",
