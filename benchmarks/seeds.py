@@ -10,10 +10,10 @@ docs/ goes through.
 
 Each seed is one `vlmjax-train` process (`--config.seed=<s>`, workdir `<workdir_root>/<name>/seed<s>`; not started
 for a workdir that holds its final checkpoint) whose own periodic evaluations read `validation` only, then one
-`vlmjax-eval` process that evaluates the final checkpoint with every evaluator's split set to `--split`. So the test split is never read
-while training, and the `test` run of a recipe reuses the models its `validation` run trained. Choices (steps,
-recipe, prompts) are made on `validation`; `test` is read once per final recipe: a `test` result for the same recipe
-is never overwritten (exit 2) unless `--force`. `--eval_data NAME` (e.g. `scenes/texture`) sets every evaluator's
+`vlmjax-eval` process that evaluates the final checkpoint with every evaluator's split set to `--split`. So the
+test split is never read while training, and the `test` run of a recipe reuses the models its `validation` run
+trained. Choices (steps, recipe, prompts) are made on `validation`; `test` is read once per final recipe: a `test`
+result for the same recipe is never overwritten (exit 2) unless `--force`. `--eval_data NAME` (e.g. `scenes/texture`) sets every evaluator's
 `data.name` in that final evaluation only: training is unchanged, so it reuses the workdirs of a run without it (a
 shift test of the same models). Writes `benchmarks/results/seeds_<name>_<split>.json` (with `--eval_data`:
 `seeds_<name>_<split>_<eval_data, / as _>.json`, its own file, so the test rule holds per file): the command, git
