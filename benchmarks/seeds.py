@@ -10,23 +10,23 @@ docs/ goes through.
 
 Each seed is one `vlmjax-train` process (`--config.seed=<s>`, workdir `<workdir_root>/<name>/seed<s>`; not started
 for a workdir that holds its final checkpoint) whose own periodic evaluations read `validation` only, then one
-`vlmjax-eval` process that evaluates the final checkpoint with every evaluator's split set to `--split`. So the
-test split is never read while training, and the `test` run of a recipe reuses the models its `validation` run
-trained. Choices (steps, recipe, prompts) are made on `validation`; `test` is read once per final recipe: a `test`
-result for the same recipe is never overwritten (exit 2) unless `--force`. `--eval_data NAME` (e.g. `scenes/texture`) sets every evaluator's
-`data.name` in that final evaluation only: training is unchanged, so it reuses the workdirs of a run without it (a
-shift test of the same models). Writes `benchmarks/results/seeds_<name>_<split>.json` (with `--eval_data`:
-`seeds_<name>_<split>_<eval_data, / as _>.json`, its own file, so the test rule holds per file): the command, git
-commit (and whether the tree was dirty), seeds, split, eval_data (null without it), each seed's final `eval/*`
-metrics and wall seconds, each seed's validation curve (the evaluations its training logged), and per metric
-mean, std (ddof=1) and n, the experiment file the config resolved to
-with its sha256, and the commit each seed ran at; prints the markdown table `table()` makes from it. Each finished
-seed is also appended to `--runs_file` (`<out_dir>/runs/seeds.jsonl`, committed with the results), and a seed of the
-same recipe (name, config, overrides, split, eval_data, experiment sha256, and the sha256 of the config it resolves
-to, which sees changes in the files the experiment imports; rows from before that field match without it) found
-there is not trained again: a recipe's seeds accumulate over sittings, and a fresh checkout, which has no workdirs,
-keeps them. An experiment that resolves outside this checkout (a git worktree whose editable install points at
-another tree) is refused: its runs would train that tree's config.
+`vlmjax-eval` process that evaluates the final checkpoint with every evaluator's split set to `--split`. So the test
+split is never read while training, and the `test` run of a recipe reuses the models its `validation` run trained.
+Choices (steps, recipe, prompts) are made on `validation`; `test` is read once per final recipe: a `test` result for
+the same recipe is never overwritten (exit 2) unless `--force`. `--eval_data NAME` (e.g. `scenes/texture`) sets
+every evaluator's `data.name` in that final evaluation only: training is unchanged, so it reuses the workdirs of a
+run without it (a shift test of the same models). Writes `benchmarks/results/seeds_<name>_<split>.json` (with
+`--eval_data`: `seeds_<name>_<split>_<eval_data, / as _>.json`, its own file, so the test rule holds per file): the
+command, git commit (and whether the tree was dirty), seeds, split, eval_data (null without it), each seed's final
+`eval/*` metrics and wall seconds, each seed's validation curve (the evaluations its training logged), and per
+metric mean, std (ddof=1) and n, the experiment file the config resolved to with its sha256, and the commit each
+seed ran at; prints the markdown table `table()` makes from it. Each finished seed is also appended to `--runs_file`
+(`<out_dir>/runs/seeds.jsonl`, committed with the results), and a seed of the same recipe (name, config, overrides,
+split, eval_data, experiment sha256, and the sha256 of the config it resolves to, which sees changes in the files
+the experiment imports; rows from before that field match without it) found there is not trained again: a recipe's
+seeds accumulate over sittings, and a fresh checkout, which has no workdirs, keeps them. An experiment that resolves
+outside this checkout (a git worktree whose editable install points at another tree) is refused: its runs would
+train that tree's config.
 
 A recipe that starts from another recipe's runs (a multi-stage chain: a `vit_scenes` tower, then prefix-LM
 pretraining, then chat) writes `{seed}` in an override, e.g. `--config.init_from.workdir=workdirs/seeds/A/seed{seed}`:
