@@ -213,10 +213,10 @@ def trained_to_the_end(config_spec: str, train: list, workdir: str) -> bool:
     `--eval_data` run evaluates the same checkpoint on other data."""
     sys.path.insert(0, ROOT)
     from vlmjax.core import config as config_lib
+    from vlmjax.core.restore_check import checkpoint_steps
 
     _, overrides = config_lib.split_overrides(train)
-    total = config_lib.load_with_overrides(config_spec, overrides).total_steps
-    return os.path.isdir(os.path.join(workdir, "checkpoints", str(total)))
+    return config_lib.load_with_overrides(config_spec, overrides).total_steps in checkpoint_steps(workdir)
 
 
 def run_seed(args, seed: int, extra: list, names: list) -> tuple:

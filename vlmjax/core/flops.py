@@ -47,34 +47,32 @@ def measured_cpu_peak(n: int = 1024, repeats: int = 5, refresh: bool = False) ->
     on the first call; cached after it, and `refresh=True` adds one more timing). A reading taken while other jobs
     shared the cores is low, and MFU against it reads high (over 100% once they stop): the trainer refreshes it at
     each log, so the peak can only rise towards the machine's."""
-    if n not in _CPU_PEAK:
+    entry, timings = _CPU_PEAK.get(n), int(refresh)
+    if entry is None:
         dev = jax.devices("cpu")[0]
         a = jax.device_put(jnp.ones((n, n), jnp.float32), dev)
         # compiled ahead of time: a refresh runs inside the trainer's mesh context, whose devices jit would check
         f = jax.jit(lambda x: x @ x).lower(a).compile()
         f(a).block_until_ready()
-        _CPU_PEAK[n] = [0.0, f, a]
-    elif not refresh:
-        return _CPU_PEAK[n][0]
-    else:
-        repeats = 1
-    entry = _CPU_PEAK[n]
-    for _ in range(repeats):
+        entry, timings = [0.0, f, a], repeats
+        _CPU_PEAK[n] = entry
+    for _ in range(timings):
         t = time.perf_counter()
         entry[1](entry[2]).block_until_ready()
         entry[0] = max(entry[0], 2 * n ** 3 / (time.perf_counter() - t))
     return entry[0]
 
 
-def peak_flops(device=None) -> tuple:
-    """(peak FLOP/s per device, where the number comes from) for `device` (default: the first)."""
+def peak_flops(device=None, refresh: bool = False) -> tuple:
+    """(peak FLOP/s per device, where the number comes from) for `device` (default: the first). A chip's figure is
+    its spec sheet's; a CPU's is measured (`measured_cpu_peak`), and `refresh=True` times it once more."""
     device = device or jax.devices()[0]
     kind = getattr(device, "device_kind", "").lower()
     chip = chip_of(kind)
     if chip:
         return CHIPS[chip][0], f"table:{chip}"
     if device.platform == "cpu":
-        return measured_cpu_peak(), "measured:cpu_f32_matmul"
+        return measured_cpu_peak(refresh=refresh), "measured:cpu_f32_matmul"
     return float("nan"), f"unknown:{kind}"
 
 
