@@ -20,7 +20,8 @@ run without it (a shift test of the same models). Writes `benchmarks/results/see
 command, git commit (and whether the tree was dirty), seeds, split, eval_data (null without it), each seed's final
 `eval/*` metrics and wall seconds, each seed's validation curve (the evaluations its training logged), and per
 metric mean, std (ddof=1) and n, the experiment file the config resolved to with its sha256, and the commit each
-seed ran at; prints the markdown table `table()` makes from it. Each finished seed is also appended to `--runs_file`
+seed was evaluated at (each runs-file row also lists `trained_at`: the commit every training segment of its workdir
+started from, with the step it resumed at); prints the markdown table `table()` makes from it. Each finished seed is also appended to `--runs_file`
 (`<out_dir>/runs/seeds.jsonl`, committed with the results), and a seed of the same recipe (name, config, overrides,
 split, eval_data, experiment sha256, and the sha256 of the config it resolves to, which sees changes in the files
 the experiment imports; rows from before that field match without it) found there is not trained again: a recipe's
@@ -219,6 +220,27 @@ def trained_to_the_end(config_spec: str, train: list, workdir: str) -> bool:
     return config_lib.load_with_overrides(config_spec, overrides).total_steps in checkpoint_steps(workdir)
 
 
+TRAINED_AT = "trained_at.jsonl"
+
+
+def record_training_start(workdir: str, root: str = ROOT) -> None:
+    """Appends {'commit', 'dirty', 'from_step'} to `<workdir>/trained_at.jsonl` before a trainer starts there: a
+    seed resumed across sittings trained its segments at different commits, and its row should name them all."""
+    sys.path.insert(0, ROOT)
+    from vlmjax.core.restore_check import checkpoint_steps
+
+    commit, dirty = git_commit(root)
+    os.makedirs(workdir, exist_ok=True)
+    append_run(os.path.join(workdir, TRAINED_AT),
+               {"commit": commit, "dirty": dirty, "from_step": max(checkpoint_steps(workdir), default=0)})
+
+
+def trained_at(workdir: str) -> list:
+    """The training segments `record_training_start` logged in `workdir`, oldest first (none for a workdir trained
+    before the log existed)."""
+    return read_runs(os.path.join(workdir, TRAINED_AT))
+
+
 def run_seed(args, seed: int, extra: list, names: list) -> tuple:
     """(final eval metrics on `args.split` of `args.eval_data`, wall seconds, validation curve) of one seed: train
     (validation evals), then evaluate. `names`: the experiment's evaluators."""
@@ -232,6 +254,7 @@ def run_seed(args, seed: int, extra: list, names: list) -> tuple:
     if trained_to_the_end(args.config, train, seed_workdir(args, seed)):
         print(f"seed {seed}: {seed_workdir(args, seed)} holds its final checkpoint: not trained again")
     else:
+        record_training_start(seed_workdir(args, seed))
         r = subprocess.run(train, cwd=ROOT)
         if r.returncode != 0:
             raise SystemExit(f"error: seed {seed} failed (exit {r.returncode}): {' '.join(train)}")
@@ -292,8 +315,10 @@ def main(argv=None):
             print(f"seed {s}: from {runs_file} (commit {row['commit'][:10]})")
         else:
             metrics, secs, curve = run_seed(args, s, extra, names)
+            seed_commit, seed_dirty = git_commit()  # the tree this seed's evaluation (and last segment) ran from
             row = {**recipe, "seed": s, "metrics": metrics, "wall_s": secs, "validation_curve": curve,
-                   "commit": commit, "dirty": dirty, "resolved_config_sha256": resolved_sha}
+                   "commit": seed_commit, "dirty": seed_dirty, "resolved_config_sha256": resolved_sha,
+                   "trained_at": trained_at(seed_workdir(args, s))}
             if runs_file:
                 append_run(runs_file, row)
         per_seed[str(s)], wall[str(s)], curves[str(s)] = row["metrics"], row["wall_s"], row["validation_curve"]

@@ -116,6 +116,9 @@ def test_two_seeds_on_validation(tmp_path, scenes_tiny_dir, monkeypatch):
     assert again["per_seed"] == result["per_seed"] and again["seed_commits"] == result["seed_commits"]
     rows = [json.loads(line) for line in (tmp_path / "runs" / "seeds.jsonl").read_text().splitlines()]
     assert [(r["seed"], r["eval_data"]) for r in rows] == [(0, None), (1, None), (0, "scenes/tiny")]
+    # each row names the commit its training started from, read from the workdir: the shift row (no trainer) too
+    head = seeds.git_commit()
+    assert [r["trained_at"] for r in rows] == [[{"commit": head[0], "dirty": head[1], "from_step": 0}]] * 3
     # a second stage chained on the first: seed 1 starts from the first stage's seed 1, and no seed trains when
     # the stage it starts from has no workdir
     stage2 = ["--name", "tiny2", "--config", "experiments/vit_scenes.py:runlocal", "--workdir_root",
@@ -130,6 +133,19 @@ def test_two_seeds_on_validation(tmp_path, scenes_tiny_dir, monkeypatch):
     assert not (tmp_path / "w" / "tiny2" / "seed7").exists()
     row = json.loads((tmp_path / "runs" / "seeds.jsonl").read_text().splitlines()[-1])
     assert row["seed"] == 1 and any(a.endswith("/seed{seed}") for a in row["overrides"])  # kept as written
+
+
+def test_a_resumed_workdir_lists_each_training_segment(tmp_path, monkeypatch):
+    """A seed stopped at a checkpoint and resumed in a later sitting, at another commit: both segments are listed."""
+    commits = iter([("a" * 40, False), ("b" * 40, True)])
+    monkeypatch.setattr(seeds, "git_commit", lambda root=None: next(commits))
+    seeds.record_training_start(str(tmp_path / "w"))
+    (tmp_path / "w" / "checkpoints" / "600").mkdir(parents=True)
+    (tmp_path / "w" / "checkpoints" / "600.orbax-checkpoint-tmp-1").mkdir()  # an unfinished save: not a step
+    seeds.record_training_start(str(tmp_path / "w"))
+    assert seeds.trained_at(str(tmp_path / "w")) == [{"commit": "a" * 40, "dirty": False, "from_step": 0},
+                                                     {"commit": "b" * 40, "dirty": True, "from_step": 600}]
+    assert seeds.trained_at(str(tmp_path / "none")) == []
 
 
 def test_a_row_trained_with_another_resolved_config_is_trained_again(capsys):
