@@ -21,13 +21,13 @@ command, git commit (and whether the tree was dirty), seeds, split, eval_data (n
 `eval/*` metrics and wall seconds, each seed's validation curve (the evaluations its training logged), and per
 metric mean, std (ddof=1) and n, the experiment file the config resolved to with its sha256, and the commit each
 seed was evaluated at (each runs-file row also lists `trained_at`: the commit every training segment of its workdir
-started from, with the step it resumed at); prints the markdown table `table()` makes from it. Each finished seed is also appended to `--runs_file`
-(`<out_dir>/runs/seeds.jsonl`, committed with the results), and a seed of the same recipe (name, config, overrides,
-split, eval_data, experiment sha256, and the sha256 of the config it resolves to, which sees changes in the files
-the experiment imports; rows from before that field match without it) found there is not trained again: a recipe's
-seeds accumulate over sittings, and a fresh checkout, which has no workdirs, keeps them. An experiment that resolves
-outside this checkout (a git worktree whose editable install points at another tree) is refused: its runs would
-train that tree's config.
+started from, with the step it resumed at); prints the markdown table `table()` makes from it. Each finished seed is
+also appended to `--runs_file` (`<out_dir>/runs/seeds.jsonl`, committed with the results), and a seed of the same
+recipe (name, config, overrides, split, eval_data, experiment sha256, and the sha256 of the config it resolves to,
+which sees changes in the files the experiment imports; rows from before that field match without it) found there is
+not trained again: a recipe's seeds accumulate over sittings, and a fresh checkout, which has no workdirs, keeps
+them. An experiment that resolves outside this checkout (a git worktree whose editable install points at another
+tree) is refused: its runs would train that tree's config.
 
 A recipe that starts from another recipe's runs (a multi-stage chain: a `vit_scenes` tower, then prefix-LM
 pretraining, then chat) writes `{seed}` in an override, e.g. `--config.init_from.workdir=workdirs/seeds/A/seed{seed}`:
