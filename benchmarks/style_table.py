@@ -16,7 +16,7 @@ printed as mean ± std over its seeds; a missing file prints as "--". The comman
     (the same with scenes/light, and scenes/default for vit_styles; vit_dark1800 / vit_styles1800 are
     vit_dark / vit_styles with `--config.total_steps=1800` added after `--`; vqvae_dark / vqvae_styles with
     vqvae_scenes; siglip_dark / siglip_styles with --config siglip_scenes, the default recipe; prefixlm64_chat2400
-    and prefixlm64_chat with the chain of docs/prefixlm.md, its overrides after `--`; prefixlm64_styles_chat
+    and prefixlm64_chat with the chain of docs/prefixlm.md, its overrides after `--`; prefixlm64_styles_chat1200
     with that chain on scenes/styles, started from vit_styles1800: docs/robustness.md)
 """
 import argparse
@@ -47,7 +47,7 @@ ROWS = [
      "scenes/default", "eval/vqa/accuracy", "{:.3f}"),
     ("Prefix-LM, 1200 chat steps (ViT stage: `vit_dark`, 600 steps / `vit_styles1800`)", "prefixlm64_chat",
      "scenes/default", "eval/vqa/accuracy", "{:.3f}"),
-    ("", "prefixlm64_styles_chat", "scenes/styles", "eval/vqa/accuracy", "{:.3f}"),
+    ("", "prefixlm64_styles_chat1200", "scenes/styles", "eval/vqa/accuracy", "{:.3f}"),
 ]
 # Metric names of files written before an evaluator was renamed: vit_scenes' `classification` was `test` until
 # 2026-12-06 (in the seeds runner's files it read the split the file names, as now).
