@@ -200,11 +200,12 @@ def test_remat_scan_and_mixed_precision(one_device_run, tmp_path, variant):
 def test_total_steps_zero_evaluates_the_initial_weights_without_train_data(one_device_run, tmp_path, monkeypatch):
     """total_steps=0 with init_from: the evaluation of the copied weights equals the source run's final one, a
     step-0 checkpoint holds exactly those weights, and the train split is never opened."""
-    from vlmjax.core import loop
+    from vlmjax.core import loop, split_runtime
     from vlmjax.core.checkpoint import load_params_numpy
 
     opened, make_source = [], loop.make_source
-    monkeypatch.setattr(loop, "make_source", lambda data, split: opened.append(split) or make_source(data, split))
+    for module in (loop, split_runtime):  # the train split opens in the loop, the eval splits in split_runtime
+        monkeypatch.setattr(module, "make_source", lambda data, split: opened.append(split) or make_source(data, split))
     src, src_final = one_device_run
     wd = str(tmp_path / "eval_only")
     cfg = tiny_config(**{"mesh.data": 1, "total_steps": 0, "init_from.workdir": src})

@@ -7,20 +7,17 @@ restore or initialise, and run jitted steps with the state donated.
 """
 import importlib.util
 import os
-import sys
 import time
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vlmjax.data import ops as data_ops
 from vlmjax.data.batching import check_not_importing_main
-from vlmjax.data.pipeline import VALID_KEY, TrainIterator, eval_batches, make_source
+from vlmjax.data.pipeline import TrainIterator, make_source
 from vlmjax.evaluators import validate_and_build
 from vlmjax.tasks import get_task_class
 from vlmjax.core import config as config_lib
@@ -31,21 +28,15 @@ from vlmjax.core.flops import peak_flops, step_flops
 from vlmjax.core.input_wait import InputWait
 from vlmjax.core.mesh import (batch_sharding, data_parallel_size, like_params_shardings, logical_shardings, make_mesh,
                                rules_from_config)
-from vlmjax.core.metrics import CLEAR_LINE, MetricWriter, Progress
+from vlmjax.core.metrics import MetricWriter, Progress, log
 from vlmjax.core.optim import make_optimizer
 from vlmjax.core.profiling import StepProfiler
 from vlmjax.core.restore_check import check_resume_config
 from vlmjax.core.run_paths import record_launch_dir
-from vlmjax.core.runtime import Runtime
+from vlmjax.core.split_runtime import SplitRuntime
 
 
-def log(msg: str) -> None:
-    """Process 0 prints `msg`; on a terminal it first erases the live progress bar (Progress.tick)."""
-    if jax.process_index() == 0:
-        print((CLEAR_LINE if sys.stdout.isatty() else "") + msg, flush=True)
-
-
-class Trainer(Runtime):
+class Trainer(SplitRuntime):
     """Holds the compiled pieces of one experiment; `run()` trains, `evaluate()` runs the evaluators (it is the
     `runtime` they run on: vlmjax/evaluators/base.py)."""
 
@@ -75,7 +66,6 @@ class Trainer(Runtime):
         super().__init__(make_mesh(cfg.mesh, devices), rules_from_config(cfg.sharding_rules))
         self.task.batch_axes = self.batch_axes
         self._log_eval_padding()
-        self._eval_sources = {}
         if open_data:  # a missing split fails now, not after an hour of training
             if open_data != "eval" and cfg.total_steps > 0:  # total_steps=0 evaluates only: no train data
                 self.train_source = make_source(cfg.data, cfg.data.split)
@@ -86,7 +76,6 @@ class Trainer(Runtime):
         self._build_state_shardings()
         self._train_step = None
         self._compiled = None
-        self._predict_cache = {}
 
     # -- state -----------------------------------------------------------------------------------------------------
     def _load_frozen_runs(self):
@@ -143,10 +132,6 @@ class Trainer(Runtime):
         return state
 
     # -- step ------------------------------------------------------------------------------------------------------
-    def _global_batch(self, batch: dict) -> dict:
-        sh = batch_sharding(self.mesh)
-        return {k: jax.make_array_from_process_local_data(sh, np.asarray(v)) for k, v in batch.items()}
-
     def train_step_fn(self, jit: bool = True):
         """The train step `(state, batch) -> (state, metrics)`, jitted with the state's shardings and donated
         (`jit=False`: the plain function, e.g. to trace for FLOPs)."""
@@ -218,73 +203,6 @@ class Trainer(Runtime):
             flops = step_flops(self.train_step_fn(jit=False), state, gbatch)
         self.step_flops = {k: v / self.mesh.size for k, v in flops.items()}
         return self._compiled
-
-    # -- eval ------------------------------------------------------------------------------------------------------
-    def _eval_source(self, data_cfg):
-        key = (data_cfg.name, data_cfg.split, data_cfg.data_dir)
-        if key not in self._eval_sources:
-            self._eval_sources[key] = make_source(data_cfg, data_cfg.split)
-        return self._eval_sources[key]
-
-    def _eval_batch_size(self, data_cfg) -> int:
-        return config_lib.eval_batch_size(data_cfg.batch_size, data_parallel_size(self.mesh), jax.process_count())
-
-    def _log_eval_padding(self):
-        """Says once, when the trainer is built, which eval batches are padded to the data-parallel size."""
-        for name, ev in self.config.evals.items():
-            size = self._eval_batch_size(ev.data)
-            if size != ev.data.batch_size:
-                log(f"config.evals.{name}.data.batch_size={ev.data.batch_size} is padded to {size}, a multiple of "
-                    f"the data-parallel size {data_parallel_size(self.mesh)}; padding rows are not counted")
-
-    def batches(self, data_cfg, example_fn=None):
-        """Global eval batches for a data config (with `_valid`), padded to a multiple of the data-parallel size;
-        `example_fn` (an evaluator's) is applied to each example after the task's preprocessing."""
-        source = self._eval_source(data_cfg)
-        pre = self.task.preprocess_fn(data_cfg, train=False)
-        if example_fn is not None:
-            task_pre = pre
-            pre = lambda example, rng: example_fn(task_pre(example, rng))  # noqa: E731
-        local = self._eval_batch_size(data_cfg) // jax.process_count()
-        for b in eval_batches(source, pre, batch_size=local, process_index=jax.process_index(),
-                              process_count=jax.process_count(), max_examples=data_cfg.max_examples or None):
-            yield self._global_batch(b)
-
-    def predict_all(self, predict, variables, data_cfg, example_fn=None) -> dict:
-        """Run `predict` over the whole split; per-example outputs of the valid rows, on every host."""
-        if predict not in self._predict_cache:
-            self._predict_cache[predict] = jax.jit(predict, out_shardings=batch_sharding(self.mesh))
-        fn = self._predict_cache[predict]
-        chunks = []
-        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-            for batch in self.batches(data_cfg, example_fn):
-                out = fn(variables, batch)
-                out[VALID_KEY] = batch[VALID_KEY]
-                chunks.append(multihost_utils.process_allgather(out, tiled=True))
-        if not chunks:
-            raise ValueError(f"evaluation on {data_cfg.name}:{data_cfg.split} saw no decodable example")
-        out = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
-        valid = out.pop(VALID_KEY).astype(bool)
-        return {k: v[valid] for k, v in out.items()}
-
-    def evaluate(self, state, step: int, writer=None, only=None) -> dict:
-        variables = {"params": state["params"], **state["model_state"]}
-        results = {}
-        for name, ev in self.evaluators.items():
-            every = self.config.evals[name].every_steps
-            if only is None and not (step == self.config.total_steps or (every and step % every == 0)):
-                continue
-            t0 = time.time()
-            metrics = ev.run(variables, self)
-            results.update({f"eval/{name}/{k}": v for k, v in metrics.items()})
-            if self.config.evals[name].get("quiet", False):  # written below, not printed
-                log(f"eval {name} @ {step} ({time.time() - t0:.1f}s): in metrics.jsonl (quiet)")
-            else:
-                log(f"eval {name} @ {step} ({time.time() - t0:.1f}s): " +
-                    ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-            if writer is not None and ev.images is not None:
-                writer.write_images(step, {f"eval/{name}/{k}": v for k, v in ev.images(variables, self).items()})
-        return results
 
     # -- loop ------------------------------------------------------------------------------------------------------
     def _write_run_record(self) -> None:

@@ -105,6 +105,14 @@ def read_metrics(workdir: str) -> list:
 CLEAR_LINE = "\r\033[K"  # back to column 0 and erase: a log line replaces the live bar
 
 
+def log(msg: str) -> None:
+    """Process 0 prints `msg`; on a terminal it first erases the live progress bar (Progress.tick)."""
+    import jax  # here, not at the top: reading metrics files needs no jax
+
+    if jax.process_index() == 0:
+        print((CLEAR_LINE if sys.stdout.isatty() else "") + msg, flush=True)
+
+
 class Progress:
     """Console progress line, one per log interval: step, loss, steps/s, examples/s, MFU, ETA.
 

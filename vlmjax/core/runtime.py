@@ -1,7 +1,8 @@
 """What the core lends evaluators and the API: running functions on the mesh over host arrays.
 
-`Runtime(mesh)` is the part that needs no data sources (the API's text embeddings); the Trainer extends it with
-`predict_all` over a split (see vlmjax/evaluators/base.py for the contract evaluators rely on).
+`Runtime(mesh)` is the part that needs no data sources (the API's text embeddings); `SplitRuntime`
+(vlmjax/core/split_runtime.py), which the Trainer extends, adds `predict_all` over a split (see
+vlmjax/evaluators/base.py for the contract evaluators rely on).
 """
 import jax
 import numpy as np
