@@ -14,14 +14,16 @@ Prefix-LM: experiments/paligemma_like.py's family shrunk to one GPU (ViT-B/14 at
 projector, a ~1.1B Gemma-style decoder: width 2048, 18 layers, MQA, head dim 256, GeGLU 8192, vocabulary 32768;
 prefix 256 image tokens, then 64 text tokens, loss on the last 60) against HF `PaliGemmaForConditionalGeneration`
 with the same config and its own random weights (the same shapes and FLOPs; the losses are both ~log V).
+The torch side lives in benchmarks/torch_reference.py.
 
 Per row: examples/s (median of timed rounds), model FLOPs per step (counted on our step's jaxpr, the figure the
-trainer logs as train/mfu; checked against the analytic count), MFU against the chip's bf16 peak, peak memory
-(ours: XLA's buffer assignment for the compiled step; torch: max_memory_allocated) and compile time. Phases run in
-priority order within `--budget_s`, and the JSON is rewritten after every phase, so a run that is cut short still
-reports what it measured. Each of our rows also carries `profile`: `--profile_steps` steps traced with
-jax.profiler after the timed rounds, as device time by XLA op (the top 20) and the share of the traced span the
-device was busy (what tells a scanned step's extra copies, or a host-bound step, from slower kernels).
+trainer logs as train/mfu; checked against the analytic count of benchmarks/analytic_flops.py), MFU against the
+chip's bf16 peak, peak memory (ours: XLA's buffer assignment for the compiled step; torch: max_memory_allocated)
+and compile time. Phases run in priority order within `--budget_s`, and the JSON is rewritten after every phase,
+so a run that is cut short still reports what it measured. Each of our rows also carries `profile`:
+`--profile_steps` steps traced with jax.profiler after the timed rounds, as device time by XLA op (the top 20) and
+the share of the traced span the device was busy (what tells a scanned step's extra copies, or a host-bound step,
+from slower kernels).
 Writes benchmarks/results/accelerator_step_<platform>.json (or under --out).
 """
 import argparse
@@ -54,6 +56,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from analytic_flops import prefixlm_train_flops, siglip_train_flops  # noqa: E402
 from common import RESULTS, timing_setup  # noqa: E402
 
 from vlmjax.models import siglip_hf, weight_files  # noqa: E402
@@ -126,35 +129,6 @@ def write():
     return path
 
 
-# ---------------------------------------------------------------------------------------------------- analytic
-def vit_fwd(n, patch, width, depth, mlp):
-    """Matmul FLOPs of one example through a ViT's patch embedding and blocks (n tokens)."""
-    return 2 * n * patch * patch * 3 * width + depth * (8 * n * width ** 2 + 4 * n * n * width + 4 * n * width * mlp)
-
-
-def siglip_train_flops(v, t, batch):
-    """Model FLOPs of one SigLIP train step: 3 forwards, less the patch embedding's input gradient (images are
-    not differentiated). Image tower: ViT + MAP head (one query: q and out projections on 1 token, k and v on n);
-    text tower: blocks (the embedding is a gather) + linear head; the loss's B x B logits."""
-    n, d, m, p = (v["image_size"] // v["patch_size"]) ** 2, v["hidden_size"], v["intermediate_size"], v["patch_size"]
-    img = vit_fwd(n, p, d, v["num_hidden_layers"], m) + 2 * 2 * d * d + 2 * 2 * n * d * d + 4 * n * d + 4 * d * m
-    L, dt, mt = t["max_position_embeddings"], t["hidden_size"], t["intermediate_size"]
-    txt = t["num_hidden_layers"] * (8 * L * dt ** 2 + 4 * L * L * dt + 4 * L * dt * mt) + 2 * dt * dt
-    fwd = batch * (img + txt) + 2 * batch * batch * dt
-    return 3 * fwd - batch * 2 * n * p * p * 3 * d
-
-
-def prefixlm_train_flops(c, batch, length):
-    """Model FLOPs of one prefix-LM train step (ViT + linear projector + decoder over `length` image + text
-    tokens, tied logits on every position), 3 forwards less the patch embedding's input gradient."""
-    n, v, lm = (c["image"] // c["patch"]) ** 2, c["vit"], c["lm"]
-    L, w, h, hkv, dh = length, lm["width"], lm["num_heads"], lm["num_kv_heads"], lm["head_dim"]
-    layer = L * (2 * w * dh * (2 * h + 2 * hkv) + 6 * w * lm["mlp_dim"]) + 4 * L * L * h * dh
-    fwd = vit_fwd(n, c["patch"], v["width"], v["depth"], v["mlp_dim"]) + 2 * n * v["width"] * w \
-        + lm["depth"] * layer + 2 * L * w * c["vocab"]
-    return batch * (3 * fwd - 2 * n * c["patch"] ** 2 * 3 * v["width"])
-
-
 # ------------------------------------------------------------------------------------------------------ timing
 def median_step_s(step, rounds=ARGS.rounds, steps=ARGS.steps):
     """Median seconds per step over `rounds` rounds of `steps` chained calls; step() returns a value to block on."""
@@ -174,6 +148,12 @@ def block(x):
     return jax.block_until_ready(x)
 
 
+def torch_reference():
+    from torch_reference import TorchReference
+
+    return TorchReference(TORCH_DEV, HALF, LR, WD, median_step_s)
+
+
 def row(examples, sec, flops, **extra):
     return dict(examples_per_s=examples / sec, step_s=sec, model_flops_per_step=flops,
                 mfu=flops / sec / PEAK if PEAK == PEAK else None, **extra)
@@ -186,50 +166,6 @@ def siglip_batch(rng, batch):
     return {"image": rng.uniform(-1, 1, (batch, s, s, 3)).astype(np.float32),
             "text": rng.integers(4, t["vocab_size"], (batch, n)).astype(np.int32),
             "text_mask": np.ones((batch, n), np.int32)}
-
-
-def hf_siglip():
-    """(HF config, initial state_dict as numpy): one random init that both sides start from."""
-    cfg = transformers.SiglipConfig(vision_config=SIZE["vision"], text_config=SIZE["text"])
-    torch.manual_seed(0)
-    model = transformers.SiglipModel(cfg)
-    with torch.no_grad():  # SigLIP's inits (HF zero-inits them when built from a config)
-        model.logit_scale.fill_(np.log(10.0))
-        model.logit_bias.fill_(-10.0)
-    return cfg, {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
-
-
-def torch_siglip(cfg, state_dict, batch, compile_model):
-    model = transformers.SiglipModel(cfg).to(TORCH_DEV).train()
-    model.load_state_dict({k: torch.from_numpy(v) for k, v in state_dict.items()})
-    fused = dict(fused=True) if TORCH_DEV == "cuda" else {}
-    opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=WD, **fused)
-    pixels = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).contiguous().to(TORCH_DEV)
-    ids = torch.from_numpy(batch["text"].astype(np.int64)).to(TORCH_DEV)
-    fwd = torch.compile(model) if compile_model else model
-    return torch_timed(lambda: fwd(input_ids=ids, pixel_values=pixels, return_loss=True).loss, model, opt,
-                       len(batch["image"]))
-
-
-def torch_timed(loss_fn, model, opt, examples):
-    """(row, first losses) for a torch model: warm-up (compilation) timed, then the median step."""
-    def step():
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(TORCH_DEV, dtype=torch.bfloat16, enabled=HALF):
-            loss = loss_fn()
-        loss.backward()
-        opt.step()
-        return loss
-
-    if TORCH_DEV == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    t = time.perf_counter()
-    losses = [block(step()) for _ in range(2)]
-    compile_s = time.perf_counter() - t
-    sec, all_s = median_step_s(step)
-    peak = torch.cuda.max_memory_allocated() if TORCH_DEV == "cuda" else None
-    return dict(step_s_all=all_s, warmup_2_steps_s=compile_s, peak_bytes=peak,
-                peak_bytes_per_example=peak / examples if peak else None, sec=sec), losses
 
 
 def jax_trainer(task_cfg, workdir):
@@ -343,43 +279,11 @@ def prefixlm_jax(batch, workdir, attention_impl="auto"):
     return jax_row(trainer, trainer.init_state(), batch)
 
 
-def prefixlm_torch(batch, compile_model):
-    """HF PaliGemma with the same shapes: image tokens then the text, token_type_ids 0 on the prefix (image +
-    prompt: bidirectional) and 1 on the answer (causal), labels on the answer."""
-    c = SIZE["plm"]
-    v, lm = c["vit"], c["lm"]
-    n_img = (c["image"] // c["patch"]) ** 2
-    cfg = transformers.PaliGemmaConfig(
-        vision_config=dict(model_type="siglip_vision_model", hidden_size=v["width"], num_hidden_layers=v["depth"],
-                           num_attention_heads=v["num_heads"], intermediate_size=v["mlp_dim"],
-                           image_size=c["image"], patch_size=c["patch"], projection_dim=lm["width"]),
-        text_config=dict(model_type="gemma", hidden_size=lm["width"], num_hidden_layers=lm["depth"],
-                         num_attention_heads=lm["num_heads"], num_key_value_heads=lm["num_kv_heads"],
-                         head_dim=lm["head_dim"], intermediate_size=lm["mlp_dim"], vocab_size=c["vocab"],
-                         hidden_activation="gelu_pytorch_tanh"),
-        image_token_index=c["vocab"] - 1, vocab_size=c["vocab"], projection_dim=lm["width"], hidden_size=lm["width"])
-    cfg.text_config.num_image_tokens = cfg.vision_config.num_image_tokens = n_img
-    torch.manual_seed(0)
-    model = transformers.PaliGemmaForConditionalGeneration(cfg).to(TORCH_DEV).train()
-    b = c["batch"]
-    text, ar = (torch.from_numpy(batch[k][:, :c["text_len"]].astype(np.int64)) for k in ("tokens", "mask_ar"))
-    ids = torch.cat([torch.full((b, n_img), c["vocab"] - 1), text], 1)
-    ttype = torch.cat([torch.zeros((b, n_img), dtype=torch.long), ar], 1)
-    labels = torch.where(ttype == 1, ids, torch.full_like(ids, -100))
-    pixels = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).contiguous()
-    ids, ttype, labels, pixels = (x.to(TORCH_DEV) for x in (ids, ttype, labels, pixels))
-    mask = torch.ones_like(ids)
-    fused = dict(fused=True) if TORCH_DEV == "cuda" else {}
-    opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=WD, **fused)
-    fwd = torch.compile(model) if compile_model else model
-    return torch_timed(lambda: fwd(input_ids=ids, pixel_values=pixels, attention_mask=mask, token_type_ids=ttype,
-                                   labels=labels).loss, model, opt, b)
-
-
 # ------------------------------------------------------------------------------------------------------ phases
 def main():
     rng = np.random.default_rng(0)
     workdir = tempfile.mkdtemp()
+    ref = functools.cache(torch_reference)  # built by the first phase that needs torch
     sig = RESULT["siglip"]
     plm = RESULT["prefixlm"]
     batch = siglip_batch(rng, SIZE["batch"])
@@ -401,7 +305,7 @@ def main():
             siglip_train_flops(SIZE["vision"], SIZE["text"], len(b["image"])))
 
     def theirs(name, compile_model):
-        r, losses = torch_siglip(hf["cfg"], hf["sd"], batch, compile_model)
+        r, losses = ref().siglip(hf["cfg"], hf["sd"], batch, compile_model)
         sig["rows"][name] = row(len(batch["image"]), r.pop("sec"), analytic, **r)
         sig["first_losses"][name] = losses
 
@@ -414,7 +318,7 @@ def main():
         plm["first_losses"][name] = losses
 
     def plm_theirs(name, compile_model):
-        r, losses = prefixlm_torch(plm_batch, compile_model)
+        r, losses = ref().paligemma(SIZE["plm"], plm_batch, compile_model)
         plm["rows"][name] = row(SIZE["plm"]["batch"], r.pop("sec"), plm["analytic_model_flops_per_step"], **r)
         plm["first_losses"][name] = losses
 
@@ -425,7 +329,8 @@ def main():
     big = siglip_batch(rng, SIZE["big_batch"])
     # (name, estimated seconds on an H200, needs torch, function), in priority order.
     phases = [
-        ("hf_init", 10, True, lambda: hf.update(zip(("cfg", "sd"), hf_siglip()))),
+        ("hf_init", 10, True,
+         lambda: hf.update(zip(("cfg", "sd"), ref().siglip_init(SIZE["vision"], SIZE["text"])))),
         ("siglip_pod", 45, True, lambda: ours("pod")),
         ("siglip_pod_xla_attention_fallback", 45, True,
          lambda: ours("pod_xla_attention") if "siglip_pod" in RESULT["errors"] else None),
