@@ -1,10 +1,10 @@
 """KV-cache decoding: cache == full recompute, mixed lengths == one at a time, samplers, beam search, CFG."""
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from test_lm import _init
 from vlmjax.models.lm import DecoderLM
 from vlmjax.models.masks import make_attn_mask, positions_from_mask
 from vlmjax.tasks.decode import _decode_jit, beam_search, decode, embed_tokens, sample_logits, sample_loop
@@ -16,17 +16,7 @@ LENGTHS = np.array([7, 4, 7])
 
 def _params(model, seed=0):
     """Host-filled params (no `init` compile); kernels 3x the fan-in scale so greedy text is not one repeated token."""
-    boxed = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 4, model.width)))
-    rng = np.random.default_rng(seed)
-
-    def fill(path, x):
-        name = jax.tree_util.keystr(path)
-        if "scale" in name:
-            return (1 + 0.2 * rng.normal(size=x.shape)).astype(np.float32)
-        fan_in = model.mlp_dim if "down_kernel" in name else model.width
-        std = 1 / np.sqrt(model.width) if "embedding" in name else 3 / np.sqrt(fan_in)
-        return (std * rng.normal(size=x.shape)).astype(np.float32)
-    return jax.tree_util.tree_map_with_path(fill, nn.meta.unbox(boxed))
+    return _init(model, seed)[1]
 
 
 @pytest.fixture(scope="module")
