@@ -33,7 +33,8 @@ A recipe that starts from another recipe's runs (a multi-stage chain: a `vit_sce
 pretraining, then chat) writes `{seed}` in an override, e.g. `--config.init_from.workdir=workdirs/seeds/A/seed{seed}`:
 seed s trains from seed s of stage A, so the stages' seeds pair up. The runs file keeps the override as written.
 A seed whose `init_from.workdir` does not exist stops before training, naming it (a fresh checkout has the upstream
-stage's runs-file rows but not its workdirs).
+stage's runs-file rows but not its workdirs), and so does a seed workdir holding checkpoints without their
+config.json (`check_resumable`).
 """
 import argparse
 import hashlib
@@ -235,6 +236,19 @@ def record_training_start(workdir: str, root: str = ROOT) -> None:
                {"commit": commit, "dirty": dirty, "from_step": max(checkpoint_steps(workdir), default=0)})
 
 
+def check_resumable(workdir: str) -> None:
+    """Exit naming `workdir` when it holds checkpoints but no config.json. The trainer would resume them with only a
+    warning (their structure checked, not their recipe), and a seed's row would then mix runs: the way this arises
+    is a workdir deleted while its trainer, stopped by SIGTERM, was still saving (the save lands after the delete)."""
+    sys.path.insert(0, ROOT)
+    from vlmjax.core.restore_check import checkpoint_steps
+
+    steps = checkpoint_steps(workdir)
+    if steps and not os.path.exists(os.path.join(workdir, "config.json")):
+        raise SystemExit(f"error: {workdir} holds checkpoints (steps {steps}) but no config.json, so nothing says "
+                         f"which recipe wrote them; delete the workdir (once no trainer runs there) and run again")
+
+
 def trained_at(workdir: str) -> list:
     """The training segments `record_training_start` logged in `workdir`, oldest first (none for a workdir trained
     before the log existed)."""
@@ -254,6 +268,7 @@ def run_seed(args, seed: int, extra: list, names: list) -> tuple:
     if trained_to_the_end(args.config, train, seed_workdir(args, seed)):
         print(f"seed {seed}: {seed_workdir(args, seed)} holds its final checkpoint: not trained again")
     else:
+        check_resumable(seed_workdir(args, seed))
         record_training_start(seed_workdir(args, seed))
         r = subprocess.run(train, cwd=ROOT)
         if r.returncode != 0:

@@ -148,6 +148,18 @@ def test_a_resumed_workdir_lists_each_training_segment(tmp_path, monkeypatch):
     assert seeds.trained_at(str(tmp_path / "none")) == []
 
 
+def test_checkpoints_without_their_config_are_not_resumed(tmp_path):
+    """A workdir whose config.json is gone but whose checkpoints are there (deleted while a stopped trainer was
+    still saving) stops the runner, naming it; with its config.json, or with no checkpoint, it goes on."""
+    w = tmp_path / "w"
+    seeds.check_resumable(str(w))  # nothing there yet
+    (w / "checkpoints" / "600").mkdir(parents=True)
+    with pytest.raises(SystemExit, match=f"{w} holds checkpoints \\(steps \\[600\\]\\) but no config.json"):
+        seeds.check_resumable(str(w))
+    (w / "config.json").write_text("{}")
+    seeds.check_resumable(str(w))
+
+
 def test_a_row_trained_with_another_resolved_config_is_trained_again(capsys):
     """The experiment file's sha256 misses a change in a file it imports; the resolved config's does not."""
     sha = seeds.resolved_config_sha256("vit_scenes:runlocal")
