@@ -1,4 +1,5 @@
-r"""SigLIP B/16 (sigmoid loss, 224 px, text length 64) on real image-text data; zero-shot ImageNet and CIFAR-100.
+r"""SigLIP B/16 (sigmoid loss, 224 px, text length 64) on real image-text data; zero-shot ImageNet and CIFAR-100,
+10- and 25-shot linear probes on CIFAR-100, COCO retrieval.
 
     # pod: tfds datasets prepared as ArrayRecord under DATA (gs:// or local), a 32k SentencePiece model at TOK
     vlmjax-train --config experiments/siglip_b16.py --workdir gs://bucket/siglip_b16 --distributed auto \
@@ -49,6 +50,9 @@ def get_config(arg=None):
         imagenet=dict(type="zeroshot", class_names="data/imagenet_class_names.txt",
                       data=dict(name="imagenet2012", split="validation", preprocess=img + keep_label)),
         cifar100=dict(type="zeroshot", data=dict(name="cifar100", split="test", preprocess=img + keep_label)),
+        # linear probes on the image embedding from 10 and 25 train images per class (big_vision's fewshot_lsr)
+        cifar100_fewshot=dict(type="fewshot", shots=(10, 25),
+                              data=dict(name="cifar100", split="test", preprocess=img + keep_label)),
         coco=dict(type="retrieval", caption_key="captions/text", max_captions=5,
                   data=dict(name="coco_captions", split="test",
                             preprocess=img + [keep("image", "captions/text")])))
@@ -72,6 +76,8 @@ def get_config(arg=None):
                       preprocess=img + txt + [keep("image", "text", "text_mask")])
         c.evals = dict(
             zeroshot=dict(type="zeroshot", data=dict(split="test", max_examples=128, preprocess=img + keep_label)),
+            fewshot=dict(type="fewshot", shots=(1, 2), train_data=dict(max_examples=256),
+                         data=dict(split="test", max_examples=128, preprocess=img + keep_label)),
             retrieval=dict(type="retrieval", max_captions=3, data=dict(
                 split="test", max_examples=128, preprocess=img + [keep("image", "captions")])))
         c.eval = dict(every_steps=10, batch_size=64)

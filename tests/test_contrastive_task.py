@@ -182,6 +182,47 @@ def test_evaluators_end_to_end(siglip_run, tmp_path):
     assert bad["eval/zeroshot/accuracy"] < 0.5 * got["eval/zeroshot/accuracy"]
 
 
+def test_fewshot_probe_of_the_image_embedding_by_hand(siglip_run):
+    """`type='fewshot'` on the towers: the image embeddings of the first 200 train and 60 test images computed here
+    from the raw tfds examples, the first k of each class standardised with a constant bias feature, and ridge
+    solved as least squares on the augmented system: the evaluator's accuracies equal that to the example."""
+    import tensorflow_datasets as tfds
+
+    from vlmjax.api import load_run
+    from vlmjax.cli.evaluate import evaluate_workdir
+
+    wd, cfg = siglip_run[0], run_config(siglip_run)
+    task, variables, _ = load_run(wd, keys=("params",))
+    embed = jax.jit(lambda v, x: task.model.apply(v, images=x)[0])
+
+    def split(name, n):
+        src = tfds.data_source("scenes/tiny", split=name, data_dir=cfg.data.data_dir, download=False)
+        exs = [src[i] for i in range(n)]
+        images = np.stack([e["image"] for e in exs]).astype(np.float32) / 127.5 - 1
+        labels = np.array([e["label"] for e in exs])
+        return np.asarray(embed({"params": variables["params"]}, images), np.float64), labels
+
+    (zp, yp), (zt, yt) = split("train", 200), split("test", 60)
+    want = {}
+    for k in (1, 3):
+        idx = np.sort(np.concatenate([np.flatnonzero(yp == c)[:k] for c in range(24)]))
+        mean, std = zp[idx].mean(0), zp[idx].std(0) + 1e-6
+        feats = lambda z: np.hstack([(z - mean) / std, np.full((len(z), 1), 100.0)])  # noqa: E731
+        a, y = feats(zp[idx]), np.where(yp[idx][:, None] == np.arange(24), 1.0, -1.0)
+        d = a.shape[1]
+        w = np.linalg.lstsq(np.vstack([a, np.sqrt(256.0) * np.eye(d)]), np.vstack([y, np.zeros((d, 24))]),
+                            rcond=None)[0]
+        want[k] = np.mean(np.argmax(feats(zt) @ w, 1) == yt)
+    cfg.evals = ml_collections.ConfigDict({"fewshot": dict(
+        type="fewshot", shots=(1, 3), l2_reg=256.0, train_data=dict(max_examples=200),
+        data=dict(split="test", max_examples=60, batch_size=32, preprocess=list(cfg.evals.zeroshot.data.preprocess)))})
+    _, got = evaluate_workdir(wd, cfg)
+    assert got["eval/fewshot/classes"] == 24
+    for k in (1, 3):
+        assert got[f"eval/fewshot/{k}shot_accuracy"] == pytest.approx(want[k], abs=1e-6), k
+    assert want[3] > 1 / 24  # above chance, from a 150-step run (6 of 60 here, chance 2.5)
+
+
 def test_sharded_ring_matches_one_device(siglip_run, tmp_path):
     """Mesh (2,2,2) with the ring loss (the default when the batch is sharded) vs the 1-device dense run: the
     first steps' losses agree (warmup covers them, so the shorter run has the same learning rates)."""

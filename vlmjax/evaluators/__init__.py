@@ -15,7 +15,7 @@ from vlmjax.tasks.model_config import check_keys
 # `config.evals.<name>.type` -> the module under vlmjax/evaluators/ that builds it.
 KINDS = {"classification": "classification", "zeroshot": "zeroshot", "zeroshot_multilabel": "multilabel",
          "retrieval": "retrieval", "vqa": "vqa", "caption": "caption", "perplexity": "perplexity", "recon": "recon",
-         "codebook": "codebook"}
+         "codebook": "codebook", "fewshot": "fewshot"}
 
 
 def _module(kind: str):

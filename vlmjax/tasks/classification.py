@@ -11,7 +11,7 @@ from vlmjax.tasks.model_config import build_module
 class ClassificationTask(Task):
     """Batch: `image` float[B, H, W, 3], `label` int[B]."""
 
-    eval_kinds = ("classification",)
+    eval_kinds = ("classification", "fewshot")
 
     def __init__(self, config):
         super().__init__(config)
@@ -42,5 +42,8 @@ class ClassificationTask(Task):
         def predict(variables, images):
             logits, _ = self.model.apply(variables, images, train=False)
             return logits
-        return {"logits": predict}
+
+        def image_features(variables, images):  # float[B, D]: the pooled representation the head reads
+            return self.model.apply(variables, images, train=False)[1]["pre_logits"]
+        return {"logits": predict, "image_features": image_features}
 

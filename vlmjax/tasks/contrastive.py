@@ -74,7 +74,7 @@ def build_two_towers(model_cfg, vocab_size: int) -> TwoTowers:
 
 
 class ContrastiveTask(Task):
-    eval_kinds = ("zeroshot", "retrieval", "zeroshot_multilabel")
+    eval_kinds = ("zeroshot", "retrieval", "zeroshot_multilabel", "fewshot")
 
     def __init__(self, config):
         super().__init__(config)
@@ -229,4 +229,4 @@ class ContrastiveTask(Task):
 
     def predict_fns(self):
         # Bound methods: equal across calls, so the core's jit caches keyed on them hit.
-        return {"embed_image": self.embed_image, "embed_text": self.embed_text}
+        return {"embed_image": self.embed_image, "embed_text": self.embed_text, "image_features": self.embed_image}
