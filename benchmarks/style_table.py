@@ -17,7 +17,8 @@ printed as mean ± std over its seeds; a missing file prints as "--". The comman
     vit_dark / vit_styles with `--config.total_steps=1800` added after `--`; vqvae_dark / vqvae_styles with
     vqvae_scenes; siglip_dark / siglip_styles with --config siglip_scenes, the default recipe; prefixlm64_chat2400
     and prefixlm64_chat with the chain of docs/prefixlm.md, its overrides after `--`; prefixlm64_styles_chat1200
-    with that chain on scenes/styles, started from vit_styles1800: docs/robustness.md)
+    with that chain on scenes/styles, started from vit_styles1800, and prefixlm64_dark1800_chat1200 with the dark
+    chain started from vit_dark1800: docs/robustness.md)
 """
 import argparse
 import json
@@ -45,8 +46,10 @@ ROWS = [
     ("", "siglip_styles", "scenes/styles", "eval/retrieval/img2txt_r@1", "{:.3f}"),
     ("Prefix-LM VQA accuracy, 64 px (`prefixlm_scenes:chat`, 2400 chat steps)", "prefixlm64_chat2400",
      "scenes/default", "eval/vqa/accuracy", "{:.3f}"),
-    ("Prefix-LM, 1200 chat steps (ViT stage: `vit_dark`, 600 steps / `vit_styles1800`)", "prefixlm64_chat",
+    ("Prefix-LM, 1200 chat steps, ViT stage `vit_dark` (600 steps)", "prefixlm64_chat",
      "scenes/default", "eval/vqa/accuracy", "{:.3f}"),
+    ("Prefix-LM, 1200 chat steps, ViT stage at 1800 steps (`vit_dark1800` / `vit_styles1800`)",
+     "prefixlm64_dark1800_chat1200", "scenes/default", "eval/vqa/accuracy", "{:.3f}"),
     ("", "prefixlm64_styles_chat1200", "scenes/styles", "eval/vqa/accuracy", "{:.3f}"),
 ]
 # Metric names of files written before an evaluator was renamed: vit_scenes' `classification` was `test` until
