@@ -59,7 +59,8 @@ def get_config(arg=None):
     c.eval = dict(every_steps=2000, batch_size=1024)
 
     c.model = dict(
-        image=dict(patch_size=(16, 16), **VIT_B, pool_type="map", posemb="learn", scan_layers=True, remat_policy="dots_no_batch", dtype="bfloat16"),
+        image=dict(patch_size=(16, 16), **VIT_B, pool_type="map", posemb="learn", scan_layers=True,
+                   remat_policy="dots_no_batch", dtype="bfloat16"),
         text=dict(**VIT_B, pool_type="last", mask_padding=False,
                   scan_layers=True, remat_policy="dots_no_batch", dtype="bfloat16"),
         out_dim=[0, 768], temperature_init=10.0, bias_init=-10.0)
