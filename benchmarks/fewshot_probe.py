@@ -1,15 +1,15 @@
 r"""Few-shot linear probes (`type='fewshot'`, vlmjax/evaluators/fewshot.py) of trained runs' frozen image features,
 on datasets of your choice: whether a representation still separates the classes where the run's own head fails.
 
-    python benchmarks/fewshot_probe.py --name vit_dark1800 --workdirs 'workdirs/seeds/vit_dark1800/seed{0,1,2}' \
-        --eval_data scenes/default,scenes/light,scenes/texture --split validation
+    python benchmarks/fewshot_probe.py --name vit_dark1800 --workdir 'workdirs/seeds/vit_dark1800/seed{seed}' \
+        --seeds 0,1,2 --eval_data scenes/default,scenes/light,scenes/texture --split validation
 
-For each workdir (one per seed) and each dataset: the run's own config with its evaluators replaced by one
-`fewshot` evaluator whose shots come from that dataset's train split (its first `--pool` examples) and whose probe
-is scored on `--split` of the same dataset, with the preprocessing of the run's first evaluator that keeps `label`;
-the latest checkpoint on the run's mesh (cli/evaluate.py's evaluate_workdir). Writes
-`benchmarks/results/fewshot_<name>_<split>.json`: the command, commit, each seed's metrics per dataset, and per
-dataset and metric the mean, std (ddof=1) and n over the seeds.
+For each seed's workdir (`{seed}` filled in, as in benchmarks/seeds.py's chains) and each dataset: the run's own
+config with its evaluators replaced by one `fewshot` evaluator whose shots come from that dataset's train split (its
+first `--pool` examples) and whose probe is scored on `--split` of the same dataset, with the preprocessing of the
+run's first evaluator that keeps `label`; the latest checkpoint on the run's mesh (cli/evaluate.py's evaluate_workdir). Writes
+`benchmarks/results/fewshot_<name>_<split>.json`: the command, commit, each seed's workdir and metrics per dataset,
+and per dataset and metric the mean, std (ddof=1) and n over the seeds.
 """
 import argparse
 import copy
@@ -21,16 +21,7 @@ import time
 import ml_collections
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from seeds import RESULTS, ROOT, git_commit, summarize  # noqa: E402
-
-
-def expand(pattern: str) -> list:
-    """'a/seed{0,1,2}' -> ['a/seed0', 'a/seed1', 'a/seed2'] (one brace group; a plain path stays as it is)."""
-    if "{" not in pattern:
-        return [pattern]
-    head, rest = pattern.split("{", 1)
-    choices, tail = rest.split("}", 1)
-    return [head + c + tail for c in choices.split(",")]
+from seeds import RESULTS, ROOT, for_seed, git_commit, summarize  # noqa: E402
 
 
 def probe_config(config, eval_data: str, split: str, shots: tuple, pool: int, l2_reg: float):
@@ -50,7 +41,8 @@ def probe_config(config, eval_data: str, split: str, shots: tuple, pool: int, l2
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--name", required=True)
-    ap.add_argument("--workdirs", required=True, help="one per seed; 'dir/seed{0,1,2}' expands")
+    ap.add_argument("--workdir", required=True, help="a seed's workdir, with {seed} where the seed goes")
+    ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--eval_data", required=True, help="comma-separated dataset names")
     ap.add_argument("--split", default="validation", choices=("validation", "test"))
     ap.add_argument("--shots", default="1,5,10")
@@ -65,21 +57,21 @@ def main(argv=None):
     commit, dirty = git_commit()
     out = {"command": " ".join(["python benchmarks/fewshot_probe.py", *(argv or sys.argv[1:])]), "commit": commit,
            "dirty": dirty, "split": args.split, "shots": shots, "pool": args.pool, "l2_reg": args.l2_reg,
-           "per_seed": {}, "summary": {}, "wall_s": {}}
-    workdirs = expand(args.workdirs)
+           "workdirs": {}, "per_seed": {}, "summary": {}, "wall_s": {}}
+    seeds = [int(x) for x in args.seeds.split(",") if x]
+    out["workdirs"] = {s: for_seed([args.workdir], s)[0] for s in seeds}
     for data in args.eval_data.split(","):
         per_seed = {}
-        for wd in workdirs:
+        for s, wd in out["workdirs"].items():
             t = time.time()
             cfg = probe_config(run_config(wd), data, args.split, shots, args.pool, args.l2_reg)
             step, metrics = evaluate_workdir(wd, cfg)
-            per_seed[wd] = {"step": step, **{k.removeprefix("eval/fewshot/"): v for k, v in metrics.items()}}
-            out["wall_s"][f"{wd}|{data}"] = time.time() - t
-            print(f"{wd} on {data}:{args.split}: " + ", ".join(f"{k}={v:.4f}" for k, v in per_seed[wd].items()),
+            per_seed[s] = {"step": step, **{k.removeprefix("eval/fewshot/"): v for k, v in metrics.items()}}
+            out["wall_s"][f"{s}|{data}"] = time.time() - t
+            print(f"seed {s} on {data}:{args.split}: " + ", ".join(f"{k}={v:.4f}" for k, v in per_seed[s].items()),
                   flush=True)
         out["per_seed"][data] = per_seed
-        out["summary"][data] = summarize({wd: {k: v for k, v in m.items() if k != "step"}
-                                          for wd, m in per_seed.items()})
+        out["summary"][data] = summarize({s: {k: v for k, v in m.items() if k != "step"} for s, m in per_seed.items()})
     path = os.path.join(args.out_dir, f"fewshot_{args.name}_{args.split}.json")
     with open(path, "w") as f:
         json.dump(out, f, indent=1, sort_keys=True)

@@ -18,8 +18,8 @@ Design, for a few minutes on 2 CPU cores:
   * l2-normalised 8-dim codes (projected from 32 channels) plus dead-code restarts every 25 steps: without them
     a model like this ends with a fraction of its codebook alive (docs/vqvae.md).
 `:vit` swaps both conv stacks for ViT-VQGAN's (patch f = 8, width 128, 4 blocks each, learnt position embeddings;
-same quantizer, loss and steps) at lr 5e-4, chosen on validation (seed 0) over 1e-3 and 2.5e-4: at the conv's 3e-3
-its reconstructions stay at the mean image. Measured against the conv stacks: docs/vqvae.md.
+same quantizer, loss and steps) at lr 5e-4, chosen on validation; the choice and the measurement against the conv
+stacks: docs/vqvae.md.
 Any variant can add the VQGAN patch adversarial loss (off by default), e.g.
 `--config.adversarial.weight=0.1 --config.adversarial.start_step=1000` (docs/vqvae.md).
 """

@@ -188,6 +188,7 @@ def test_fewshot_probe_of_the_image_embedding_by_hand(siglip_run):
     solved as least squares on the augmented system: the evaluator's accuracies equal that to the example."""
     import tensorflow_datasets as tfds
 
+    from test_fewshot import ridge_lstsq
     from vlmjax.api import load_run
     from vlmjax.cli.evaluate import evaluate_workdir
 
@@ -209,9 +210,7 @@ def test_fewshot_probe_of_the_image_embedding_by_hand(siglip_run):
         mean, std = zp[idx].mean(0), zp[idx].std(0) + 1e-6
         feats = lambda z: np.hstack([(z - mean) / std, np.full((len(z), 1), 100.0)])  # noqa: E731
         a, y = feats(zp[idx]), np.where(yp[idx][:, None] == np.arange(24), 1.0, -1.0)
-        d = a.shape[1]
-        w = np.linalg.lstsq(np.vstack([a, np.sqrt(256.0) * np.eye(d)]), np.vstack([y, np.zeros((d, 24))]),
-                            rcond=None)[0]
+        w = ridge_lstsq(a, y, 256.0)
         want[k] = np.mean(np.argmax(feats(zt) @ w, 1) == yt)
     cfg.evals = ml_collections.ConfigDict({"fewshot": dict(
         type="fewshot", shots=(1, 3), l2_reg=256.0, train_data=dict(max_examples=200),
