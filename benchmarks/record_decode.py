@@ -22,7 +22,8 @@ from seeds import provenance  # noqa: E402
 
 CASES = (("scenes/raw", ["image", "captions"]),  # the 32 px contrastive study's reads
          ("scenes/raw", ["image", "label"]),
-         ("scenes", ["image", "captions"]))  # PNG bytes, left encoded
+         ("scenes", ["image", "captions"]),  # PNG bytes, left encoded
+         ("scenes", []))  # every field: what a preprocess without a final `keep` reads
 
 
 def rate(read, indices, repeats: int) -> float:

@@ -36,3 +36,12 @@ def scenes_tiny_dir(tmp_path_factory):
                            check=True, capture_output=True)
             (root / ".built").touch()
     return str(root)
+
+
+@pytest.fixture(scope="session")
+def scenes_tiny_tokenizer(scenes_tiny_dir, tmp_path_factory):
+    """A sentencepiece model trained on `scenes/tiny`'s texts (the experiments' default vocabulary size)."""
+    from vlmjax.data.tokenizer import dataset_texts, train_from_texts
+
+    out = tmp_path_factory.mktemp("tok") / "scenes_spm.model"
+    return train_from_texts(dataset_texts(scenes_tiny_dir, "scenes/tiny", max_examples=2000), out).path

@@ -52,6 +52,7 @@ COVERED = F.FeaturesDict({
     "captions": F.Sequence(F.Text()),
     "labels": F.Sequence(F.ClassLabel(num_classes=7)),
     "xs": F.Sequence(np.float32),
+    "objects": F.Sequence({"x": np.float32, "color": F.ClassLabel(num_classes=3), "name": F.Text()}),
 })
 
 
@@ -61,7 +62,9 @@ def _example(rng, n: int) -> dict:
             "vector": rng.integers(-5, 5, 5).astype(np.int32), "count": int(rng.integers(0, 9)),
             "score": float(rng.normal()), "label": int(rng.integers(0, 7)), "text": f"caption {n}",
             "captions": [f"c{i}" for i in range(n)], "labels": list(rng.integers(0, 7, n)),
-            "xs": list(rng.normal(size=n).astype(np.float32))}
+            "xs": list(rng.normal(size=n).astype(np.float32)),
+            "objects": {"x": list(rng.normal(size=n).astype(np.float32)), "color": list(rng.integers(0, 3, n)),
+                        "name": [f"o{i}" for i in range(n)]}}
 
 
 @pytest.mark.parametrize("n", [0, 1, 3])  # empty, single and longer sequences
@@ -76,7 +79,7 @@ def test_every_covered_type_decodes_as_tfds_does(n):
 
 @pytest.mark.parametrize("features,skip", [
     ({"image": F.Image(shape=(None, None, 3))}, ()),  # decoding an image stays tfds' (PIL / OpenCV)
-    ({"objects": F.Sequence({"x": np.float32})}, ()),  # a sequence of dicts
+    ({"objects": F.Sequence({"box": F.Tensor(shape=(4,), dtype=np.float32)})}, ()),  # dicts of non-scalars
     ({"pair": F.Sequence(np.int32, length=2)}, ()),  # a fixed-length sequence
     ({"opt": F.Tensor(shape=(2,), dtype=np.int32, optional=True)}, ()),
     ({"big": F.Tensor(shape=(2,), dtype=np.uint64)}, ()),  # stored bit-cast in int64
@@ -93,16 +96,19 @@ def test_a_record_missing_a_feature_names_it():
         compile_decoder(F.FeaturesDict({"count": np.int32, "label": np.int32}))(record)
 
 
-def test_scenes_read_features_use_it_with_tfds_values(scenes_tiny_dir):
-    """Every feature of `scenes` the direct decoder covers, through `config.data.read_features`, against tfds' full
-    deserialisation of the same records (`objects`, a sequence of dicts, leaves the whole source on tfds' path)."""
+def test_scenes_sources_use_it_with_tfds_values(scenes_tiny_dir):
+    """Every feature of `scenes`, read by the direct decoder (all of them, and some through
+    `config.data.read_features`), against tfds' own deserialisation of the same records."""
+    from vlmjax.data.sources.tfds import builder
+
     cfg = ml_collections.ConfigDict(dict(name="scenes/tiny", data_dir=scenes_tiny_dir, read_features=[]))
+    ds = builder(cfg.name, scenes_tiny_dir)
+    tfds_source = ds.as_data_source(split="validation", decoders={"image": tfds.decode.SkipDecoding()})
     full = make_source(cfg, "validation")
-    cfg.read_features = [k for k in full[0] if k != "objects"]
-    some = make_source(cfg, "validation")
-    assert some._fast is not None
+    assert full._fast is not None
     indices = [0, 5, len(full) - 1]
-    for got, i in zip(some.__getitems__(indices), indices):
-        assert_identical(got, {k: full[i][k] for k in cfg.read_features}, f"record {i}")
-    cfg.read_features = ["image", "objects"]
-    assert make_source(cfg, "validation")._fast is None
+    for wanted in ([], ["image", "objects"], ["label", "captions"]):
+        cfg.read_features = wanted
+        for got, i in zip(make_source(cfg, "validation").__getitems__(indices), indices):
+            want = tfds_source[i]
+            assert_identical(got, {k: want[k] for k in wanted or want}, f"record {i}")

@@ -68,7 +68,7 @@ class Trainer(SplitRuntime):
         self._log_eval_padding()
         if open_data:  # a missing split fails now, not after an hour of training
             if open_data != "eval" and cfg.total_steps > 0:  # total_steps=0 evaluates only: no train data
-                self.train_source = make_source(cfg.data, cfg.data.split)
+                self.train_source = make_source(cfg.data, cfg.data.split, self.task.read_features(cfg.data))
             for name, ev in cfg.evals.items():
                 self._eval_source(ev.data)
         self.tx, self.schedule = make_optimizer(cfg.optimizer, cfg.schedule, max(cfg.total_steps, 1))

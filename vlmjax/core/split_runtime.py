@@ -33,9 +33,10 @@ class SplitRuntime(Runtime):
 
     # -- eval ------------------------------------------------------------------------------------------------------
     def _eval_source(self, data_cfg):
-        key = (data_cfg.name, data_cfg.split, data_cfg.data_dir)
+        features = self.task.read_features(data_cfg)
+        key = (data_cfg.name, data_cfg.split, data_cfg.data_dir, tuple(features or ()))
         if key not in self._eval_sources:
-            self._eval_sources[key] = make_source(data_cfg, data_cfg.split)
+            self._eval_sources[key] = make_source(data_cfg, data_cfg.split, features)
         return self._eval_sources[key]
 
     def _eval_batch_size(self, data_cfg) -> int:

@@ -97,7 +97,7 @@ def _texts(v) -> List[str]:
     return [as_text(t) for t in v]
 
 
-@register("chat_qa")
+@register("chat_qa", reads=lambda a: [a["questions"], a["answers"]])
 def chat_qa(max_len: int, questions: str = "questions", answers: str = "answers", max_turns: int = 0,
             min_turns: int = 1, shuffle: bool = True, prompt_blocks: bool = False, *, tokenizer=None):
     _check_len(max_len)
@@ -123,7 +123,7 @@ def chat_qa(max_len: int, questions: str = "questions", answers: str = "answers"
     return op
 
 
-@register("chat_caption")
+@register("chat_caption", reads=lambda a: [a["key"]])
 def chat_caption(max_len: int, key: str = "captions", prompt: str = "caption", generate_prob: float = 0.0, *,
                  tokenizer=None):
     _check_len(max_len)
@@ -158,7 +158,7 @@ def prompt_rows(prompts: Sequence[str], tokenizer, max_len: int, max_prompts: in
     return {"tokens": tokens, "input_mask": mask, "valid": (np.arange(max_prompts) < n).astype(np.int32)}
 
 
-@register("chat_prompts")
+@register("chat_prompts", reads=lambda a: [a["key"]])
 def chat_prompts(max_len: int, key: Optional[str] = None, prompt: Optional[str] = None, max_prompts: int = 1,
                  out: str = "prompts", *, tokenizer=None):
     _check_len(max_len)
@@ -173,7 +173,7 @@ def chat_prompts(max_len: int, key: Optional[str] = None, prompt: Optional[str] 
     return op
 
 
-@register("text_bytes")
+@register("text_bytes", reads=lambda a: [a["key"]])
 def text_bytes(key: str, max_items: int, max_chars: int, out: Optional[str] = None):
     out = out or key
 

@@ -61,7 +61,7 @@ def image_size(ex: dict, key: str = "image") -> Tuple[int, int]:
         raise DropExample("corrupt_image") from None
 
 
-@register("filter_image_size")
+@register("filter_image_size", reads=lambda a: [a["key"], "width", "height"])
 def filter_image_size(min_side: int = 200, max_aspect: float = 3.0, key: str = "image") -> Op:
     """Keeps images whose shorter side is larger than `min_side` px and whose aspect ratio (long/short side) is
     smaller than `max_aspect` (ALIGN: "larger than 200 pixels", "smaller than 3"); drops the others as
@@ -82,7 +82,7 @@ def filter_image_size(min_side: int = 200, max_aspect: float = 3.0, key: str = "
     return op
 
 
-@register("filter_caption_words")
+@register("filter_caption_words", reads=lambda a: [a["key"]])
 def filter_caption_words(min_words: int = 3, max_words: int = 20, key: str = "caption") -> Op:
     """Drops captions of < min_words ('short_caption') or > max_words ('long_caption') whitespace-split words."""
     if not (isinstance(min_words, (int, np.integer)) and isinstance(max_words, (int, np.integer))
@@ -100,7 +100,7 @@ def filter_caption_words(min_words: int = 3, max_words: int = 20, key: str = "ca
     return op
 
 
-@register("filter_frequent_caption")
+@register("filter_frequent_caption", reads=lambda a: [a["count_key"]])
 def filter_frequent_caption(max_images_per_caption: int = 10, count_key: str = "caption_count") -> Op:
     """Drops examples whose caption is shared by more than `max_images_per_caption` images of the source."""
     if not (isinstance(max_images_per_caption, (int, np.integer)) and max_images_per_caption >= 1):
@@ -119,7 +119,8 @@ def filter_frequent_caption(max_images_per_caption: int = 10, count_key: str = "
     return op
 
 
-@register("align_filters")
+@register("align_filters", reads=lambda a: [a["image_key"], "width", "height", a["caption_key"],
+                                          "caption_count"])
 def align_filters(min_side: int = 200, max_aspect: float = 3.0, min_words: int = 3, max_words: int = 20,
                   max_images_per_caption: int = 10, image_key: str = "image", caption_key: str = "caption") -> Op:
     """All three filters with ALIGN's thresholds; image checks first (cheapest, and they reject the most).
@@ -159,7 +160,7 @@ class CaptionCounts:
         return ex
 
 
-@register("filter_values")
+@register("filter_values", reads=lambda a: [a["key"]])
 def filter_values(key: str, values) -> Op:
     """Keeps examples whose scalar feature `key` equals one of `values` (ints or strings); drops the others as
     'value_<key>'. In evaluation a dropped example is padding, so a metric covers exactly the kept ones."""

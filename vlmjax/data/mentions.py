@@ -73,7 +73,7 @@ def _names_of(objects, i: int) -> tuple:
     return tuple(names[int(objects[a][i])] for a, names in _ATTRS)
 
 
-@register("scene_object_mention")
+@register("scene_object_mention", reads=lambda a: [a["key"]])
 def scene_object_mention(prob: float, num: int, key: str = "objects", text: str = "text", neg: str = "text_neg",
                          avoid: Sequence[str] = (), present_slots: int = 0, unsized: float = 0.0) -> Op:
     if not 0 <= prob <= 1:

@@ -121,7 +121,7 @@ def _avoid_pattern(avoid: Sequence[str]):
     return re.compile(r"(?<![\w'-])(?:" + "|".join(words) + r")(?![\w'-])") if words else None
 
 
-@register("hard_negative_caption")
+@register("hard_negative_caption", reads=lambda a: [a["key"]])
 def hard_negative_caption(groups, key: str = "text", out: str = "text_neg", swap_prob: float = 0.5,
                           num: int = 1, phrase: Optional[str] = None, avoid: Sequence[str] = ()) -> Op:
     groups = _check_groups(groups)

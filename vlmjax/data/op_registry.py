@@ -14,7 +14,7 @@ and writes one.
 """
 import functools
 import inspect
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Iterable, List, Optional
 
 import numpy as np
 
@@ -33,14 +33,21 @@ class DropExample(Exception):
 
 
 OPS: Dict[str, Callable[..., Op]] = {}
+# host op name -> reads(arguments) -> the fields the op may read (its builder's arguments, defaults filled in)
+READS: Dict[str, Callable[[dict], Iterable[str]]] = {}
 
 
-def register(name: str, registry: Optional[Dict[str, Callable]] = None):
+def register(name: str, registry: Optional[Dict[str, Callable]] = None, reads: Optional[Callable] = None):
     """Register an op builder `fn(**kwargs) -> op(example, rng) -> example` under `name` (in `registry`: another
-    family of ops, e.g. the device ops; default `OPS`, the host ops)."""
+    family of ops, e.g. the device ops; default `OPS`, the host ops). `reads(arguments)` lists every field a host
+    op may read (an `in_key_out_key` op declares its `key`); an op that declares none makes `features_read` read
+    every field of the records."""
 
     def deco(fn):
         (OPS if registry is None else registry)[name] = fn
+        declared = reads or getattr(fn, "reads", None)
+        if registry is None and declared is not None:
+            READS[name] = declared
         return fn
 
     return deco
@@ -89,6 +96,7 @@ def in_key_out_key(builder: Callable) -> Callable:
         fn = builder(*args, **kwargs)
         return lambda ex, rng: {**ex, out: fn(get(ex, key), rng)}
 
+    wrapped.reads = lambda args: [args["key"]]
     return wrapped
 
 
@@ -123,3 +131,34 @@ def build_from_registry(registry: Dict[str, Callable], section: str, i: int, spe
         return registry[name](**kwargs)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{where}: {e}") from None
+
+
+def names(keys) -> List[str]:
+    """A key argument given as one name or a list of names, as a list."""
+    return [keys] if isinstance(keys, str) else list(keys)
+
+
+def features_read(specs) -> Optional[List[str]]:
+    """The top-level record fields a host preprocess (a spec list) can read, sorted; None when that is not known,
+    and every field must be read: no `keep` op, or an op before the last `keep` that declares no `reads`.
+
+    Liveness, kept conservative: what the last `keep` keeps plus everything any op before it may read, whether or
+    not a later op overwrites it. A tfds source deserialises only the fields these name, a nested name
+    ('captions/text', after flattening) naming its top-level field (vlmjax/data/sources/tfds.py)."""
+    specs = [spec_dict(s) for s in specs or []]
+    last = max((i for i, s in enumerate(specs) if s.get("op") == "keep"), default=None)
+    if last is None:
+        return None
+    needed = set(names(specs[last].get("keys", ())))
+    for spec in specs[:last]:
+        args = dict(spec)
+        name = args.pop("op", None)
+        if name not in READS:
+            return None
+        try:
+            bound = inspect.signature(OPS[name]).bind(**args)
+        except TypeError:  # a bad spec: validate_specs names it; read everything meanwhile
+            return None
+        bound.apply_defaults()
+        needed.update(k for k in READS[name](bound.arguments) if k)
+    return sorted(needed)

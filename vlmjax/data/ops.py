@@ -32,13 +32,9 @@ from PIL import Image
 # op resolves whatever the caller imported before.
 from vlmjax.data import chat_ops, filters, mentions, negatives
 from vlmjax.data.op_registry import (OPS, DropExample, Example, Op, as_text, build_from_registry, get,
-                                     image_hw, in_key_out_key, register, spec_dict)
+                                     image_hw, in_key_out_key, names, register, spec_dict)
 
 OP_FAMILIES = (chat_ops, filters, mentions, negatives)
-
-
-def _names(keys) -> List[str]:
-    return [keys] if isinstance(keys, str) else list(keys)
 
 
 def _mapping(m) -> Dict[str, str]:
@@ -168,10 +164,10 @@ def value_range(vmin: float = -1.0, vmax: float = 1.0, key: str = "image"):
     return lambda img, rng: np.asarray(img, np.float32) * np.float32(scale) + np.float32(lo)
 
 
-@register("choice")
+@register("choice", reads=lambda a: names(a["key"]))
 def choice(key, out=None) -> Op:
-    keys = _names(key)
-    outs = keys if out is None else _names(out)
+    keys = names(key)
+    outs = keys if out is None else names(out)
     if len(outs) != len(keys):
         raise ValueError(f"out names {outs} do not match keys {keys}")
 
@@ -197,7 +193,7 @@ def canonicalize_text(text: str) -> str:
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
-@register("tokenize")
+@register("tokenize", reads=lambda a: [a["key"]])
 def tokenize(max_len: int, key: str = "text", out: Optional[str] = None, eos: bool = True, bos: bool = False,
              pad_id=None, canonicalize: bool = False, keep_eos: bool = False, *, tokenizer=None) -> Op:
     """Longer texts are cut to max_len after adding eos, so a cut text carries no eos (it did not end there);
@@ -240,13 +236,13 @@ def tokenize(max_len: int, key: str = "text", out: Optional[str] = None, eos: bo
     return op
 
 
-@register("keep")
+@register("keep", reads=lambda a: names(a["keys"]))
 def keep(keys) -> Op:
-    names = _names(keys)
-    return lambda ex, rng: {k: get(ex, k) for k in names}
+    kept = names(keys)
+    return lambda ex, rng: {k: get(ex, k) for k in kept}
 
 
-@register("rename")
+@register("rename", reads=lambda a: list(_mapping(a["mapping"])))
 def rename(mapping) -> Op:
     m = _mapping(mapping)
 
@@ -258,7 +254,7 @@ def rename(mapping) -> Op:
     return op
 
 
-@register("copy")
+@register("copy", reads=lambda a: list(_mapping(a["mapping"])))
 def copy(mapping) -> Op:
     m = _mapping(mapping)
     return lambda ex, rng: {**ex, **{dst: get(ex, src) for src, dst in m.items()}}

@@ -20,7 +20,7 @@ Eval: one ordered pass over the split, padded to whole batches; `_valid` marks r
 """
 import collections
 import warnings
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import grain
 import numpy as np
@@ -47,12 +47,14 @@ def register_source(prefix: str):
     return deco
 
 
-def make_source(cfg, split: str):
-    """Random-access source for `cfg.name` (a tfds name, or 'prefix:...' for a registered source)."""
+def make_source(cfg, split: str, features: Optional[Sequence[str]] = None):
+    """Random-access source for `cfg.name` (a tfds name, or 'prefix:...' for a registered source). `features`:
+    the record fields the preprocessing reads (`Task.read_features`), which a tfds source alone deserialises when
+    `cfg.read_features` is unset (None: all)."""
     prefix = cfg.name.split(":", 1)[0] if ":" in cfg.name else None
     if prefix in _SOURCES:
         return _SOURCES[prefix](cfg, split)
-    return tfds_source.source(cfg, split)
+    return tfds_source.source(cfg, split, features)
 
 
 def _safe(preprocess: Callable) -> Callable:

@@ -9,7 +9,7 @@ Batches are dicts of arrays whose leading dimension is the (global) batch. Model
 `{'params': ..., **collections}`: any collection other than 'params' (EMA codebooks, ...) is model state that the
 loss may update; the core carries it in the train state and checkpoints it.
 """
-from typing import Any, Callable, Dict, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
 
@@ -50,6 +50,14 @@ class Task:
         tokenizer). The core reads each one's latest checkpoint (`{'params', **model_state}` as host numpy) before
         `init` and puts it in `self.frozen[name]`."""
         return {}
+
+    def read_features(self, data_cfg) -> Optional[list]:
+        """The record fields `preprocess_fn(data_cfg)` can read, for the source to deserialise only those (the
+        batches are the same); None: every field. A task whose preprocessing reads more than `data_cfg.preprocess`
+        says so here."""
+        from vlmjax.data.op_registry import features_read
+
+        return features_read(data_cfg.preprocess)
 
     def preprocess_fn(self, data_cfg, train: bool) -> Callable:
         """Per-example preprocessing `fn(example, rng) -> dict` for a data config."""

@@ -24,17 +24,22 @@ def builder(name: str, data_dir=None) -> tfds.core.DatasetBuilder:
     return tfds.builder(name, data_dir=data_dir)
 
 
-def source(cfg, split: str):
+def source(cfg, split: str, needed=None):
     """Random-access source of split `split` of the tfds dataset `cfg.name` in `cfg.data_dir`.
 
     Encoded images stay bytes for the `decode` op (`cfg.skip_decode`, default True); an image stored as a raw array
-    (scenes/raw) is read as one. `cfg.read_features` (a list) deserialises only those features."""
+    (scenes/raw) is read as one. `cfg.read_features` (a list) deserialises only those features; else `needed`
+    (what the preprocessing reads, `op_registry.features_read`; names the dataset lacks are left to the op that
+    asks for them to report) or, when None, all. Records are read by the direct decoder (example_decoder.py) when
+    it covers the features read, else by tfds."""
     try:
         ds = builder(cfg.name, cfg.data_dir or None)
         skip = {k: tfds.decode.SkipDecoding() for k, f in ds.info.features.items()
                 if isinstance(f, tfds.features.Image)} if cfg.get("skip_decode", True) else {}
         wanted = list(cfg.get("read_features", None) or [])
-        if not wanted:
+        if not wanted and needed is not None:  # 'captions/text' (flattened) needs 'captions'; 'image/id' is one
+            wanted = [k for k in ds.info.features if any(n == k or n.startswith(k + "/") for n in needed)]
+        if not wanted and compile_decoder(ds.info.features, skip_decoding=set(skip)) is None:
             return ds.as_data_source(split=split, decoders=skip or None)
         raw = ds.as_data_source(split=split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
     except Exception as e:  # tfds raises several types; the user needs the key and the path
@@ -42,6 +47,7 @@ def source(cfg, split: str):
             f"config.data.name={cfg.name!r} split {split!r}: dataset not found in data_dir={cfg.data_dir!r} "
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). {_build_hint(cfg)}") from None
     features = ds.info.features
+    wanted = wanted or list(features)  # all of them, through the direct decoder
     missing = [k for k in wanted if k not in features]
     if missing:
         raise ValueError(f"config.data.read_features={wanted}: {cfg.name!r} has no feature {missing[0]!r}; it has "
@@ -76,8 +82,9 @@ def _build_hint(cfg) -> str:
 
 
 class SelectedFeatures:
-    """A tfds source deserializing only some features of each record (`config.data.read_features`), for runs that
-    read a few features of records carrying many (docs/data.md has the cost)."""
+    """A tfds source deserializing the features `features` (a FeaturesDict: all of the dataset's, or those of
+    `config.data.read_features`) of each raw record, by the direct decoder where it covers them (docs/data.md has
+    the cost)."""
 
     def __init__(self, raw_source, features, decoders):
         self._raw, self._features, self._decoders = raw_source, features, decoders or None
@@ -97,4 +104,6 @@ class SelectedFeatures:
         return self._decode(self._raw[index])
 
     def __getitems__(self, indices):
-        return [self._decode(r) for r in self._raw.__getitems__(indices)]
+        getitems = getattr(self._raw, "__getitems__", None)  # tfds' sources read a batch at once; a list does not
+        records = getitems(indices) if getitems else [self._raw[i] for i in indices]
+        return [self._decode(r) for r in records]
