@@ -9,8 +9,9 @@ demo: `experiments/vit_scenes.py` (batch 64, 64 px). Pipeline-only examples/s (T
       the `scenes/raw` builder config, reading only image and label: `config.data.read_features`). Train-step
       examples/s of the float32 and the uint8 step (batches already on the device), and pipeline + transfer + step
       together (`end_to_end`) at each worker count. The reference: the pipeline as it was before worker processes
-      (tfds' deserialisation of whole records, one grain reader thread), measured in the same run. Reads the built `scenes` (and `scenes/raw`) at --data_dir when there, else renders
-      the same scenes at start (`source` says which).
+      (tfds' deserialisation of whole records, one grain reader thread), measured in the same run. Reads the built
+      `scenes` (and `scenes/raw`) at --data_dir when there, else renders the same scenes at start (`source` says
+      which).
 jpeg: `experiments/siglip_b16.py`'s preprocess at 224 px (JPEG decode, resize 224, caption choice, tokenize to 64)
       on JPEGs generated at start (224-320 px, ~30 KB) at each worker count, uint8 output (value_range on the
       device) and, at the largest count, as configured (float32 on the host; measured last, after the demo).

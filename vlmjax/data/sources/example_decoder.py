@@ -6,7 +6,8 @@ once per source, one small function per feature that reads the
 `tf.train.Example` proto directly. It covers what image-text datasets hold: `Tensor`/`ClassLabel`/`Text` scalars and
 static-shape tensors (raw or bytes/zlib-encoded), `Sequence` of those scalars or of dicts of them (a scene's
 objects), and an `Image` left encoded (`SkipDecoding`). For anything else it returns None and the caller keeps
-tfds' path. Its output equals tfds' value for value and type for type (`tests/test_example_decoder.py` compares every feature of the `scenes` configs).
+tfds' path. Its output equals tfds' value for value and type for type (`tests/test_example_decoder.py` compares
+every feature of the `scenes` configs).
 """
 import zlib
 from typing import Callable, Optional
