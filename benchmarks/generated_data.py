@@ -67,10 +67,10 @@ def write_records(path: str, blobs: Sequence[bytes], fields: List[Dict], image_k
     return FileRecords(path, offsets, fields, image_key, image_shape)
 
 
-def jpeg_caption_records(path: str, n: int, seed: int = 0) -> FileRecords:
-    """n photo-like JPEGs of 224-320 px, each with 3 captions (`captions`), as a source."""
+def jpeg_caption_records(path: str, n: int, seed: int = 0, sides=(224, 320)) -> FileRecords:
+    """n photo-like JPEGs with sides in `sides` px, each with 3 captions (`captions`), as a source."""
     rng = np.random.default_rng(seed)
-    blobs = [photo_like_jpeg(rng) for _ in range(n)]
+    blobs = [photo_like_jpeg(rng, *sides) for _ in range(n)]
     return write_records(path, blobs, [{"captions": [caption(rng) for _ in range(3)]} for _ in range(n)])
 
 

@@ -301,6 +301,11 @@ def jpeg(args, res, save, workers, tmp):
         out["best_uint8_examples_per_s"] = max(r["uint8_examples_per_s"] for r in out["workers"].values())
         save()
 
+    if not args.quick:
+        coco_sized(args, out, save, source_fn=lambda n: generated_data.jpeg_caption_records(
+            os.path.join(tmp, "jpeg_coco.bin"), n, seed=1, sides=(480, 640)), pp=_without_value_range(img) + txt + keep,
+            tok=tok)
+
     def float32_host_value_range():  # run last: the least needed figure
         w = max(workers)
         rate, _, _ = pipeline_rate(source, configured, args.jpeg_batch, w, args.min_batches)
@@ -309,6 +314,25 @@ def jpeg(args, res, save, workers, tmp):
         save()
 
     return float32_host_value_range
+
+
+def coco_sized(args, out, save, source_fn, pp, tok, n=256, pairs=3):
+    """The same preprocess on COCO-sized JPEGs (480-640 px a side), W=0, with the decode op's `draft_size` as
+    siglip_b16 sets it and without, in interleaved pairs."""
+    import numpy as np
+
+    from vlmjax.data.ops import get_preprocess_fn
+
+    source = source_fn(n)
+    whole = [dict(s, draft_size=None) if s["op"] == "decode" else s for s in pp]
+    fns = {"draft": get_preprocess_fn(pp, tokenizer=tok), "whole": get_preprocess_fn(whole, tokenizer=tok)}
+    rates = [{k: pipeline_rate(source, fn, args.jpeg_batch, 0, args.min_batches)[0] for k, fn in fns.items()}
+             for _ in range(pairs)]
+    out["coco_sized"] = {"jpegs": n, "sides": "480-640 px", "workers": 0, "draft_size": pp[0].get("draft_size"),
+                         "pairs_uint8_examples_per_s": rates,
+                         "median_ratio_draft_over_whole": float(np.median([r["draft"] / r["whole"] for r in rates]))}
+    print(f"jpeg coco-sized W=0, draft vs whole decode, ex/s: {rates}", flush=True)
+    save()
 
 
 def summarize(res):

@@ -37,10 +37,10 @@ def parse_arg(arg, known, experiment: str, combine: bool = False):
     return set(given) if combine else (arg or None)
 
 
-def image_pp(size=None, key: str = "image", method: str = "bilinear") -> list:
+def image_pp(size=None, key: str = "image", method: str = "bilinear", draft: bool = False) -> list:
     """Evaluation image ops: decode, a resize to `size` (an int or (h, w); none when falsy) by `method`, values to
-    [-1, 1]."""
-    pp = [dict(op="decode", key=key)]
+    [-1, 1]. `draft`: large JPEGs decoded at a reduced scale still >= `size` (the decode op's `draft_size`)."""
+    pp = [dict(op="decode", key=key, **({"draft_size": size} if draft and size else {}))]
     if size:
         pp.append(dict(op="resize", key=key, size=size, **({} if method == "bilinear" else {"method": method})))
     return pp + [dict(op="value_range", key=key, vmin=-1, vmax=1)]

@@ -63,7 +63,7 @@ def get_config(arg=None):
                           dict(op="chat_caption", max_len=TEXT_LEN, key="caption", prompt="caption en"),
                           keep(*TRAIN_KEYS)])
         c.evals = dict(perplexity=dict(type="perplexity", data=dict(
-            split="train[-10000:]", preprocess=image_pp(IMAGE) + [
+            split="train[-10000:]", preprocess=image_pp(IMAGE, draft=True) + [
                 dict(op="chat_caption", max_len=TEXT_LEN, key="caption", prompt="caption en"),
                 keep(*TRAIN_KEYS)])))
         # The image tower from a SigLIP So400m/14 run (experiments with task 'contrastive', tower at 'img/').

@@ -24,7 +24,7 @@ TEXT_LEN = 64
 
 
 def preprocess(size, text_len, caption_key="captions/text"):
-    img = image_pp(size)
+    img = image_pp(size, draft=True)  # COCO's ~640x480 JPEGs decode at half scale
     txt = [dict(op="choice", key=caption_key, out="text"), dict(op="tokenize", max_len=text_len, key="text")]
     return img, txt
 

@@ -47,6 +47,26 @@ def test_decode_png_jpeg_gray_and_passthrough():
     assert _run([dict(op="decode")], {"image": img})["image"] is img
 
 
+def test_decode_draft_size_scales_jpegs_only():
+    """A 200x328 JPEG with draft_size 48: libjpeg's 1/4 scale (50x82, the smallest >= 48 on both sides), whose
+    resize to 48 stays close to the full decode's; 1/8 would be 25x41. PNGs, and JPEGs under twice the size, decode
+    whole."""
+    yy, xx = np.mgrid[0:200, 0:328]
+    photo = np.stack([xx * 255 // 327, yy * 255 // 199, (xx + yy) % 256], -1).astype(np.uint8)
+    jpeg = _encode(photo, "JPEG")
+    draft = _run([dict(op="decode", draft_size=48)], {"image": jpeg})["image"]
+    assert draft.shape == (50, 82, 3)
+    full = _run([dict(op="decode")], {"image": jpeg})["image"]
+    resized = [_run([dict(op="resize", size=48)], {"image": im})["image"].astype(float) for im in (draft, full)]
+    psnr = 10 * np.log10(255 ** 2 / np.mean((resized[0] - resized[1]) ** 2))
+    assert psnr > 30, psnr
+    assert _run([dict(op="decode", draft_size=[120, 48])], {"image": jpeg})["image"].shape == (200, 328, 3)
+    png = _encode(photo)
+    np.testing.assert_array_equal(_run([dict(op="decode", draft_size=48)], {"image": png})["image"], photo)
+    with pytest.raises(ValueError, match=r"preprocess\[0\] \('decode'\): size must be"):
+        validate_specs([dict(op="decode", draft_size=0)])
+
+
 @pytest.mark.parametrize("bad", [b"\x89PNG this is not an image", b"", None])
 def test_decode_corrupt_raises_drop(bad):
     data = _encode(_img())[:60] if bad is None else bad  # None: a truncated real PNG

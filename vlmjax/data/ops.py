@@ -8,7 +8,8 @@ the example and counts the reason. The op contract, the registry and the helpers
 op family (`filters`, `negatives`, `mentions`, `chat_ops`), so a spec list may use any of their ops.
 
 Ops (`key` defaults to 'image' for image ops):
-  decode(key)                                  PNG/JPEG bytes -> uint8[H, W, 3]; decoded arrays pass through
+  decode(key, draft_size=None)                 PNG/JPEG bytes -> uint8[H, W, 3]; decoded arrays pass through;
+                                               draft_size: JPEGs decoded at a reduced scale >= that size
   resize(size, key, method='bilinear')         size int or [h, w]
   random_resized_crop(size, scale, ratio, key) Inception-style crop of a random area/aspect, resized to size
   center_crop(size, key)                       central [h, w] window
@@ -81,7 +82,13 @@ def sample_crop_box(h: int, w: int, rng: np.random.Generator, scale=(0.5, 1.0), 
 # ---- ops ---------------------------------------------------------------------------------------------------------
 @register("decode")
 @in_key_out_key
-def decode(key: str = "image"):
+def decode(key: str = "image", draft_size=None):
+    """`draft_size` (int or [h, w]; for a pipeline that resizes to that size next): a JPEG is decoded at the
+    smallest DCT scale (1, 1/2, 1/4 or 1/8) that keeps both sides at least that large, which costs a fraction of a
+    full decode (libjpeg's scaled IDCT, PIL's `draft`); other formats, and JPEGs under twice the size, decode
+    whole (docs/data.md has its cost and how close it stays to the full decode)."""
+    draft = None if draft_size is None else image_hw(draft_size)[::-1]  # PIL sizes are (w, h)
+
     def fn(v, rng):
         if isinstance(v, np.ndarray) and v.dtype != object and v.dtype.kind != "S" and v.ndim in (2, 3):
             img = v
@@ -89,6 +96,8 @@ def decode(key: str = "image"):
             try:
                 data = (v.tobytes() if v.dtype == np.uint8 else v.item()) if isinstance(v, np.ndarray) else v
                 with Image.open(io.BytesIO(bytes(data))) as im:
+                    if draft is not None and im.format == "JPEG":
+                        im.draft("RGB", draft)
                     img = np.asarray(im.convert("RGB"))
             except Exception:  # PIL raises several types (UnidentifiedImageError, OSError, SyntaxError, ...)
                 raise DropExample("corrupt_image") from None
