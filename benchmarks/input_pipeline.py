@@ -328,9 +328,13 @@ def coco_sized(args, out, save, source_fn, pp, tok, n=256, pairs=3):
     fns = {"draft": get_preprocess_fn(pp, tokenizer=tok), "whole": get_preprocess_fn(whole, tokenizer=tok)}
     rates = [{k: pipeline_rate(source, fn, args.jpeg_batch, 0, args.min_batches)[0] for k, fn in fns.items()}
              for _ in range(pairs)]
+    images = [[fns[k](source[i], np.random.default_rng(i))["image"].astype(np.float64) for k in ("draft", "whole")]
+              for i in range(64)]
+    psnr = [10 * np.log10(255 ** 2 / max(np.mean((a - b) ** 2), 1e-12)) for a, b in images]
     out["coco_sized"] = {"jpegs": n, "sides": "480-640 px", "workers": 0, "draft_size": pp[0].get("draft_size"),
                          "pairs_uint8_examples_per_s": rates,
-                         "median_ratio_draft_over_whole": float(np.median([r["draft"] / r["whole"] for r in rates]))}
+                         "median_ratio_draft_over_whole": float(np.median([r["draft"] / r["whole"] for r in rates])),
+                         "psnr_draft_vs_whole_db_first_64": {"mean": float(np.mean(psnr)), "min": float(np.min(psnr))}}
     print(f"jpeg coco-sized W=0, draft vs whole decode, ex/s: {rates}", flush=True)
     save()
 
