@@ -24,7 +24,7 @@ Ops (`key` defaults to 'image' for image ops):
 import io
 import math
 import string
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 from PIL import Image
