@@ -205,7 +205,8 @@ def test_total_steps_zero_evaluates_the_initial_weights_without_train_data(one_d
 
     opened, make_source = [], loop.make_source
     for module in (loop, split_runtime):  # the train split opens in the loop, the eval splits in split_runtime
-        monkeypatch.setattr(module, "make_source", lambda data, split: opened.append(split) or make_source(data, split))
+        monkeypatch.setattr(module, "make_source", lambda data, split, *features: opened.append(split)
+                            or make_source(data, split, *features))
     src, src_final = one_device_run
     wd = str(tmp_path / "eval_only")
     cfg = tiny_config(**{"mesh.data": 1, "total_steps": 0, "init_from.workdir": src})
