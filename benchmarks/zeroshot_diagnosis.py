@@ -2,15 +2,16 @@
 has the right colour and the right shape, for several prompt-template sets; how close the text tower puts
 captions that differ only in one word (colour, shape, size); and `binding`: for each kind of hard-negative edit
 (a colour / shape / size / side word replaced or swapped between two objects, or two "colour shape" names swapped, which
-keeps the sizes and moves the objects), the fraction of test captions the image scores above their edited copy
+keeps the sizes and moves the objects), the fraction of captions the image scores above their edited copy
 (0.5 = chance), per object count, name swaps split by whether the two objects have one size (then only their
 places tell the captions apart; the main-object label needs this once two objects tie in size); `side` edits
 flip a left/right word ("on the left" -> "on the right", "A to the left of B" -> "A to the right of B").
 
     .venv/bin/python benchmarks/zeroshot_diagnosis.py --workdir workdirs/siglip_scenes [--data_dir data/tfds]
-        [--examples 1000] [--evals_from experiments/siglip_scenes.py]   # another file's prompt sets
+        [--examples 1000] [--split validation] [--evals_from experiments/siglip_scenes.py]   # another file's prompts
 
-Writes benchmarks/results/zeroshot_diagnosis.json (the run's workdir is recorded in it).
+Writes benchmarks/results/zeroshot_diagnosis.json: the command, commit, split, the run's workdir and its seed.
+A diagnosis reads `validation` (the default): it is not a final recipe's one test read.
 """
 import argparse
 import os
@@ -20,6 +21,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import scenes_images, write_result  # noqa: E402
+from seeds import provenance  # noqa: E402
 
 TEMPLATE_SETS = {
     "photo": ["a {}", "a photo of a {}"],
@@ -42,6 +44,7 @@ def main(argv=None):
     p.add_argument("--workdir", required=True)
     p.add_argument("--data_dir", default="data/tfds")
     p.add_argument("--examples", type=int, default=1000)
+    p.add_argument("--split", default="validation", choices=("validation", "test"))
     p.add_argument("--evals_from", default=None,
                    help="experiment file[:arg] whose zero-shot evals to use instead of the run's own")
     args = p.parse_args(argv)
@@ -58,7 +61,7 @@ def main(argv=None):
     task, variables, _ = load_run(args.workdir, ("contrastive",), keys=("params",))
     size = task.config.image_size
     runtime = Runtime(make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1]))
-    exs, images = scenes_images(args.data_dir, "test", args.examples, size)
+    exs, images = scenes_images(args.data_dir, args.split, args.examples, size)
     labels = np.array([e["label"] for e in exs])
     n_obj = np.array([e["num_objects"] for e in exs])
     embed_images = jax.jit(lambda x: task.model.apply(variables, images=x)[0])
@@ -70,7 +73,8 @@ def main(argv=None):
     names = list(scenes.CLASS_NAMES)
     sets = {name: zeroshot_prompts(ev, names, name) for name, ev in evals.items() if ev.type == "zeroshot"}
     sets.update({name: ([[t.format(c) for t in ts] for c in names], "mean") for name, ts in TEMPLATE_SETS.items()})
-    result = {"workdir": os.path.abspath(args.workdir), "examples": args.examples, "template_sets": {}}
+    result = {**provenance(__file__, argv), "workdir": os.path.abspath(args.workdir), "seed": int(task.config.seed),
+              "split": args.split, "examples": args.examples, "template_sets": {}}
     n_shapes = len(scenes.SHAPES)
     for name, (prompts, aggregate) in sets.items():
         scores = class_scores(zimg, class_embeddings(task, variables, prompts, runtime, aggregate))
