@@ -9,6 +9,7 @@ flip a left/right word ("on the left" -> "on the right", "A to the left of B" ->
 
     .venv/bin/python benchmarks/zeroshot_diagnosis.py --workdir workdirs/siglip_scenes [--data_dir data/tfds]
         [--examples 1000] [--split validation] [--evals_from experiments/siglip_scenes.py]   # another file's prompts
+        [--dataset scenes/default] [--out_dir benchmarks/results]
 
 Writes benchmarks/results/zeroshot_diagnosis.json: the command, commit, split, the run's workdir and its seed.
 A diagnosis reads `validation` (the default): it is not a final recipe's one test read.
@@ -20,6 +21,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
 from common import scenes_images, write_result  # noqa: E402
 from seeds import provenance  # noqa: E402
 
@@ -45,6 +47,8 @@ def main(argv=None):
     p.add_argument("--data_dir", default="data/tfds")
     p.add_argument("--examples", type=int, default=1000)
     p.add_argument("--split", default="validation", choices=("validation", "test"))
+    p.add_argument("--dataset", default="scenes/default", help="a `scenes` config")
+    p.add_argument("--out_dir", default=common.RESULTS)
     p.add_argument("--evals_from", default=None,
                    help="experiment file[:arg] whose zero-shot evals to use instead of the run's own")
     args = p.parse_args(argv)
@@ -61,7 +65,7 @@ def main(argv=None):
     task, variables, _ = load_run(args.workdir, ("contrastive",), keys=("params",))
     size = task.config.image_size
     runtime = Runtime(make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1]))
-    exs, images = scenes_images(args.data_dir, args.split, args.examples, size)
+    exs, images = scenes_images(args.data_dir, args.split, args.examples, size, args.dataset)
     labels = np.array([e["label"] for e in exs])
     n_obj = np.array([e["num_objects"] for e in exs])
     embed_images = jax.jit(lambda x: task.model.apply(variables, images=x)[0])
@@ -74,7 +78,7 @@ def main(argv=None):
     sets = {name: zeroshot_prompts(ev, names, name) for name, ev in evals.items() if ev.type == "zeroshot"}
     sets.update({name: ([[t.format(c) for t in ts] for c in names], "mean") for name, ts in TEMPLATE_SETS.items()})
     result = {**provenance(__file__, argv), "workdir": os.path.abspath(args.workdir), "seed": int(task.config.seed),
-              "split": args.split, "examples": args.examples, "template_sets": {}}
+              "dataset": args.dataset, "split": args.split, "examples": args.examples, "template_sets": {}}
     n_shapes = len(scenes.SHAPES)
     for name, (prompts, aggregate) in sets.items():
         scores = class_scores(zimg, class_embeddings(task, variables, prompts, runtime, aggregate))
@@ -92,6 +96,7 @@ def main(argv=None):
     ztxt = l2_normalize(embed_texts(task, variables, [t for pair in WORD_PAIRS.values() for t in pair], runtime))
     result["text_cosine"] = {k: float(ztxt[2 * i] @ ztxt[2 * i + 1]) for i, k in enumerate(WORD_PAIRS)}
     result["binding"] = binding(task, variables, exs, zimg, runtime)
+    common.RESULTS = args.out_dir
     write_result("zeroshot_diagnosis", result)
 
 

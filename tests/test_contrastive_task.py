@@ -513,6 +513,30 @@ def test_tfds_datasets_named_in_the_config(siglip_run, tmp_path):
             assert got[f"eval/coco/{d}_r@{k}"] == pytest.approx(want[f"eval/retrieval/{d}_r@{k}"], abs=1e-6)
 
 
+def test_zeroshot_diagnosis_agrees_with_the_evaluator(siglip_run, scenes_tiny_dir, tmp_path):
+    """benchmarks/zeroshot_diagnosis.py recomputes the run's own zero-shot evaluator by another path (load_run, its
+    own image reads): on the same 512 validation images its accuracy is the evaluator's, up to one near-tie."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import zeroshot_diagnosis
+
+    wd, _, final = siglip_run
+    zeroshot_diagnosis.main(["--workdir", wd, "--data_dir", scenes_tiny_dir, "--dataset", "scenes/tiny",
+                             "--examples", "512", "--out_dir", str(tmp_path)])
+    result = json.loads((tmp_path / "zeroshot_diagnosis.json").read_text())
+    assert result["split"] == "validation" and result["seed"] == run_config(siglip_run).seed and "commit" in result
+    own = result["template_sets"]["zeroshot"]
+    assert own["accuracy"] == pytest.approx(final["eval/zeroshot/accuracy"], abs=1.5 / 512)
+    assert sum(own[f"{k}_objects"]["n"] for k in (1, 2, 3)) == 512
+    for kind in result["binding"].values():  # fractions of captions scored above an edited copy
+        assert all(0.0 <= v <= 1.0 for v in _leaves(kind))
+
+
+def _leaves(tree):
+    if isinstance(tree, dict):
+        return [v for t in tree.values() for v in _leaves(t)]
+    return [tree] if isinstance(tree, float) else []
+
+
 def test_prompt_sweep_scores_every_candidate_on_validation(siglip_run, tmp_path):
     """benchmarks/prompt_sweep.py on the reduced run, with the run's own config: one score per candidate, the best
     is the argmax, and a candidate's score is what the evaluator gives with its templates on validation."""
