@@ -1,7 +1,6 @@
 """A tfds source deserialises only the record fields the preprocessing can read (`op_registry.features_read`,
 `Task.read_features`), and the examples that come out are the same as when it reads every field."""
 import numpy as np
-import pytest
 
 from vlmjax.core import config as config_lib
 from vlmjax.data import ops  # noqa: F401  (registers every host op family)
@@ -56,11 +55,6 @@ def _runlocal_configs(data_dir, tokenizer):
             yield name, config, datas
 
 
-@pytest.fixture(scope="module")
-def tokenizer_path(scenes_tiny_tokenizer):
-    return scenes_tiny_tokenizer
-
-
 def _run(pre, record, seed):
     """The preprocessed example, or {'dropped': reason}."""
     try:
@@ -75,11 +69,11 @@ def _assert_same(got, want, where):
         np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k]), err_msg=f"{where}: {k}")
 
 
-def test_every_scenes_experiment_gets_the_same_examples(scenes_tiny_dir, tokenizer_path):
+def test_every_scenes_experiment_gets_the_same_examples(scenes_tiny_dir, scenes_tiny_tokenizer):
     """Every `:runlocal` experiment on `scenes`, its training and every evaluation data config: the task's
     preprocessing of records read with only the inferred fields equals that of records read whole."""
     narrowed = {}
-    for name, config, datas in _runlocal_configs(scenes_tiny_dir, tokenizer_path):
+    for name, config, datas in _runlocal_configs(scenes_tiny_dir, scenes_tiny_tokenizer):
         task = get_task_class(config.task)(config)
         for where, d in datas:
             features = task.read_features(d)

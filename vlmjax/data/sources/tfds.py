@@ -30,8 +30,8 @@ def source(cfg, split: str, needed=None):
     Encoded images stay bytes for the `decode` op (`cfg.skip_decode`, default True); an image stored as a raw array
     (scenes/raw) is read as one. `cfg.read_features` (a list) deserialises only those features; else `needed`
     (what the preprocessing reads, `op_registry.features_read`; names the dataset lacks are left to the op that
-    asks for them to report) or, when None, all. Records are read by the direct decoder (example_decoder.py) when
-    it covers the features read, else by tfds."""
+    asks for them to report) or, when None, all. Records are read raw and deserialised by the direct decoder
+    (example_decoder.py) when it covers the features read, else by tfds' own deserialiser (`SelectedFeatures`)."""
     try:
         ds = builder(cfg.name, cfg.data_dir or None)
         skip = {k: tfds.decode.SkipDecoding() for k, f in ds.info.features.items()
@@ -39,8 +39,6 @@ def source(cfg, split: str, needed=None):
         wanted = list(cfg.get("read_features", None) or [])
         if not wanted and needed is not None:  # 'captions/text' (flattened) needs 'captions'; 'image/id' is one
             wanted = [k for k in ds.info.features if any(n == k or n.startswith(k + "/") for n in needed)]
-        if not wanted and compile_decoder(ds.info.features, skip_decoding=set(skip)) is None:
-            return ds.as_data_source(split=split, decoders=skip or None)
         raw = ds.as_data_source(split=split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
     except Exception as e:  # tfds raises several types; the user needs the key and the path
         raise FileNotFoundError(
