@@ -19,6 +19,7 @@ EXPERIMENTS = [os.path.join(ROOT, "experiments", f"{name}.py") for name in exper
 VARIANTS = {"vit_scenes": ["runlocal"], "siglip_b16": ["runlocal"], "clip_b32": ["runlocal"],
             "vqvae_imagenet": ["runlocal"], "vqvae_scenes": ["vit", "runlocal", "vit,runlocal"],
             "paligemma_like": ["pretrain", "chat", "runlocal"], "prefixlm_scenes": ["pretrain", "chat", "runlocal"],
+            "prefixlm_scenes_mix": ["runlocal"],
             "prefixlm_vq_scenes": ["vqvae", "pretrain", "chat", "runlocal"],
             "siglip_scenes": ["runlocal", "baseline", "softmax", "runlocal,hardneg", "no_order", "phrases", "heldout",
                               "presence", "presence_batch", "mentions", "no_mentions", "runlocal,unsized"],

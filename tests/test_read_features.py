@@ -50,7 +50,8 @@ def _runlocal_configs(data_dir, tokenizer):
         config = config_lib.resolve(config, getattr(task_cls, "config_defaults", dict)())
         config.data.data_dir, config.tokenizer = data_dir, tokenizer
         config_lib.fill_eval_data(config)
-        datas = [("data", config.data)] + [(f"evals.{k}.data", ev.data) for k, ev in config.evals.items()]
+        datas = [(f"data.mixture.{n}" if n else "data", d) for n, _, d in config_lib.mixture_components(config.data)]
+        datas += [(f"evals.{k}.data", ev.data) for k, ev in config.evals.items()]
         if all(str(d.name).startswith("scenes/") for _, d in datas):
             yield name, config, datas
 

@@ -36,8 +36,11 @@ def defaults() -> ml_collections.ConfigDict:
         # on_corrupt_record: a train record the source cannot read (a corrupt ArrayRecord chunk): 'stop' (default:
         # damaged storage is reported, not silently trained around; the error names the shard and record, and the
         # run resumes from its last checkpoint with 'skip') or 'skip' (dropped, counted as data/dropped/corrupt_record).
+        # mixture: train on several datasets at once, {component: {weight, and any of name, split, data_dir,
+        # preprocess, read_features}}; a key a component leaves out is config.data's (MIXTURE_SHARED keys are
+        # the pipeline's, one for all). Empty: config.data alone. docs/guide.md, "Training mixtures".
         worker_count=-1, prefetch_buffer=-1, device_preprocess=[], read_features=[],
-        on_corrupt_record="stop"))
+        on_corrupt_record="stop", mixture=ml_collections.ConfigDict()))
 
     c.eval = ml_collections.ConfigDict(dict(every_steps=500, batch_size=256))
     c.evals = ml_collections.ConfigDict()
@@ -59,6 +62,9 @@ def defaults() -> ml_collections.ConfigDict:
     c.wandb = ml_collections.ConfigDict(dict(project="", entity="", name="", mode=""))
     return c
 
+
+# config.data keys that describe the whole train stream, so a mixture component cannot set its own.
+MIXTURE_SHARED = ("shuffle", "worker_count", "prefetch_buffer", "device_preprocess", "on_corrupt_record", "mixture")
 
 EVAL_DATA_DEFAULTS = dict(name="", split="test", data_dir="", preprocess=[], batch_size=0, max_examples=0)
 
@@ -91,6 +97,9 @@ def check_against(cfg, schema, where: str) -> None:
         value, default = cfg[key], schema[key]
         if key in FREE_FORM and where == "config":
             continue
+        if key == "mixture" and where == "config.data":
+            _check_mixture(value, schema)
+            continue
         if isinstance(default, (dict, ml_collections.ConfigDict)):
             if not isinstance(value, (dict, ml_collections.ConfigDict)):
                 raise ValueError(f"{where}.{key}: expected a dict of settings, got {type(value).__name__}")
@@ -98,6 +107,46 @@ def check_against(cfg, schema, where: str) -> None:
         elif not _type_ok(default, value):
             raise ValueError(f"{where}.{key}={value!r}: wrong type {type(value).__name__}, "
                              f"expected {type(default).__name__} (like the default {default!r})")
+
+
+def _check_mixture(mixture, data_schema) -> None:
+    """Each component of `config.data.mixture` is a dict with a positive `weight` and only per-dataset keys."""
+    if not isinstance(mixture, (dict, ml_collections.ConfigDict)):
+        raise ValueError(f"config.data.mixture: expected a dict {{component: {{weight, name, ...}}}}, got "
+                         f"{type(mixture).__name__}")
+    own = {k: data_schema[k] for k in data_schema.keys() if k not in MIXTURE_SHARED}
+    for name in mixture.keys():
+        where, comp = f"config.data.mixture.{name}", mixture[name]
+        if not isinstance(comp, (dict, ml_collections.ConfigDict)):
+            raise ValueError(f"{where}: expected a dict of settings (weight, name, split, preprocess, ...), got "
+                             f"{type(comp).__name__}")
+        shared = [k for k in comp.keys() if k in MIXTURE_SHARED]
+        if shared:
+            raise ValueError(f"{where}.{shared[0]}: set for the whole train stream, as config.data.{shared[0]}, "
+                             f"not per component")
+        check_against(comp, {**own, "weight": 1.0}, where)
+        weight = comp.get("weight", None)
+        if weight is None or not weight > 0:
+            raise ValueError(f"{where}.weight={weight!r}: every component needs a weight > 0 (its share of the "
+                             f"train examples is weight / the sum of the weights)")
+
+
+def mixture_components(data_cfg) -> list:
+    """[(component name, weight, data config)]: each component of `data_cfg.mixture` with the keys it leaves out
+    taken from `data_cfg` (and `mixture` emptied); [('', 1.0, data_cfg)] without a mixture."""
+    mixture = data_cfg.get("mixture", None) or {}
+    if not mixture:
+        return [("", 1.0, data_cfg)]
+    out = []
+    for name in mixture.keys():
+        comp = ml_collections.ConfigDict(data_cfg.to_dict())
+        with comp.unlocked():
+            comp.mixture = ml_collections.ConfigDict()
+            for k in mixture[name].keys():
+                if k != "weight":
+                    comp[k] = mixture[name][k]
+        out.append((name, float(mixture[name].weight), comp))
+    return out
 
 
 def resolve(config, task_defaults: dict = None) -> ml_collections.ConfigDict:
@@ -312,10 +361,13 @@ def apply_overrides(config, overrides, task_defaults: dict = None):
                 raise _unknown("config" + "".join("." + q for q in parts[:i]), p, node.keys())
             node = node[p]
         last = parts[-1]
-        free = parts[0] in FREE_FORM
+        # a mixture component may be given any per-dataset key it left to config.data (parsed like that key)
+        component_key = parts[:2] == ["data", "mixture"] and len(parts) == 4 and last in merged.data \
+            and last not in MIXTURE_SHARED
+        free = parts[0] in FREE_FORM or component_key
         if last not in node and not free:
             raise _unknown("config" + "".join("." + q for q in parts[:-1]), last, node.keys())
-        like = node[last] if last in node else None
+        like = node[last] if last in node else (merged.data[last] if component_key else None)
         try:
             value = _parse_value(text, like)
         except ValueError as e:

@@ -17,7 +17,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vlmjax.data import ops as data_ops
 from vlmjax.data.batching import check_not_importing_main
-from vlmjax.data.pipeline import TrainIterator, make_source
+from vlmjax.data.pipeline import Component, TrainIterator, check_mixture, make_source
 from vlmjax.evaluators import validate_and_build
 from vlmjax.tasks import get_task_class
 from vlmjax.core import config as config_lib
@@ -50,6 +50,8 @@ class Trainer(SplitRuntime):
         config_lib.fill_eval_data(cfg)
         self.workdir = workdir
         for where, specs in [("config.data.preprocess", cfg.data.preprocess)] + [
+                (f"config.data.mixture.{n}.preprocess", c.preprocess) for n, c in cfg.data.mixture.items()
+                if "preprocess" in c] + [
                 (f"config.evals.{n}.data.preprocess", e.data.preprocess) for n, e in cfg.evals.items()]:
             try:
                 data_ops.validate_specs(specs)
@@ -68,7 +70,8 @@ class Trainer(SplitRuntime):
         self._log_eval_padding()
         if open_data:  # a missing split fails now, not after an hour of training
             if open_data != "eval" and cfg.total_steps > 0:  # total_steps=0 evaluates only: no train data
-                self.train_source = make_source(cfg.data, cfg.data.split, self.task.read_features(cfg.data))
+                self.train_sources = {name: make_source(dc, dc.split, self.task.read_features(dc))
+                                      for name, _, dc in config_lib.mixture_components(cfg.data)}
             for name, ev in cfg.evals.items():
                 self._eval_source(ev.data)
         self.tx, self.schedule = make_optimizer(cfg.optimizer, cfg.schedule, max(cfg.total_steps, 1))
@@ -234,6 +237,16 @@ class Trainer(SplitRuntime):
         self.state = state
         return final
 
+    def _train_data(self) -> tuple:
+        """(source, preprocess) of config.data, or ([Component, ...], None) of config.data.mixture, whose examples
+        are checked to batch together here, before anything compiles."""
+        parts = [Component(name, self.train_sources[name], self.task.preprocess_fn(dc, train=True), weight)
+                 for name, weight, dc in config_lib.mixture_components(self.config.data)]
+        if not self.config.data.mixture:
+            return parts[0].source, parts[0].preprocess
+        check_mixture(parts, self.config.seed)
+        return parts, None
+
     def run(self) -> dict:
         cfg = self.config
         # Before anything is written: may this config resume the workdir's checkpoints? (exit 2 naming the keys)
@@ -242,8 +255,7 @@ class Trainer(SplitRuntime):
         if cfg.total_steps == 0:
             return self._evaluate_initial()
         writer = MetricWriter(self.workdir, enabled=jax.process_index() == 0, wandb_cfg=cfg.wandb, config=cfg)
-        train_iter = TrainIterator(self.train_source, self.task.preprocess_fn(cfg.data, train=True),
-                                   batch_size=cfg.batch_size // jax.process_count(), seed=cfg.seed,
+        train_iter = TrainIterator(*self._train_data(), batch_size=cfg.batch_size // jax.process_count(), seed=cfg.seed,
                                    process_index=jax.process_index(), process_count=jax.process_count(),
                                    worker_count=cfg.data.worker_count, backend=jax.default_backend(),
                                    shuffle=cfg.data.shuffle,

@@ -11,6 +11,13 @@ resumed run neither repeats nor skips an example; restoring a state saved with a
 the saved W. `worker_count=-1` picks W from the host (`auto_worker_count`). Without workers the same batches are
 built in this process, optionally `prefetch_buffer` batches ahead in a thread.
 
+Mixtures: `source` may be a list of `Component`s (a name, a source, its preprocessing, a weight): each is shuffled,
+repeated and host-sharded as above with its own seed (derived from the seed and its name), and grain interleaves
+them in fixed proportions (`MapDataset.mix`: of every sum-of-weights examples, each component gives its weight's
+worth, in the same places every time), so the stream stays a pure function of the seed and resumes exactly. Each
+batch still reads its records in one batched read per component. `check_mixture` compares the components' examples
+before anything compiles; their drop reasons are counted as `<component>/<reason>`.
+
 Bad records: an op raising `DropExample(reason)` (corrupt image, empty caption, the web-data filters) removes the
 example from the stream; each reason is counted and reported as `data/dropped/<reason>` in the train metrics.
 A record the source cannot read (a corrupt ArrayRecord chunk) is dropped as `corrupt_record` with
@@ -19,8 +26,10 @@ A record the source cannot read (a corrupt ArrayRecord chunk) is dropped as `cor
 Eval: one ordered pass over the split, padded to whole batches; `_valid` marks real rows.
 """
 import collections
+import dataclasses
 import warnings
-from typing import Callable, Iterator, Optional, Sequence
+import zlib
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import grain
 import numpy as np
@@ -57,16 +66,67 @@ def make_source(cfg, split: str, features: Optional[Sequence[str]] = None):
     return tfds_source.source(cfg, split, features)
 
 
-def _safe(preprocess: Callable) -> Callable:
+def _safe(preprocess: Callable, component: str = "") -> Callable:
+    prefix = f"{component}/" if component else ""
+
     def fn(example, rng):
         if isinstance(example, dict) and DROP_KEY in example:  # a record the source could not read ('skip')
-            return example
+            return {DROP_KEY: prefix + example[DROP_KEY]}
         try:
             return preprocess(example, rng)
         except DropExample as e:
-            return {DROP_KEY: e.reason}
+            return {DROP_KEY: prefix + e.reason}
 
     return fn
+
+
+@dataclasses.dataclass(frozen=True)
+class Component:
+    """One dataset of a training mixture: its records, their preprocessing `fn(example, rng) -> example`, and its
+    share of the stream (weight / the sum of the weights)."""
+    name: str
+    source: Any
+    preprocess: Callable
+    weight: float = 1.0
+
+
+def component_seed(seed: int, name: str) -> int:
+    """The seed of mixture component `name`: distinct per name, so two components never shuffle or augment alike."""
+    return int(np.random.SeedSequence([int(seed) % 2 ** 32, zlib.crc32(name.encode())]).generate_state(1)[0])
+
+
+def _first_example(component: Component, seed: int, tries: int = 64) -> Optional[dict]:
+    for i in range(min(tries, len(component.source))):
+        try:
+            return component.preprocess(component.source[i], np.random.default_rng([seed, i]))
+        except DropExample:
+            continue
+    return None
+
+
+def _describe(example: dict) -> dict:
+    return {k: f"{np.asarray(v).dtype}{list(np.shape(v))}" for k, v in sorted(example.items())}
+
+
+def check_mixture(components: Sequence[Component], seed: int = 0) -> None:
+    """Raises ValueError naming the component and the feature when the components' examples do not batch together
+    (other features, shapes or dtypes than the first component's), judged on each one's first kept record."""
+    first, want = None, None
+    for c in components:
+        ex = _first_example(c, seed)
+        if ex is None:
+            continue  # every record tried was dropped: its drop counters will say why
+        got = _describe(ex)
+        if want is None:
+            first, want = c.name, got
+            continue
+        diff = sorted(set(got) ^ set(want)) or [k for k in want if got[k] != want[k]]
+        if diff:
+            k = diff[0]
+            raise ValueError(f"config.data.mixture.{c.name}: its examples cannot be batched with "
+                             f"config.data.mixture.{first}'s: feature {k!r} is {got.get(k, 'missing')} there and "
+                             f"{want.get(k, 'missing')} in {first!r} (features {sorted(got)} vs {sorted(want)}); "
+                             f"give every component a preprocess that keeps the same features and shapes")
 
 
 def _absl_flags_parsed() -> None:
@@ -83,15 +143,23 @@ class TrainIterator:
     drop counters. `worker_count` -1 resolves with `auto_worker_count(-1, backend)` (backend: jax's, of the devices
     the batches feed). Worker processes start on the first `next`/`set_state`/`get_state`."""
 
-    def __init__(self, source, preprocess: Callable, *, batch_size: int, seed: int, process_index: int = 0,
-                 process_count: int = 1, worker_count: int = 0, shuffle: bool = True, name: str = "train",
-                 prefetch_buffer: int = -1, worker_buffer: int = 2, backend: str = "cpu",
+    def __init__(self, source, preprocess: Optional[Callable] = None, *, batch_size: int, seed: int,
+                 process_index: int = 0, process_count: int = 1, worker_count: int = 0, shuffle: bool = True,
+                 name: str = "train", prefetch_buffer: int = -1, worker_buffer: int = 2, backend: str = "cpu",
                  on_corrupt_record: str = "stop"):
-        ds = grain.MapDataset.source(checked_reads(source, on_corrupt_record, name)).seed(seed)
-        if shuffle:
-            ds = ds.shuffle()
-        ds = ds.repeat()[process_index::process_count]
-        self._examples = ds.random_map(_safe(preprocess))
+        """`source` with `preprocess`, or a list of `Component`s (a mixture; `preprocess` None)."""
+        mixture = isinstance(source, (list, tuple))
+        if mixture == (preprocess is not None):
+            raise ValueError("TrainIterator: give a source and its preprocess, or a list of Components alone")
+        parts = []
+        for c in (source if mixture else [Component("", source, preprocess)]):
+            ds = grain.MapDataset.source(checked_reads(c.source, on_corrupt_record, f"{name} {c.name}".strip()))
+            ds = ds.seed(component_seed(seed, c.name) if mixture else seed)
+            if shuffle:
+                ds = ds.shuffle()
+            ds = ds.repeat()[process_index::process_count]
+            parts.append(ds.random_map(_safe(c.preprocess, c.name if mixture else "")))
+        self._examples = grain.MapDataset.mix(parts, [c.weight for c in source]) if mixture else parts[0]
         if prefetch_buffer < -1:
             raise ValueError(f"config.data.prefetch_buffer={prefetch_buffer}: expected -1 (auto), 0 (no background "
                              f"thread) or a positive number of batches")
