@@ -148,8 +148,8 @@ class TrainIterator:
                  name: str = "train", prefetch_buffer: int = -1, worker_buffer: int = 2, backend: str = "cpu",
                  on_corrupt_record: str = "stop"):
         """`source` with `preprocess`, or a list of `Component`s (a mixture; `preprocess` None)."""
-        mixture = isinstance(source, (list, tuple))
-        if mixture == (preprocess is not None):
+        mixture = isinstance(source, (list, tuple)) and bool(source) and isinstance(source[0], Component)
+        if mixture == (preprocess is not None):  # (a plain source may itself be a list of records)
             raise ValueError("TrainIterator: give a source and its preprocess, or a list of Components alone")
         parts = []
         for c in (source if mixture else [Component("", source, preprocess)]):
