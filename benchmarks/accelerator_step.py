@@ -12,8 +12,10 @@ precision on both sides: float32 parameters and optimizer, bfloat16 compute (tor
 
 Prefix-LM: experiments/paligemma_like.py's family shrunk to one GPU (ViT-B/14 at 224 px = 256 image tokens, linear
 projector, a ~1.1B Gemma-style decoder: width 2048, 18 layers, MQA, head dim 256, GeGLU 8192, vocabulary 32768;
-prefix 256 image tokens, then 64 text tokens, loss on the last 60) against HF `PaliGemmaForConditionalGeneration`
-with the same config and its own random weights (the same shapes and FLOPs; the losses are both ~log V).
+prefix 256 image tokens, then 64 text tokens, loss on the 59 answer tokens HF can predict) against HF
+`PaliGemmaForConditionalGeneration` built from the same config and one random init, which our step imports
+(`paligemma_weights.load_hf_paligemma`): the same weights, batch, masks and optimizer, so the first losses compare
+as SigLIP's do (without torch, ours starts from its own init).
 The torch side lives in benchmarks/torch_reference.py.
 
 Per row: examples/s (median of timed rounds), model FLOPs per step (counted on our step's jaxpr, the figure the
@@ -59,7 +61,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from analytic_flops import prefixlm_train_flops, siglip_train_flops  # noqa: E402
 from common import RESULTS, timing_setup  # noqa: E402
 
-from vlmjax.models import siglip_hf, weight_files  # noqa: E402
+from vlmjax.models import paligemma_weights, siglip_hf, weight_files  # noqa: E402
 from vlmjax.core.flops import memory_of, peak_flops  # noqa: E402
 from vlmjax.core.loop import Trainer  # noqa: E402
 from vlmjax.core.profiling import trace_summary  # noqa: E402
@@ -255,12 +257,16 @@ def prefixlm_batch(rng):
     c = SIZE["plm"]
     b, n = c["batch"], c["text_len"] + 1
     mask_ar = np.broadcast_to((np.arange(n) >= c["prompt"]).astype(np.int32), (b, n)).copy()
+    mask_loss = mask_ar.copy()
+    mask_loss[:, -1] = 0  # HF's labels (text_len tokens) have no target after the last input: ours neither
     return {"image": rng.uniform(-1, 1, (b, c["image"], c["image"], 3)).astype(np.float32),
             "tokens": rng.integers(4, 300, (b, n)).astype(np.int32), "input_mask": np.ones((b, n), np.int32),
-            "mask_ar": mask_ar, "mask_loss": mask_ar.copy()}
+            "mask_ar": mask_ar, "mask_loss": mask_loss}
 
 
-def prefixlm_jax(batch, workdir, attention_impl="auto"):
+def prefixlm_jax(batch, workdir, attention_impl="auto", hf_cfg=None, state_dict=None):
+    """Our row; with `hf_cfg` and `state_dict` (`TorchReference.paligemma_init`) it starts from HF's weights, so
+    the first losses of the two sides compare; else from our own init."""
     from vlmjax.core.config import experiment_module
 
     plm_model = experiment_module("paligemma_like").model
@@ -276,7 +282,13 @@ def prefixlm_jax(batch, workdir, attention_impl="auto"):
     trainer = jax_trainer(dict(task="prefixlm", tokenizer=tokenizer(workdir), image_input="continuous",
                                image_size=c["image"], text_len=c["text_len"] + 1, batch_size=c["batch"],
                                loss_normalize="per_token", model=model), workdir)
-    return jax_row(trainer, trainer.init_state(), batch)
+    state = trainer.init_state()
+    if state_dict is not None:
+        params = paligemma_weights.load_hf_paligemma(state_dict, hf_cfg, scan_layers=True)
+        state["params"] = jax.device_put(params, trainer.state_shardings["params"])
+        state["opt_state"] = jax.jit(trainer.tx.init, out_shardings=trainer.state_shardings["opt_state"])(
+            state["params"])
+    return jax_row(trainer, state, batch)
 
 
 # ------------------------------------------------------------------------------------------------------ phases
@@ -287,7 +299,7 @@ def main():
     sig = RESULT["siglip"]
     plm = RESULT["prefixlm"]
     batch = siglip_batch(rng, SIZE["batch"])
-    hf = {}
+    hf, plm_hf = {}, {}  # each model's HF config and initial weights, which both sides start from
     analytic = siglip_train_flops(SIZE["vision"], SIZE["text"], SIZE["batch"])
     sig.update(config={"vision": SIZE["vision"], "text": SIZE["text"], "batch": SIZE["batch"]},
                analytic_model_flops_per_step=analytic, rows={}, first_losses={})
@@ -311,14 +323,14 @@ def main():
 
     def plm_ours(impl="auto"):
         name = "ours_pod" if impl == "auto" else f"ours_pod_{impl}_attention"
-        r, losses = prefixlm_jax(plm_batch, workdir, impl)
+        r, losses = prefixlm_jax(plm_batch, workdir, impl, plm_hf.get("cfg"), plm_hf.get("sd"))
         plm["rows"][name] = row(SIZE["plm"]["batch"], r.pop("sec"), r.pop("model_flops"), **r)
         plm["rows"][name]["model_flops_vs_analytic"] = (plm["rows"][name]["model_flops_per_step"]
                                                         / plm["analytic_model_flops_per_step"])
         plm["first_losses"][name] = losses
 
     def plm_theirs(name, compile_model):
-        r, losses = ref().paligemma(SIZE["plm"], plm_batch, compile_model)
+        r, losses = ref().paligemma(plm_hf["cfg"], plm_hf["sd"], SIZE["plm"], plm_batch, compile_model)
         plm["rows"][name] = row(SIZE["plm"]["batch"], r.pop("sec"), plm["analytic_model_flops_per_step"], **r)
         plm["first_losses"][name] = losses
 
@@ -338,6 +350,8 @@ def main():
         ("siglip_torch_compile", 110, True, lambda: theirs("hf_torch_compile", True)),
         ("siglip_scan", 35, True, lambda: ours("scan")),
         ("siglip_big_batch_no_remat", 40, True, lambda: ours(f"scan@{SIZE['big_batch']}", big)),
+        ("prefixlm_hf_init", 15, True,
+         lambda: plm_hf.update(zip(("cfg", "sd"), ref().paligemma_init(SIZE["plm"])))),
         ("prefixlm_ours", 50, False, plm_ours),
         ("prefixlm_ours_xla_attention", 50, False,
          lambda: plm_ours("xla") if "prefixlm_ours" in RESULT["errors"] else None),
@@ -391,6 +405,9 @@ def summarize():
     s = RESULT["siglip"]
     if "pod" in s.get("rows", {}) and "hf_torch_eager" in s.get("first_losses", {}):
         s["first_loss_diff_pod_vs_torch"] = abs(s["first_losses"]["pod"][0] - s["first_losses"]["hf_torch_eager"][0])
+    pl = RESULT["prefixlm"].get("first_losses", {})
+    if "ours_pod" in pl and "hf_torch_eager" in pl:
+        RESULT["prefixlm"]["first_loss_diff_ours_vs_torch"] = abs(pl["ours_pod"][0] - pl["hf_torch_eager"][0])
     rows, p = s.get("rows", {}), RESULT["prefixlm"].get("rows", {})
     s["targets"] = {
         "pod_mfu_ge_0.45": rows["pod"]["mfu"] >= 0.45 if rows.get("pod", {}).get("mfu") else None,

@@ -39,10 +39,16 @@ class TorchReference:
         return self._timed(lambda: fwd(input_ids=ids, pixel_values=pixels, return_loss=True).loss, model,
                            len(batch["image"]))
 
-    def paligemma(self, c: dict, batch, compile_model):
-        """HF PaliGemma with the shapes of `c` (the benchmark's `plm` size): image tokens then the text,
-        token_type_ids 0 on the prefix (image + prompt: bidirectional) and 1 on the answer (causal), labels on
-        the answer; its own random weights."""
+    def paligemma_init(self, c: dict):
+        """(HF config, initial state_dict as numpy) of PaliGemma with the shapes of `c` (the benchmark's `plm`
+        size): one random init that both sides start from (ours imports it with `load_hf_paligemma`)."""
+        cfg = self.paligemma_config(c)
+        torch.manual_seed(0)
+        model = transformers.PaliGemmaForConditionalGeneration(cfg)
+        return cfg, {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+
+    @staticmethod
+    def paligemma_config(c: dict):
         v, lm = c["vit"], c["lm"]
         n_img = (c["image"] // c["patch"]) ** 2
         cfg = transformers.PaliGemmaConfig(
@@ -57,8 +63,17 @@ class TorchReference:
             image_token_index=c["vocab"] - 1, vocab_size=c["vocab"], projection_dim=lm["width"],
             hidden_size=lm["width"])
         cfg.text_config.num_image_tokens = cfg.vision_config.num_image_tokens = n_img
-        torch.manual_seed(0)
-        model = transformers.PaliGemmaForConditionalGeneration(cfg).to(self.device).train()
+        return cfg
+
+    def paligemma(self, cfg, state_dict, c: dict, batch, compile_model):
+        """A train step of HF PaliGemma (`paligemma_init`'s config and weights): image tokens then the text,
+        token_type_ids 0 on the prefix (image + prompt: bidirectional) and 1 on the answer (causal), labels on
+        the answer but its last token (HF predicts label t + 1 from position t, and the text ends there; our
+        batch masks the same target)."""
+        model = transformers.PaliGemmaForConditionalGeneration(cfg)
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in state_dict.items()})
+        model = model.to(self.device).train()
+        n_img = (c["image"] // c["patch"]) ** 2
         b = c["batch"]
         text, ar = (torch.from_numpy(batch[k][:, :c["text_len"]].astype(np.int64)) for k in ("tokens", "mask_ar"))
         ids = torch.cat([torch.full((b, n_img), c["vocab"] - 1), text], 1)

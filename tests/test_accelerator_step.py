@@ -1,6 +1,6 @@
 """benchmarks/accelerator_step.py at toy sizes on CPU, so the script a GPU session runs cannot rot: its rows exist,
-the FLOPs our trainer counts on the jaxpr equal the benchmark's analytic formulas, and our SigLIP step starts from
-the same loss as HF transformers' on the same weights and batch."""
+the FLOPs our trainer counts on the jaxpr equal the benchmark's analytic formulas, and our SigLIP and prefix-LM
+steps start from the same losses as HF transformers' SiglipModel and PaliGemma on the same weights and batch."""
 import json
 import os
 import subprocess
@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
     out = tmp_path_factory.mktemp("acc")
-    phases = "siglip_pod,siglip_torch_eager,prefixlm_ours"
+    phases = "siglip_pod,siglip_torch_eager,prefixlm_hf_init,prefixlm_ours,prefixlm_torch_eager"
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "accelerator_step.py"), "--size", "tiny",
                            "--cpu", "--rounds", "1", "--steps", "1", "--phases", phases, "--out", str(out)],
                           capture_output=True, text=True, cwd=ROOT, timeout=600)
@@ -50,3 +50,8 @@ def test_same_first_losses_as_hf_transformers(result):
     losses = result["siglip"]["first_losses"]
     assert losses["pod"][0] == pytest.approx(losses["hf_torch_eager"][0], abs=1e-4)
     assert losses["pod"][1] == pytest.approx(losses["hf_torch_eager"][1], abs=1e-3)  # after one AdamW step each
+    # the prefix-LM: HF PaliGemma's init imported into our VLM (pod settings: scanned, remat), the same masks
+    plm = result["prefixlm"]["first_losses"]
+    assert plm["ours_pod"][0] == pytest.approx(plm["hf_torch_eager"][0], abs=1e-4)
+    assert plm["ours_pod"][1] == pytest.approx(plm["hf_torch_eager"][1], abs=1e-3)
+    assert result["prefixlm"]["first_loss_diff_ours_vs_torch"] < 1e-4
