@@ -116,6 +116,12 @@ def test_components_inherit_config_data_and_take_overrides():
     assert over.data.mixture.qa.split == "validation" and over.data.mixture.cap.weight == 2.0
     with pytest.raises(ValueError, match="unknown key config.data.mixture.qa.shuffle"):
         config_lib.apply_overrides(cfg, [("data.mixture.qa.shuffle", "false")])
+    # a component added on the command line; without its weight the config does not validate
+    added = config_lib.apply_overrides(cfg, [("data.mixture.web.name", "webdataset:/x/{0..9}.tar"),
+                                             ("data.mixture.web.weight", "0.5")])
+    assert config_lib.mixture_components(config_lib.resolve(added).data)[2][:2] == ("web", 0.5)
+    with pytest.raises(ValueError, match=r"mixture.web.weight=None"):
+        config_lib.resolve(config_lib.apply_overrides(cfg, [("data.mixture.web.split", "validation")]))
 
 
 def test_trainer_trains_a_mixture_and_resumes_bit_exact(tmp_path, capsys):

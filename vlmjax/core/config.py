@@ -357,17 +357,21 @@ def apply_overrides(config, overrides, task_defaults: dict = None):
     for key, text in overrides:
         node, parts = merged, key.split(".")
         for i, p in enumerate(parts[:-1]):
+            if p not in node and parts[:i] == ["data", "mixture"] and len(parts) == 4:
+                with node.unlocked():  # a new mixture component (validation asks for its weight)
+                    node[p] = ml_collections.ConfigDict()
             if p not in node:
                 raise _unknown("config" + "".join("." + q for q in parts[:i]), p, node.keys())
             node = node[p]
         last = parts[-1]
         # a mixture component may be given any per-dataset key it left to config.data (parsed like that key)
-        component_key = parts[:2] == ["data", "mixture"] and len(parts) == 4 and last in merged.data \
-            and last not in MIXTURE_SHARED
+        component_key = parts[:2] == ["data", "mixture"] and len(parts) == 4 and (
+            last == "weight" or last in merged.data and last not in MIXTURE_SHARED)
         free = parts[0] in FREE_FORM or component_key
         if last not in node and not free:
             raise _unknown("config" + "".join("." + q for q in parts[:-1]), last, node.keys())
-        like = node[last] if last in node else (merged.data[last] if component_key else None)
+        like = node[last] if last in node else ((1.0 if last == "weight" else merged.data[last]) if component_key
+                                                else None)
         try:
             value = _parse_value(text, like)
         except ValueError as e:
