@@ -151,3 +151,29 @@ def test_trainer_trains_a_mixture_and_resumes_bit_exact(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"mixture.small: .* feature 'image' is float32\[8, 8, 3\]"):
         train(broken, str(tmp_path / "broken"), devices=jax.devices()[:1])
     assert not os.path.exists(tmp_path / "broken" / "checkpoints")
+
+
+def test_resume_checks_a_components_keys_as_config_datas(tmp_path):
+    """A component's read_features may change on resume, its data_dir with --allow_config_change, its weight,
+    preprocess or split never (they change the stream); neither may the set of components."""
+    from test_core import tiny_config
+    from test_restore_guard import _workdir_with
+    from vlmjax.core import restore_check
+    from vlmjax.tasks import get_task_class
+
+    defaults = get_task_class("classification").config_defaults()
+    mix = {"a": {"weight": 1.0}, "b": {"weight": 3.0, "name": "fake:bad"}}
+
+    def resolved(**over):
+        return config_lib.resolve(tiny_config(**{"data.mixture": mix, **over}), defaults)
+
+    wd = _workdir_with(tmp_path, resolved())
+    check = lambda cfg, flag=False: restore_check.check_resume_config(  # noqa: E731
+        wd, cfg, flag, log=lambda _: None, task_defaults=defaults)
+    assert [k for k, _, _ in check(resolved(**{"data.mixture.b.read_features": ["image"]}))] == [
+        "data.mixture.b.read_features"]
+    with pytest.raises(restore_check.ConfigChangeError, match="Re-run with --allow_config_change"):
+        check(resolved(**{"data.mixture.b.data_dir": "/elsewhere"}))
+    for over in ({"data.mixture.b.weight": 2.0}, {"data.mixture.a.split": "test"}, {"data.mixture.c": {"weight": 1.0}}):
+        with pytest.raises(restore_check.ConfigChangeError, match="cannot continue that run"):
+            check(resolved(**over), True)

@@ -62,8 +62,16 @@ def _model_leaf(key: str, names) -> bool:
     return key.startswith("model.") and key.rsplit(".", 1)[-1] in names
 
 
+def _component_key(key: str) -> str:
+    """'data.mixture.<component>.<key>' -> 'data.<key>' (a mixture component's keys change as config.data's do);
+    any other key unchanged."""
+    parts = key.split(".")
+    return ".".join(["data"] + parts[3:]) if len(parts) > 3 and parts[:2] == ["data", "mixture"] else key
+
+
 def classify(key: str, old, new) -> str:
     """'free', 'flag' or 'refused' for a change of `key` (dotted, without 'config.') from `old` to `new`."""
+    key = _component_key(key)
     if _matches(key, FREE):
         return "free"
     if _matches(key, WITH_FLAG) or _model_leaf(key, ("dtype", "remat_policy")):
