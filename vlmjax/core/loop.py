@@ -240,11 +240,15 @@ class Trainer(SplitRuntime):
     def _train_data(self) -> tuple:
         """(source, preprocess) of config.data, or ([Component, ...], None) of config.data.mixture, whose examples
         are checked to batch together here, before anything compiles."""
+        comps = config_lib.mixture_components(self.config.data)
         parts = [Component(name, self.train_sources[name], self.task.preprocess_fn(dc, train=True), weight)
-                 for name, weight, dc in config_lib.mixture_components(self.config.data)]
+                 for name, weight, dc in comps]
         if not self.config.data.mixture:
             return parts[0].source, parts[0].preprocess
         check_mixture(parts, self.config.seed)
+        total = sum(w for _, w, _ in comps)
+        log("train data: a mixture of " + ", ".join(f"{n} {w / total:.1%} ({dc.name} {dc.split}, "
+                                                      f"{len(self.train_sources[n])} records)" for n, w, dc in comps))
         return parts, None
 
     def run(self) -> dict:
