@@ -67,6 +67,42 @@ def test_decode_draft_size_scales_jpegs_only():
         validate_specs([dict(op="decode", draft_size=0)])
 
 
+def test_decode_then_resize_fused_gives_the_two_ops_pixels(monkeypatch):
+    """get_preprocess_fn runs a decode followed by a resize of the same field as one op (no numpy round trip in
+    between): for PNG, grayscale and RGBA PNG, JPEG with and without draft_size, arrays that pass through, an
+    image already at the size, and every resize method, the pixels equal the two ops run separately."""
+    yy, xx = np.mgrid[0:120, 0:200]
+    photo = np.stack([xx * 255 // 199, yy * 255 // 119, (xx + yy) % 256], -1).astype(np.uint8)
+    rgba = np.concatenate([photo, np.full((120, 200, 1), 128, np.uint8)], -1)
+    images = [_encode(photo), _encode(photo[..., 0]), _encode(rgba), _encode(photo, "JPEG"), photo, photo[..., :1],
+              photo[..., 0], np.array(_encode(photo), dtype=object), _encode(photo[:48, :40])]
+    built = []
+    monkeypatch.setattr(ops, "_decode_then_resize", lambda *a, f=ops._decode_then_resize: built.append(a) or f(*a))
+    for method in ("bilinear", "bicubic", "nearest", "area"):
+        for draft in (None, 48):
+            specs = [dict(op="decode", **({"draft_size": draft} if draft else {})),
+                     dict(op="resize", size=[48, 40], method=method), dict(op="value_range")]
+            fused, apart = get_preprocess_fn(specs), get_preprocess_fn(specs, fuse=False)
+            for i, image in enumerate(images):
+                ex = {"image": image, "label": 3}
+                got, want = fused(ex, None), apart(ex, None)
+                assert sorted(got) == sorted(want) and got["label"] == 3
+                np.testing.assert_array_equal(got["image"], want["image"], err_msg=f"{method} {draft} {i}")
+    assert len(built) == 8  # every fused pipeline above was fused
+    with pytest.raises(DropExample, match="corrupt_image"):
+        get_preprocess_fn([dict(op="decode"), dict(op="resize", size=8)])({"image": b"not an image"}, None)
+    # a resize of another field, or another op between the two, leaves them as they are
+    built.clear()
+    ex = {"image": _encode(photo), "mask": _encode(photo)}
+    for specs in ([dict(op="decode", key="mask"), dict(op="decode"), dict(op="resize", size=8, key="mask")],
+                  [dict(op="decode"), dict(op="flip_lr", p=0.0), dict(op="resize", size=8)]):
+        got = get_preprocess_fn(specs)(ex, np.random.default_rng(0))
+        want = get_preprocess_fn(specs, fuse=False)(ex, np.random.default_rng(0))
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k])
+    assert built == []
+
+
 @pytest.mark.parametrize("bad", [b"\x89PNG this is not an image", b"", None])
 def test_decode_corrupt_raises_drop(bad):
     data = _encode(_img())[:60] if bad is None else bad  # None: a truncated real PNG

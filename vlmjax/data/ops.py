@@ -88,26 +88,61 @@ def decode(key: str = "image", draft_size=None):
     full decode (libjpeg's scaled IDCT, PIL's `draft`); other formats, and JPEGs under twice the size, decode
     whole (docs/data.md has its cost and how close it stays to the full decode)."""
     draft = None if draft_size is None else image_hw(draft_size)[::-1]  # PIL sizes are (w, h)
+    return lambda v, rng: _decoded(v, draft, np.asarray)
 
-    def fn(v, rng):
-        if isinstance(v, np.ndarray) and v.dtype != object and v.dtype.kind != "S" and v.ndim in (2, 3):
-            img = v
-        else:
-            try:
-                data = (v.tobytes() if v.dtype == np.uint8 else v.item()) if isinstance(v, np.ndarray) else v
-                with Image.open(io.BytesIO(bytes(data))) as im:
-                    if draft is not None and im.format == "JPEG":
-                        im.draft("RGB", draft)
-                    img = np.asarray(im.convert("RGB"))
-            except Exception:  # PIL raises several types (UnidentifiedImageError, OSError, SyntaxError, ...)
-                raise DropExample("corrupt_image") from None
-        if img.ndim == 2:
-            img = img[..., None]
-        if img.shape[-1] == 1:
-            img = np.repeat(img, 3, -1)
-        return img
 
-    return fn
+def _is_pixels(v) -> bool:
+    """An image already decoded (uint8[H, W(, C)]), not encoded bytes."""
+    return isinstance(v, np.ndarray) and v.dtype != object and v.dtype.kind != "S" and v.ndim in (2, 3)
+
+
+def _decoded(v, draft, finish) -> np.ndarray:
+    """uint8[H, W, 3] of encoded bytes `v` (`finish(pil_rgb_image)` -> array) or of pixels `v` (1 or 3 channels);
+    DropExample('corrupt_image') for bytes PIL cannot read."""
+    if _is_pixels(v):
+        img = v
+    else:
+        try:
+            data = (v.tobytes() if v.dtype == np.uint8 else v.item()) if isinstance(v, np.ndarray) else v
+            with Image.open(io.BytesIO(bytes(data))) as im:
+                if draft is not None and im.format == "JPEG":
+                    im.draft("RGB", draft)
+                return finish(im.convert("RGB"))
+        except Exception:  # PIL raises several types (UnidentifiedImageError, OSError, SyntaxError, ...)
+            raise DropExample("corrupt_image") from None
+    if img.ndim == 2:
+        img = img[..., None]
+    if img.shape[-1] == 1:
+        img = np.repeat(img, 3, -1)
+    return img
+
+
+def _decode_then_resize(decode_spec: dict, resize_spec: dict) -> Op:
+    """`decode` then `resize` of one field as one op: the decoded PIL image is resized as it is, not copied to
+    numpy and back between the two (its cost: docs/data.md); the pixels are the ones the two ops give (tested)."""
+    key, hw, method = decode_spec.get("key", "image"), image_hw(resize_spec["size"]), resize_spec.get("method",
+                                                                                                      "bilinear")
+    draft = None if decode_spec.get("draft_size") is None else image_hw(decode_spec["draft_size"])[::-1]
+    resample = _RESAMPLE[method]
+
+    def finish(im):  # PIL returns a copy for a resize to the image's own size, as resize_image skips it
+        return np.asarray(im.resize(hw[::-1], resample))
+
+    def op(ex, rng):
+        v = get(ex, key)
+        img = _decoded(v, draft, finish)
+        return {**ex, key: resize_image(img, hw, method) if _is_pixels(v) else img}
+
+    return op
+
+
+def _fusable(specs, i: int) -> bool:
+    """Whether specs i and i + 1 are a decode and a resize of the same field (no other argument between them)."""
+    if i + 1 >= len(specs):
+        return False
+    a, b = spec_dict(specs[i]), spec_dict(specs[i + 1])
+    return a.get("op") == "decode" and b.get("op") == "resize" and a.get("key", "image") == b.get("key", "image") \
+        and b.get("method", "bilinear") in _RESAMPLE
 
 
 @register("resize")
@@ -281,12 +316,23 @@ def validate_specs(specs: Sequence) -> None:
         _build(i, spec, tokenizer=None)
 
 
-def get_preprocess_fn(specs: Sequence, *, tokenizer=None) -> Op:
-    """`fn(example, rng) -> example` applying `specs` in order."""
-    ops = [_build(i, spec, tokenizer) for i, spec in enumerate(specs or [])]
-    for i, spec in enumerate(specs or []):
+def get_preprocess_fn(specs: Sequence, *, tokenizer=None, fuse: bool = True) -> Op:
+    """`fn(example, rng) -> example` applying `specs` in order. `fuse`: a decode followed by a resize of the same
+    field runs as one op (`_decode_then_resize`: the same pixels, less copying)."""
+    specs = list(specs or [])
+    ops = [_build(i, spec, tokenizer) for i, spec in enumerate(specs)]  # every spec checked, fused or not
+    for i, spec in enumerate(specs):
         if spec_dict(spec)["op"] == "tokenize" and tokenizer is None:
             raise ValueError(f"preprocess[{i}] ('tokenize'): needs a tokenizer, but the task provides none")
+    fused, i = [], 0
+    while i < len(ops):
+        if fuse and _fusable(specs, i):
+            fused.append(_decode_then_resize(spec_dict(specs[i]), spec_dict(specs[i + 1])))
+            i += 2
+        else:
+            fused.append(ops[i])
+            i += 1
+    ops = fused
 
     def fn(example: Example, rng: np.random.Generator) -> Example:
         example = dict(example)
