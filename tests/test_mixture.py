@@ -152,6 +152,13 @@ def test_trainer_trains_a_mixture_and_resumes_bit_exact(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"mixture.small: .* feature 'image' is float32\[8, 8, 3\]"):
         train(broken, str(tmp_path / "broken"), devices=jax.devices()[:1])
     assert not os.path.exists(tmp_path / "broken" / "checkpoints")
+    # a component whose dataset is not there: the message says which component, before anything compiles
+    from vlmjax.core.loop import Trainer
+
+    missing = tiny_config(**{"data.mixture": {"clean": {"weight": 1.0}, "web": {
+        "weight": 1.0, "name": "no_such_dataset", "data_dir": str(tmp_path / "tfds")}}})
+    with pytest.raises((ValueError, FileNotFoundError), match=r"^config.data.mixture.web: .*no_such_dataset"):
+        Trainer(missing, str(tmp_path / "missing"), devices=jax.devices()[:1])
 
 
 def test_resume_checks_a_components_keys_as_config_datas(tmp_path):

@@ -38,7 +38,7 @@ def defaults() -> ml_collections.ConfigDict:
         # run resumes from its last checkpoint with 'skip') or 'skip' (dropped, counted as data/dropped/corrupt_record).
         # mixture: train on several datasets at once, {component: {weight, and any of name, split, data_dir,
         # preprocess, read_features}}; a key a component leaves out is config.data's (MIXTURE_SHARED keys are
-        # the pipeline's, one for all). Empty: config.data alone. docs/guide.md, "Training mixtures".
+        # the pipeline's, one for all). Empty: config.data alone. docs/data.md, "Training on a mixture".
         worker_count=-1, prefetch_buffer=-1, device_preprocess=[], read_features=[],
         on_corrupt_record="stop", mixture=ml_collections.ConfigDict()))
 

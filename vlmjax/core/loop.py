@@ -70,7 +70,7 @@ class Trainer(SplitRuntime):
         self._log_eval_padding()
         if open_data:  # a missing split fails now, not after an hour of training
             if open_data != "eval" and cfg.total_steps > 0:  # total_steps=0 evaluates only: no train data
-                self.train_sources = {name: make_source(dc, dc.split, self.task.read_features(dc))
+                self.train_sources = {name: self._train_source(name, dc)
                                       for name, _, dc in config_lib.mixture_components(cfg.data)}
             for name, ev in cfg.evals.items():
                 self._eval_source(ev.data)
@@ -236,6 +236,15 @@ class Trainer(SplitRuntime):
             writer.close()
         self.state = state
         return final
+
+    def _train_source(self, component: str, data_cfg):
+        """The source of config.data, or of mixture `component` (its errors then say which component)."""
+        try:
+            return make_source(data_cfg, data_cfg.split, self.task.read_features(data_cfg))
+        except (ValueError, FileNotFoundError) as e:
+            if not component:
+                raise
+            raise type(e)(f"config.data.mixture.{component}: {e}") from None
 
     def _train_data(self) -> tuple:
         """(source, preprocess) of config.data, or ([Component, ...], None) of config.data.mixture, whose examples
