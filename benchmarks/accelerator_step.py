@@ -243,11 +243,16 @@ def siglip_jax(name, cfg, state_dict, batch, workdir):
     heads = (cfg.vision_config.num_attention_heads, cfg.text_config.num_attention_heads)
     flat = siglip_hf.from_hf(state_dict, *heads)
     params = weight_files.nest(weight_files.stack_blocks(flat) if over["scan_layers"] else flat)
+    return jax_row(trainer, state_from(trainer, params), batch)
+
+
+def state_from(trainer, params):
+    """The trainer's initial state with `params` (imported HF weights) and a fresh optimizer state for them."""
     state = trainer.init_state()
     state["params"] = jax.device_put(params, trainer.state_shardings["params"])
     state["opt_state"] = jax.jit(trainer.tx.init, out_shardings=trainer.state_shardings["opt_state"])(
         state["params"])
-    return jax_row(trainer, state, batch)
+    return state
 
 
 # -------------------------------------------------------------------------------------------------- prefix-LM
@@ -282,12 +287,8 @@ def prefixlm_jax(batch, workdir, attention_impl="auto", hf_cfg=None, state_dict=
     trainer = jax_trainer(dict(task="prefixlm", tokenizer=tokenizer(workdir), image_input="continuous",
                                image_size=c["image"], text_len=c["text_len"] + 1, batch_size=c["batch"],
                                loss_normalize="per_token", model=model), workdir)
-    state = trainer.init_state()
-    if state_dict is not None:
-        params = paligemma_weights.load_hf_paligemma(state_dict, hf_cfg, scan_layers=True)
-        state["params"] = jax.device_put(params, trainer.state_shardings["params"])
-        state["opt_state"] = jax.jit(trainer.tx.init, out_shardings=trainer.state_shardings["opt_state"])(
-            state["params"])
+    state = trainer.init_state() if state_dict is None else state_from(
+        trainer, paligemma_weights.load_hf_paligemma(state_dict, hf_cfg, scan_layers=True))
     return jax_row(trainer, state, batch)
 
 

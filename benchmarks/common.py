@@ -19,6 +19,18 @@ def timed(fn, repeats: int = 5, warmup: int = 1) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def per_cpu_second(fn, n: int, repeats: int) -> float:
+    """`n` / the process CPU seconds of one `fn()` (fn does n items of work), best of `repeats` after one warm-up.
+    CPU time, not wall time: a busy machine moves it far less, for single-threaded work."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.process_time()
+        fn()
+        best = min(best, time.process_time() - t0)
+    return n / best
+
+
 def timing_setup(workdir: str) -> str:
     """For benchmarks that time a Trainer's step on batches they build themselves: registers the `bench:` data
     source (the Trainer opens its source; the timed steps never read it) and trains a tiny SentencePiece model in

@@ -12,12 +12,11 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
-from common import write_result  # noqa: E402
+from common import per_cpu_second, write_result  # noqa: E402
 from seeds import provenance  # noqa: E402
 
 # (name, JPEG sides in px, the image ops): siglip_b16's evaluation decode of COCO-sized photos (draft_size, as
@@ -28,15 +27,7 @@ CASES = (("coco_sized_draft_224", (480, 640), [dict(op="decode", draft_size=224)
 
 def rate(fn, images, repeats: int) -> float:
     """Images per CPU second of `fn` over `images`, best of `repeats` after one warm-up pass."""
-    for ex in images[:8]:
-        fn(ex, None)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.process_time()
-        for ex in images:
-            fn(ex, None)
-        best = min(best, time.process_time() - t0)
-    return len(images) / best
+    return per_cpu_second(lambda: [fn(ex, None) for ex in images], len(images), repeats)
 
 
 def bench_case(name, sides, specs, args, tmp) -> dict:

@@ -12,12 +12,11 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
-from common import write_result  # noqa: E402
+from common import per_cpu_second, write_result  # noqa: E402
 from seeds import provenance  # noqa: E402
 
 CASES = (("scenes/raw", ["image", "captions"]),  # the 32 px contrastive study's reads
@@ -28,13 +27,7 @@ CASES = (("scenes/raw", ["image", "captions"]),  # the 32 px contrastive study's
 
 def rate(read, indices, repeats: int) -> float:
     """Records per CPU second of `read(indices)`, best of `repeats` after one warm-up."""
-    read(indices)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.process_time()
-        read(indices)
-        best = min(best, time.process_time() - t0)
-    return len(indices) / best
+    return per_cpu_second(lambda: read(indices), len(indices), repeats)
 
 
 def bench_case(name: str, features: list, args) -> dict:

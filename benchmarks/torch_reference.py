@@ -28,11 +28,10 @@ class TorchReference:
         with torch.no_grad():  # SigLIP's inits (HF zero-inits them when built from a config)
             model.logit_scale.fill_(np.log(10.0))
             model.logit_bias.fill_(-10.0)
-        return cfg, {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+        return cfg, _numpy_state(model)
 
     def siglip(self, cfg, state_dict, batch, compile_model):
-        model = transformers.SiglipModel(cfg).to(self.device).train()
-        model.load_state_dict({k: torch.from_numpy(v) for k, v in state_dict.items()})
+        model = self._loaded(transformers.SiglipModel, cfg, state_dict)
         pixels = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).contiguous().to(self.device)
         ids = torch.from_numpy(batch["text"].astype(np.int64)).to(self.device)
         fwd = torch.compile(model) if compile_model else model
@@ -44,8 +43,7 @@ class TorchReference:
         size): one random init that both sides start from (ours imports it with `load_hf_paligemma`)."""
         cfg = self.paligemma_config(c)
         torch.manual_seed(0)
-        model = transformers.PaliGemmaForConditionalGeneration(cfg)
-        return cfg, {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+        return cfg, _numpy_state(transformers.PaliGemmaForConditionalGeneration(cfg))
 
     @staticmethod
     def paligemma_config(c: dict):
@@ -70,9 +68,7 @@ class TorchReference:
         token_type_ids 0 on the prefix (image + prompt: bidirectional) and 1 on the answer (causal), labels on
         the answer but its last token (HF predicts label t + 1 from position t, and the text ends there; our
         batch masks the same target)."""
-        model = transformers.PaliGemmaForConditionalGeneration(cfg)
-        model.load_state_dict({k: torch.from_numpy(v) for k, v in state_dict.items()})
-        model = model.to(self.device).train()
+        model = self._loaded(transformers.PaliGemmaForConditionalGeneration, cfg, state_dict)
         n_img = (c["image"] // c["patch"]) ** 2
         b = c["batch"]
         text, ar = (torch.from_numpy(batch[k][:, :c["text_len"]].astype(np.int64)) for k in ("tokens", "mask_ar"))
@@ -85,6 +81,12 @@ class TorchReference:
         fwd = torch.compile(model) if compile_model else model
         return self._timed(lambda: fwd(input_ids=ids, pixel_values=pixels, attention_mask=mask,
                                        token_type_ids=ttype, labels=labels).loss, model, b)
+
+    def _loaded(self, model_class, cfg, state_dict):
+        """`model_class(cfg)` with the weights of `state_dict` (numpy), on the device, in train mode."""
+        model = model_class(cfg)
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in state_dict.items()})
+        return model.to(self.device).train()
 
     def _timed(self, loss_fn, model, examples):
         """(row, first losses): warm-up (compilation) timed, then the median step; AdamW (fused on CUDA)."""
@@ -109,3 +111,8 @@ class TorchReference:
         peak = torch.cuda.max_memory_allocated() if self.device == "cuda" else None
         return dict(step_s_all=all_s, warmup_2_steps_s=compile_s, peak_bytes=peak,
                     peak_bytes_per_example=peak / examples if peak else None, sec=sec), losses
+
+
+def _numpy_state(model) -> dict:
+    """A torch model's state_dict as numpy copies: the initial weights both sides start from."""
+    return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}

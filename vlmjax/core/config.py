@@ -109,12 +109,18 @@ def check_against(cfg, schema, where: str) -> None:
                              f"expected {type(default).__name__} (like the default {default!r})")
 
 
+def _component_schema(data) -> dict:
+    """The keys a mixture component may set, with their defaults (so their types): `data`'s per-dataset keys and
+    `weight`."""
+    return {**{k: data[k] for k in data.keys() if k not in MIXTURE_SHARED}, "weight": 1.0}
+
+
 def _check_mixture(mixture, data_schema) -> None:
     """Each component of `config.data.mixture` is a dict with a positive `weight` and only per-dataset keys."""
     if not isinstance(mixture, (dict, ml_collections.ConfigDict)):
         raise ValueError(f"config.data.mixture: expected a dict {{component: {{weight, name, ...}}}}, got "
                          f"{type(mixture).__name__}")
-    own = {k: data_schema[k] for k in data_schema.keys() if k not in MIXTURE_SHARED}
+    schema = _component_schema(data_schema)
     for name in mixture.keys():
         where, comp = f"config.data.mixture.{name}", mixture[name]
         if not isinstance(comp, (dict, ml_collections.ConfigDict)):
@@ -124,7 +130,7 @@ def _check_mixture(mixture, data_schema) -> None:
         if shared:
             raise ValueError(f"{where}.{shared[0]}: set for the whole train stream, as config.data.{shared[0]}, "
                              f"not per component")
-        check_against(comp, {**own, "weight": 1.0}, where)
+        check_against(comp, schema, where)
         weight = comp.get("weight", None)
         if weight is None or not weight > 0:
             raise ValueError(f"{where}.weight={weight!r}: every component needs a weight > 0 (its share of the "
@@ -364,14 +370,11 @@ def apply_overrides(config, overrides, task_defaults: dict = None):
                 raise _unknown("config" + "".join("." + q for q in parts[:i]), p, node.keys())
             node = node[p]
         last = parts[-1]
-        # a mixture component may be given any per-dataset key it left to config.data (parsed like that key)
-        component_key = parts[:2] == ["data", "mixture"] and len(parts) == 4 and (
-            last == "weight" or last in merged.data and last not in MIXTURE_SHARED)
-        free = parts[0] in FREE_FORM or component_key
-        if last not in node and not free:
+        # a mixture component may be given any key it may set, also one it left to config.data (parsed like it)
+        component = _component_schema(merged.data) if parts[:2] == ["data", "mixture"] and len(parts) == 4 else {}
+        if last not in node and last not in component and parts[0] not in FREE_FORM:
             raise _unknown("config" + "".join("." + q for q in parts[:-1]), last, node.keys())
-        like = node[last] if last in node else ((1.0 if last == "weight" else merged.data[last]) if component_key
-                                                else None)
+        like = node[last] if last in node else component.get(last)
         try:
             value = _parse_value(text, like)
         except ValueError as e:

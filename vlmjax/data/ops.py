@@ -87,8 +87,13 @@ def decode(key: str = "image", draft_size=None):
     smallest DCT scale (1, 1/2, 1/4 or 1/8) that keeps both sides at least that large, which costs a fraction of a
     full decode (libjpeg's scaled IDCT, PIL's `draft`); other formats, and JPEGs under twice the size, decode
     whole (docs/data.md has its cost and how close it stays to the full decode)."""
-    draft = None if draft_size is None else image_hw(draft_size)[::-1]  # PIL sizes are (w, h)
+    draft = _pil_draft(draft_size)
     return lambda v, rng: _decoded(v, draft, np.asarray)
+
+
+def _pil_draft(draft_size):
+    """decode's `draft_size` as PIL's `draft` takes it: (w, h), or None."""
+    return None if draft_size is None else image_hw(draft_size)[::-1]
 
 
 def _is_pixels(v) -> bool:
@@ -122,7 +127,7 @@ def _decode_then_resize(decode_spec: dict, resize_spec: dict) -> Op:
     numpy and back between the two (its cost: docs/data.md); the pixels are the ones the two ops give (tested)."""
     key, hw, method = decode_spec.get("key", "image"), image_hw(resize_spec["size"]), resize_spec.get("method",
                                                                                                       "bilinear")
-    draft = None if decode_spec.get("draft_size") is None else image_hw(decode_spec["draft_size"])[::-1]
+    draft = _pil_draft(decode_spec.get("draft_size"))
     resample = _RESAMPLE[method]
 
     def finish(im):  # PIL returns a copy for a resize to the image's own size, as resize_image skips it
@@ -137,12 +142,11 @@ def _decode_then_resize(decode_spec: dict, resize_spec: dict) -> Op:
 
 
 def _fusable(specs, i: int) -> bool:
-    """Whether specs i and i + 1 are a decode and a resize of the same field (no other argument between them)."""
+    """Whether specs i and i + 1 (both already checked by their builders) are a decode and a resize of one field."""
     if i + 1 >= len(specs):
         return False
     a, b = spec_dict(specs[i]), spec_dict(specs[i + 1])
-    return a.get("op") == "decode" and b.get("op") == "resize" and a.get("key", "image") == b.get("key", "image") \
-        and b.get("method", "bilinear") in _RESAMPLE
+    return a.get("op") == "decode" and b.get("op") == "resize" and a.get("key", "image") == b.get("key", "image")
 
 
 @register("resize")

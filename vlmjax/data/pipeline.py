@@ -95,10 +95,12 @@ def component_seed(seed: int, name: str) -> int:
     return int(np.random.SeedSequence([int(seed) % 2 ** 32, zlib.crc32(name.encode())]).generate_state(1)[0])
 
 
-def _first_example(component: Component, seed: int, tries: int = 64) -> Optional[dict]:
-    for i in range(min(tries, len(component.source))):
+def first_kept(source, preprocess: Callable, seed: int, limit: int) -> Optional[dict]:
+    """The preprocessed example of the first of records 0 .. limit - 1 that preprocessing keeps (record g with the
+    rng of (seed, g), as eval_batches preprocesses it); None if it drops them all."""
+    for g in range(min(limit, len(source))):
         try:
-            return component.preprocess(component.source[i], np.random.default_rng([seed, i]))
+            return preprocess(source[g], np.random.default_rng([seed, g]))
         except DropExample:
             continue
     return None
@@ -113,7 +115,7 @@ def check_mixture(components: Sequence[Component], seed: int = 0) -> None:
     (other features, shapes or dtypes than the first component's), judged on each one's first kept record."""
     first, want = None, None
     for c in components:
-        ex = _first_example(c, seed)
+        ex = first_kept(c.source, c.preprocess, seed, limit=64)
         if ex is None:
             continue  # every record tried was dropped: its drop counters will say why
         got = _describe(ex)
@@ -236,15 +238,10 @@ def eval_batches(source, preprocess: Callable, *, batch_size: int, process_index
     num_batches = -(-per_host // batch_size)
     # Padding rows copy the shapes of the first record (in global order) that preprocesses: every host finds the
     # same one, so a host whose own first rows are all dropped (a selective eval filter) still yields each batch.
-    template = None
-    for g in range(n):
-        try:
-            template = jax_free_zeros(preprocess(source[g], np.random.default_rng([seed, g])))
-            break
-        except DropExample:
-            continue
+    template = first_kept(source, preprocess, seed, limit=n)
     if template is None:
         return  # nothing in the split survives preprocessing, on any host
+    template = jax_free_zeros(template)
     read = getattr(source, "__getitems__", None)  # one batched read per batch (ArrayRecord: far cheaper per record)
     for b in range(num_batches):
         positions = range(b * batch_size, (b + 1) * batch_size)  # this host's rows of batch b
