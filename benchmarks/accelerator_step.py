@@ -108,6 +108,8 @@ VARIANTS = {
     "scan_dots": dict(scan_layers=True, remat_policy="dots"),
     "scan_dots_unroll2": dict(scan_layers=True, remat_policy="dots", scan_unroll=2),
     "pod_xla_attention": dict(scan_layers=True, remat_policy="dots_no_batch", attention_impl="xla"),
+    # config.optimizer.param_dtype (not a tower setting): bfloat16 matrices, float32 master weights in the optimizer
+    "pod_bf16_params": dict(scan_layers=True, remat_policy="dots_no_batch", param_dtype="bfloat16"),
     "unrolled": dict(scan_layers=False, remat_policy="none"),
 }
 RESULT = {"benchmark": "train step, ours vs HF transformers (torch eager and torch.compile)",
@@ -170,12 +172,12 @@ def siglip_batch(rng, batch):
             "text_mask": np.ones((batch, n), np.int32)}
 
 
-def jax_trainer(task_cfg, workdir):
+def jax_trainer(task_cfg, workdir, param_dtype=""):
     c = ml_collections.ConfigDict(task_cfg)
     c.total_steps = 1000
     c.data = dict(name="bench:", preprocess=[])
     c.optimizer = dict(name="adamw", lr=LR, b1=0.9, b2=0.999, eps=1e-8, weight_decay=WD, wd_mask=".*",
-                       clip_norm=0.0)
+                       clip_norm=0.0, param_dtype=param_dtype)
     c.schedule = dict(name="constant")
     c.mesh = dict(data=1, fsdp=1, tensor=1)
     return Trainer(c, workdir, devices=jax.devices()[:1])
@@ -235,24 +237,16 @@ def op_profile(step):
 def siglip_jax(name, cfg, state_dict, batch, workdir):
     spec = siglip_hf.siglip_model_config(cfg)
     over = dict(VARIANTS[name.split("@")[0]], dtype="bfloat16" if HALF else "float32")
+    param_dtype = over.pop("param_dtype", "")
     for tower in spec["model"]["image"], spec["model"]["text"]:
         tower.update(over)
     trainer = jax_trainer(dict(task="contrastive", tokenizer=tokenizer(workdir), loss="sigmoid", loss_impl="dense",
                                image_size=spec["image_size"], text_len=spec["text_len"],
-                               batch_size=len(batch["image"]), model=spec["model"]), workdir)
+                               batch_size=len(batch["image"]), model=spec["model"]), workdir, param_dtype)
     heads = (cfg.vision_config.num_attention_heads, cfg.text_config.num_attention_heads)
     flat = siglip_hf.from_hf(state_dict, *heads)
     params = weight_files.nest(weight_files.stack_blocks(flat) if over["scan_layers"] else flat)
-    return jax_row(trainer, state_from(trainer, params), batch)
-
-
-def state_from(trainer, params):
-    """The trainer's initial state with `params` (imported HF weights) and a fresh optimizer state for them."""
-    state = trainer.init_state()
-    state["params"] = jax.device_put(params, trainer.state_shardings["params"])
-    state["opt_state"] = jax.jit(trainer.tx.init, out_shardings=trainer.state_shardings["opt_state"])(
-        state["params"])
-    return state
+    return jax_row(trainer, trainer.with_params(trainer.init_state(), params), batch)
 
 
 # -------------------------------------------------------------------------------------------------- prefix-LM
@@ -287,8 +281,9 @@ def prefixlm_jax(batch, workdir, attention_impl="auto", hf_cfg=None, state_dict=
     trainer = jax_trainer(dict(task="prefixlm", tokenizer=tokenizer(workdir), image_input="continuous",
                                image_size=c["image"], text_len=c["text_len"] + 1, batch_size=c["batch"],
                                loss_normalize="per_token", model=model), workdir)
-    state = trainer.init_state() if state_dict is None else state_from(
-        trainer, paligemma_weights.load_hf_paligemma(state_dict, hf_cfg, scan_layers=True))
+    state = trainer.init_state()
+    if state_dict is not None:
+        state = trainer.with_params(state, paligemma_weights.load_hf_paligemma(state_dict, hf_cfg, scan_layers=True))
     return jax_row(trainer, state, batch)
 
 
@@ -362,6 +357,7 @@ def main():
         ("siglip_scan_dots", 35, True, lambda: ours("scan_dots")),
         ("siglip_scan_dots_unroll2", 45, True, lambda: ours("scan_dots_unroll2")),
         ("siglip_pod_xla_attention", 40, True, lambda: ours("pod_xla_attention")),
+        ("siglip_pod_bf16_params", 45, True, lambda: ours("pod_bf16_params")),
         ("siglip_best_scan_big_batch", 40, True, lambda: ours(f"{best_scan()}@{SIZE['big_batch']}", big)),
         ("siglip_unrolled", 150, True, lambda: ours("unrolled")),
     ]

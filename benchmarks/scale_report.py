@@ -20,10 +20,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # model (`make data`) with the pod vocabulary size pinned, and drops the evaluators (see pod_configs.py).
 TOKENIZER = "data/tfds/scenes_spm.model"
 BEGIN, END = "<!-- dry-runs:begin -->", "<!-- dry-runs:end -->"
-DEFAULT = [("experiments/siglip_b16.py", "tpu_v5p", local_overrides("experiments/siglip_b16.py", TOKENIZER)
-            + ["--config.mesh.fsdp=8"]),
+SIGLIP = local_overrides("experiments/siglip_b16.py", TOKENIZER) + ["--config.mesh.fsdp=8"]
+# (config, target, overrides, what the variant changes or "")
+DEFAULT = [("experiments/siglip_b16.py", "tpu_v5p", SIGLIP, ""),
+           ("experiments/siglip_b16.py", "tpu_v5p", SIGLIP + ["--config.optimizer.param_dtype=bfloat16"],
+            "bfloat16 parameters, float32 master weights"),
            ("experiments/paligemma_like.py", "tpu_v5p", local_overrides("experiments/paligemma_like.py", TOKENIZER)
-            + ["--config.mesh.fsdp=16"])]
+            + ["--config.mesh.fsdp=16"], "")]
 
 
 def main():
@@ -35,7 +38,7 @@ def main():
     if not os.path.isfile(os.path.join(ROOT, TOKENIZER)):
         raise SystemExit(f"benchmarks/scale_report.py: {TOKENIZER} is missing; run `make data`")
     sections = []
-    for config, target, extra in [d for d in DEFAULT if a.only in d[0]]:
+    for config, target, extra, variant in [d for d in DEFAULT if a.only in d[0]]:
         cmd = [sys.executable, "-m", "vlmjax.cli", "--config", config, "--workdir", "/tmp/vlmjax_dry_run",
                "--dry_run", f"--num_devices={a.num_devices}", f"--target={target}", *extra]
         shown = " ".join(["vlmjax-train"] + cmd[3:])
@@ -46,7 +49,8 @@ def main():
         out = r.stdout.strip() or "(no output)"
         status = "ok" if r.returncode == 0 else f"exit {r.returncode}: {r.stderr.strip().splitlines()[-1:]}"
         head = "\n".join(out.splitlines()[:5])
-        sections.append(f"## {config}\n\n```\n{shown}\n```\n\nStatus: {status}; wall time {secs:.0f} s on this "
+        title = f"{config} ({variant})" if variant else config
+        sections.append(f"## {title}\n\n```\n{shown}\n```\n\nStatus: {status}; wall time {secs:.0f} s on this "
                         f"machine.\n\n```\n{head}\n```\n\n<details><summary>every parameter's sharding</summary>\n\n"
                         f"```\n{out}\n```\n\n</details>\n")
         print(f"{config}: {status} ({secs:.0f}s)", flush=True)

@@ -104,12 +104,9 @@ def jax_setup(hf_config, torch_model, batch, workdir):
     c.schedule = dict(name="constant")
     c.mesh = dict(data=1, fsdp=1, tensor=1)
     trainer = Trainer(c, workdir, devices=jax.devices()[:1])
-    state = trainer.init_state()
     heads = (hf_config.vision_config.num_attention_heads, hf_config.text_config.num_attention_heads)
     params = weight_files.nest(siglip_hf.from_hf(torch_model.state_dict(), *heads))
-    state["params"] = jax.device_put(params, trainer.state_shardings["params"])
-    state["opt_state"] = jax.jit(trainer.tx.init, out_shardings=trainer.state_shardings["opt_state"])(
-        state["params"])
+    state = trainer.with_params(trainer.init_state(), params)
     gbatch = trainer._global_batch({"image": batch["image"], "text": batch["text"], "text_mask": batch["text_mask"]})
     with jax.set_mesh(trainer.mesh):
         jitted = trainer.train_step_fn()

@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
     out = tmp_path_factory.mktemp("acc")
-    phases = "siglip_pod,siglip_torch_eager,prefixlm_hf_init,prefixlm_ours,prefixlm_torch_eager"
+    phases = "siglip_pod,siglip_torch_eager,siglip_pod_bf16_params,prefixlm_hf_init,prefixlm_ours,prefixlm_torch_eager"
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "accelerator_step.py"), "--size", "tiny",
                            "--cpu", "--rounds", "1", "--steps", "1", "--phases", phases, "--out", str(out)],
                           capture_output=True, text=True, cwd=ROOT, timeout=600)
@@ -55,3 +55,16 @@ def test_same_first_losses_as_hf_transformers(result):
     assert plm["ours_pod"][0] == pytest.approx(plm["hf_torch_eager"][0], abs=1e-4)
     assert plm["ours_pod"][1] == pytest.approx(plm["hf_torch_eager"][1], abs=1e-3)
     assert result["prefixlm"]["first_loss_diff_ours_vs_torch"] < 1e-4
+
+
+def test_bf16_params_row_starts_where_the_pod_row_does(result):
+    """`config.optimizer.param_dtype=bfloat16` on the pod settings: the same first loss up to the rounding of the
+    imported matrices to bfloat16, and a larger state (a float32 master copy of every parameter beside the
+    bfloat16 matrices)."""
+    rows, losses = result["siglip"]["rows"], result["siglip"]["first_losses"]
+    if "pod_bf16_params" not in rows:
+        pytest.skip(result["skipped"].get("siglip_pod_bf16_params", "not run"))
+    assert losses["pod_bf16_params"][0] == pytest.approx(losses["pod"][0], abs=2e-2)
+    assert losses["pod_bf16_params"][0] != losses["pod"][0]
+    pod, bf16 = rows["pod"]["memory_analysis"], rows["pod_bf16_params"]["memory_analysis"]
+    assert bf16["argument_size_in_bytes"] > pod["argument_size_in_bytes"]

@@ -47,7 +47,10 @@ def defaults() -> ml_collections.ConfigDict:
 
     c.optimizer = ml_collections.ConfigDict(dict(
         name="adamw", lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, momentum=0.0, weight_decay=0.0,
-        wd_mask=r".*(kernel|embedding)$", clip_norm=1.0, freeze="", lr_mults=(), grad_accum_steps=1))
+        wd_mask=r".*(kernel|embedding)$", clip_norm=1.0, freeze="", lr_mults=(), grad_accum_steps=1,
+        # "bfloat16": the matrices param_dtype_mask selects are kept in bfloat16 between steps and the optimizer
+        # updates float32 master copies of every parameter (core/optim.py, docs/scale.md); "": the model's dtype.
+        param_dtype="", param_dtype_mask=r".*(kernel|embedding)$"))
     c.schedule = ml_collections.ConfigDict(dict(name="cosine", warmup_steps=0, end_lr_frac=0.0, timescale=10_000))
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))

@@ -12,6 +12,7 @@ import time
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -29,7 +30,7 @@ from vlmjax.core.input_wait import InputWait
 from vlmjax.core.mesh import (batch_sharding, data_parallel_size, like_params_shardings, logical_shardings, make_mesh,
                                rules_from_config)
 from vlmjax.core.metrics import MetricWriter, Progress, log
-from vlmjax.core.optim import make_optimizer
+from vlmjax.core.optim import apply_updates, make_optimizer, store_params
 from vlmjax.core.profiling import StepProfiler
 from vlmjax.core.restore_check import check_resume_config
 from vlmjax.core.run_paths import record_launch_dir
@@ -102,6 +103,8 @@ class Trainer(SplitRuntime):
         params_abs, params_sh = logical_shardings(boxed["params"], self.mesh, self.rules)
         ms_abs, ms_sh = logical_shardings({k: v for k, v in boxed.items() if k != "params"}, self.mesh, self.rules)
         opt_abs = jax.eval_shape(self.tx.init, params_abs)
+        self.params_dtypes = jax.tree.map(lambda a: a.dtype, params_abs)  # before store_params: what init_from reads
+        params_abs = jax.eval_shape(lambda p: store_params(p, self.config.optimizer), params_abs)
         replicated = NamedSharding(self.mesh, P())
         self.state_shardings = {"step": replicated, "nonfinite": replicated, "params": params_sh, "model_state": ms_sh,
                                 "opt_state": like_params_shardings(opt_abs, params_abs, params_sh, self.mesh)}
@@ -117,22 +120,30 @@ class Trainer(SplitRuntime):
         def create(rng):
             variables = nn.meta.unbox(self._init_variables(rng))
             params = variables.pop("params")
-            return {"step": jnp.zeros((), jnp.int32), "nonfinite": jnp.zeros((), jnp.int32), "params": params,
-                    "model_state": dict(variables),
-                    "opt_state": self.tx.init(params)}
+            return {"step": jnp.zeros((), jnp.int32), "nonfinite": jnp.zeros((), jnp.int32),
+                    "params": store_params(params, self.config.optimizer), "model_state": dict(variables),
+                    "opt_state": self.tx.init(params)}  # master weights (if any) from the full-precision init
 
         with jax.set_mesh(self.mesh):
             state = jax.jit(create, out_shardings=self.state_shardings)(jax.random.key(self.config.seed))
         init = self.config.init_from
         if init.workdir or init.path:
-            current = jax.device_get(state["params"])
+            current = jax.tree.map(lambda x, d: np.asarray(x).astype(d), jax.device_get(state["params"]),
+                                   self.params_dtypes)
             loaded = load_params_numpy(init.workdir) if init.workdir else load_imported_params(init, current)
             params, taken = merge_params(current, loaded, init.include, [tuple(r) for r in init.rewrite])
             log(f"init_from {init.workdir or f'{init.path} ({init.format})'}: loaded {len(taken)} parameters")
-            state["params"] = jax.device_put(params, self.state_shardings["params"])
-            state["opt_state"] = jax.jit(self.tx.init, out_shardings=self.state_shardings["opt_state"])(
-                state["params"])
+            state = self.with_params(state, params)
         return state
+
+    def with_params(self, state, params):
+        """`state` with these parameters (host or device arrays in the model's own dtypes, e.g. imported weights)
+        and a fresh optimizer state for them: master weights, if kept, from `params` before `store_params`."""
+        params = jax.device_put(params, self.state_shardings["params"])
+        opt_state = jax.jit(self.tx.init, out_shardings=self.state_shardings["opt_state"])(params)
+        stored = jax.jit(lambda p: store_params(p, self.config.optimizer),
+                         out_shardings=self.state_shardings["params"])(params)
+        return {**state, "params": stored, "opt_state": opt_state}
 
     # -- step ------------------------------------------------------------------------------------------------------
     def train_step_fn(self, jit: bool = True):
@@ -170,15 +181,18 @@ class Trainer(SplitRuntime):
 
                     m_shape = jax.eval_shape(lambda: grads_of(params, state["model_state"],
                                                               jax.tree.map(lambda x: x[0], micro), rng, step)[1])
-                    zeros = (state["model_state"], jax.tree.map(jnp.zeros_like, params), jnp.zeros(()),
+                    # gradients summed in float32 even for bfloat16 parameters
+                    zeros = (state["model_state"], jax.tree.map(lambda p: jnp.zeros(
+                        p.shape, jnp.promote_types(p.dtype, jnp.float32)), params), jnp.zeros(()),
                              jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape))
                     (model_state, grads, loss, metrics), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
                     grads = jax.tree.map(lambda g: g / accum, grads)
                     loss = loss / accum
                     metrics = jax.tree.map(lambda m: m / accum, metrics)
             updates, opt_state = tx.update(grads, state["opt_state"], params)
-            new = {"params": optax.apply_updates(params, updates), "model_state": model_state, "opt_state": opt_state}
-            grad_norm = optax.tree.norm(grads)
+            new = {"params": apply_updates(params, updates, opt_state), "model_state": model_state,
+                   "opt_state": opt_state}
+            grad_norm = optax.tree.norm(jax.tree.map(lambda g: g.astype(jnp.float32), grads))
             # A non-finite loss or gradient never reaches the state: the step is dropped and counted, and the
             # host decides (config.nan_policy) whether to stop or go on.
             ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
