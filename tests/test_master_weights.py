@@ -71,9 +71,14 @@ def test_store_params_casts_only_the_masked_floating_leaves():
     assert store_params(params, ml_collections.ConfigDict(dict(param_dtype=""))) is params
 
 
-def test_bad_param_dtype_is_named_before_anything_compiles(tmp_path):
-    with pytest.raises(ValueError, match=r"config.optimizer.param_dtype='fp16'.*bfloat16"):
-        Trainer(tiny_config(**{"optimizer.param_dtype": "fp16"}), str(tmp_path), devices=jax.devices()[:1])
+@pytest.mark.parametrize("over, message", [
+    ({"optimizer.param_dtype": "fp16"}, r"config.optimizer.param_dtype='fp16'.*bfloat16"),
+    ({"optimizer.param_dtype_mask": "(kernel"}, r"config.optimizer.param_dtype_mask='\(kernel': not a regular"),
+    ({"optimizer.wd_mask": "*"}, r"config.optimizer.wd_mask='\*': not a regular expression"),
+    ({"optimizer.lr_mults": ((".*", 1.0), ("[", 2.0))}, r"config.optimizer.lr_mults\[1\]='\['")])
+def test_bad_optimizer_keys_are_named_before_anything_compiles(tmp_path, over, message):
+    with pytest.raises(ValueError, match=message):
+        Trainer(tiny_config(**over), str(tmp_path), devices=jax.devices()[:1])
 
 
 def test_sharded_state_keeps_master_beside_its_parameter():

@@ -129,6 +129,13 @@ def make_optimizer(cfg, schedule_cfg, total_steps: int) -> tuple:
     if cfg.get("param_dtype", "") not in PARAM_DTYPES:
         raise ValueError(f"config.optimizer.param_dtype={cfg.param_dtype!r}: expected '' (the model's own parameter "
                          f"dtype) or 'bfloat16' (bfloat16 parameters, float32 master weights in the optimizer)")
+    patterns = [("wd_mask", cfg.wd_mask), ("freeze", cfg.freeze), ("param_dtype_mask", cfg.get("param_dtype_mask"))]
+    patterns += [(f"lr_mults[{i}]", r[0]) for i, r in enumerate(cfg.lr_mults or ())]
+    for key, regex in patterns:
+        try:
+            re.compile(regex or "")
+        except re.error as e:
+            raise ValueError(f"config.optimizer.{key}={regex!r}: not a regular expression ({e})") from None
     schedule = make_schedule(schedule_cfg, total_steps, float(cfg.lr))
     parts = []
     if cfg.clip_norm:
