@@ -12,14 +12,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def result(tmp_path_factory):
+def acc_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("acc")
     phases = "siglip_pod,siglip_torch_eager,siglip_pod_bf16_params,prefixlm_hf_init,prefixlm_ours,prefixlm_torch_eager"
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "accelerator_step.py"), "--size", "tiny",
                            "--cpu", "--rounds", "1", "--steps", "1", "--phases", phases, "--out", str(out)],
                           capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    with open(out / "accelerator_step_cpu.json") as f:
+    return out
+
+
+@pytest.fixture(scope="module")
+def result(acc_dir):
+    with open(acc_dir / "accelerator_step_cpu.json") as f:
         return json.load(f)
 
 
@@ -68,3 +73,32 @@ def test_bf16_params_row_starts_where_the_pod_row_does(result):
     assert losses["pod_bf16_params"][0] != losses["pod"][0]
     pod, bf16 = rows["pod"]["memory_analysis"], rows["pod_bf16_params"]["memory_analysis"]
     assert bf16["argument_size_in_bytes"] > pod["argument_size_in_bytes"]
+
+
+def test_device_report_writes_the_runs_figures(acc_dir, result, tmp_path):
+    """benchmarks/device_report.py on this run's $OUT (plus a flag trial and an input-pipeline JSON): every row's
+    examples/s reaches the doc block, the JSONs are copied with the checkout's commit, the hand-written rest of the
+    page is kept."""
+    import shutil
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import device_report
+
+    run = tmp_path / "out"
+    shutil.copytree(acc_dir, run)
+    (run / "xla_flag_a").mkdir()
+    shutil.copy(run / "accelerator_step_cpu.json", run / "xla_flag_a" / "accelerator_step_cpu.json")
+    shutil.copy(os.path.join(ROOT, "benchmarks", "results", "input_pipeline.json"), run / "input_pipeline.json")
+    doc = tmp_path / "accelerator.md"
+    doc.write_text("# Speed\n\nby hand\n\n<!-- device-run:begin -->\nold\n<!-- device-run:end -->\n\ntail\n")
+    device_report.main(["--results", str(run), "--dest", str(tmp_path / "results"), "--doc", str(doc)])
+    text = doc.read_text()
+    assert text.startswith("# Speed\n\nby hand\n") and text.endswith("\ntail\n") and "\nold\n" not in text
+    for part in ("siglip", "prefixlm"):
+        for name, row in result[part]["rows"].items():
+            assert f"| {name} | {row['examples_per_s']:.1f} |" in text
+    assert "| `xla_flag_a` | " in text and "| 1.000 |" in text  # the same JSON as the main run: ratio 1
+    assert "| demo_pipeline_examples_per_s_2_cores |" in text
+    for name in ("accelerator_step_cpu", "accelerator_flags_cpu", "input_pipeline_cpu"):
+        with open(tmp_path / "results" / f"{name}.json") as f:
+            assert len(json.load(f)["commit_stamped"]) == 40
