@@ -51,9 +51,10 @@ def _simulated_devices(argv) -> None:
 
 def train_main(overrides) -> int:
     """Loads the experiment with its overrides (every check before compiling), then dry-runs or trains."""
-    from vlmjax.core import config as config_lib
+    from vlmjax.core import compile_cache, config as config_lib
     from vlmjax.core import distributed
     from vlmjax.core.loop import train
+    from vlmjax.core.metrics import log
 
     F = FLAGS
     distributed.initialize(F.coordinator_address, F.num_processes, F.process_id, F.distributed)
@@ -63,6 +64,9 @@ def train_main(overrides) -> int:
 
         dry_run(config, F.target, F.max_unsharded_fraction)
         return 0
+    cache = compile_cache.enable(config.compilation_cache_dir, F.workdir)  # before anything compiles
+    if cache:
+        log(f"compilation cache: {cache}")
     metrics = train(config, F.workdir, allow_config_change=F.allow_config_change)
     final = {k: v for k, v in metrics.items() if k.startswith("eval/")}
     if final:

@@ -61,6 +61,9 @@ def defaults() -> ml_collections.ConfigDict:
     c.debug = ml_collections.ConfigDict(dict(sleep_per_step=0.0))
     # A jax.profiler trace of steps start_step .. start_step + steps - 1 into dir (default <workdir>/profile); 0: off.
     c.profile = ml_collections.ConfigDict(dict(start_step=0, steps=5, dir=""))
+    # jax's persistent compilation cache for vlmjax-train: "auto" = <workdir>/jax_cache unless the process has one
+    # (JAX_COMPILATION_CACHE_DIR), "" = off, else a directory (core/compile_cache.py).
+    c.compilation_cache_dir = "auto"
     # Weights & Biases: off while `project` is empty; `name` defaults to the workdir's name (core/metrics.py).
     c.wandb = ml_collections.ConfigDict(dict(project="", entity="", name="", mode=""))
     return c

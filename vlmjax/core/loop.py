@@ -21,7 +21,7 @@ from vlmjax.data.batching import check_not_importing_main
 from vlmjax.data.pipeline import Component, TrainIterator, check_mixture, make_source
 from vlmjax.evaluators import validate_and_build
 from vlmjax.tasks import get_task_class
-from vlmjax.core import config as config_lib
+from vlmjax.core import compile_cache, config as config_lib
 from vlmjax.core.checkpoint import (Checkpointer, check_init_from, load_imported_params, load_params_numpy,
                                      merge_params, read_variables)
 from vlmjax.core.distributed import PreemptionWatcher
@@ -215,8 +215,11 @@ class Trainer(SplitRuntime):
         per device per step, counted on the jaxpr: vlmjax.core.flops) and returns the compiled step."""
         if self._train_step is None:
             self._train_step = self.train_step_fn()
+        hits, t = compile_cache.counts()["hits"], time.perf_counter()
         with jax.set_mesh(self.mesh):
             self._compiled = self._train_step.lower(state, gbatch).compile()
+            self.compile_s = time.perf_counter() - t
+            self.compile_cache_hit = compile_cache.counts()["hits"] > hits
             flops = step_flops(self.train_step_fn(jit=False), state, gbatch)
         self.step_flops = {k: v / self.mesh.size for k, v in flops.items()}
         return self._compiled
@@ -328,7 +331,9 @@ class Trainer(SplitRuntime):
                         # ... and the input-bound measure both compilation and the pipeline's start-up.
                         input_wait.take()
                         t_interval = time.perf_counter()
-                        log(f"train step: {self.step_flops['model']:.4g} model FLOPs per device "
+                        log(f"train step: compiled in {self.compile_s:.1f}s"
+                            f"{' (persistent cache hit)' if self.compile_cache_hit else ''}; "
+                            f"{self.step_flops['model']:.4g} model FLOPs per device "
                             f"({self.step_flops['hardware']:.4g} with recomputation); peak "
                             f"{self.peak_flops:.4g} FLOP/s ({peak_src})")
                     with profiler.step(step):
