@@ -94,8 +94,24 @@ def test_input_wait_charges_only_the_fetch_after_the_previous_step_completed():
         w.fetched(3, t0, t1)
         waited = w.take()
         assert t1 - t_done - 0.03 <= waited <= t1 - t0 - 0.03, (waited, t1 - t0, t1 - t_done)
-        # A fetch with no step launched before it (the run's first) counts whole.
-        w.fetched(9, 1.0, 1.5)
-        assert w.take() == pytest.approx(0.5)
+        # Device prefetch 2 batches deep: batch 5 is read (while step 3 runs) before step 4 is dispatched; it is
+        # charged once step 4 is, against step 4's completion: here it was ready long before, so nothing.
+        s3 = _Step()
+        w.dispatched(3, s3)
+        w.fetched(4, time.perf_counter(), time.perf_counter())
+        t0 = time.perf_counter()
+        w.fetched(5, t0, t0 + 0.01)
+        s3.finish()
+        assert w.take() == 0.0
+        s4 = _Step()
+        w.dispatched(4, s4)
+        s4.finish()
+        assert w.take() == 0.0
     finally:
         w.close()
+    first = InputWait()
+    try:  # a fetch with no step launched before it (the run's first) counts whole
+        first.fetched(9, 1.0, 1.5)
+        assert first.take() == pytest.approx(0.5)
+    finally:
+        first.close()

@@ -31,6 +31,8 @@ def defaults() -> ml_collections.ConfigDict:
         # worker_count: processes for decode + preprocess + batching; -1: auto (0 on a CPU-only host, else from
         # the host's cores: vlmjax.data.pipeline.auto_worker_count). prefetch_buffer: batches a background thread
         # builds ahead while the step runs, without worker processes (0: none; -1: auto, 0 on a CPU-only host, else 2).
+        # device_prefetch: global batches put on the mesh ahead of their step (-1: auto, 1 on an accelerator, 0 on
+        # a CPU-only host; vlmjax/core/batch_feed.py).
         # device_preprocess: per-batch ops run inside the jitted train step (vlmjax.data.device_ops).
         # read_features: top-level tfds features to deserialize (empty: all), e.g. ['image', 'label'].
         # on_corrupt_record: a train record the source cannot read (a corrupt ArrayRecord chunk): 'stop' (default:
@@ -39,7 +41,7 @@ def defaults() -> ml_collections.ConfigDict:
         # mixture: train on several datasets at once, {component: {weight, and any of name, split, data_dir,
         # preprocess, read_features}}; a key a component leaves out is config.data's (MIXTURE_SHARED keys are
         # the pipeline's, one for all). Empty: config.data alone. docs/data.md, "Training on a mixture".
-        worker_count=-1, prefetch_buffer=-1, device_preprocess=[], read_features=[],
+        worker_count=-1, prefetch_buffer=-1, device_prefetch=-1, device_preprocess=[], read_features=[],
         on_corrupt_record="stop", mixture=ml_collections.ConfigDict()))
 
     c.eval = ml_collections.ConfigDict(dict(every_steps=500, batch_size=256))
@@ -70,7 +72,8 @@ def defaults() -> ml_collections.ConfigDict:
 
 
 # config.data keys that describe the whole train stream, so a mixture component cannot set its own.
-MIXTURE_SHARED = ("shuffle", "worker_count", "prefetch_buffer", "device_preprocess", "on_corrupt_record", "mixture")
+MIXTURE_SHARED = ("shuffle", "worker_count", "prefetch_buffer", "device_prefetch", "device_preprocess",
+                  "on_corrupt_record", "mixture")
 
 EVAL_DATA_DEFAULTS = dict(name="", split="test", data_dir="", preprocess=[], batch_size=0, max_examples=0)
 
@@ -224,6 +227,9 @@ def check_runtime(config, num_devices: int, process_count: int = 1) -> tuple:
     for name, ev in config.evals.items():  # one that dp does not divide is padded (eval_batch_size)
         if ev.data.batch_size < 1:
             raise ValueError(f"config.evals.{name}.data.batch_size={ev.data.batch_size}: must be >= 1")
+    if int(config.data.get("device_prefetch", -1)) < -1:
+        raise ValueError(f"config.data.device_prefetch={config.data.device_prefetch}: expected -1 (auto) or the "
+                         f"number of batches to put on the devices ahead of their step (0: none)")
     if config.nan_policy not in ("stop", "skip"):
         raise ValueError(f"config.nan_policy={config.nan_policy!r}: expected 'stop' or 'skip'")
     if config.profile.start_step < 0 or config.profile.steps < 1:

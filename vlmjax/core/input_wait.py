@@ -51,21 +51,28 @@ class InputWait:
     def take(self) -> float:
         """Seconds, over the fetches since the last call, between the previous step completing and the batch being
         read: sum of max(0, end - max(start, done[step - 1])). A fetch with no step dispatched before it (the
-        run's first) counts whole. Blocks until the previous steps have completed (their outputs are normally
-        ready: the loop has just read the current step's metrics)."""
-        total = 0.0
+        run's first) counts whole; one read ahead of its previous step's dispatch (device prefetch deeper than one
+        batch) is charged at a later call, once that step has been dispatched. Blocks until the previous steps
+        have completed (their outputs are normally ready: the loop has just read the current step's metrics)."""
+        total, later, charged = 0.0, [], []
+        last = max(self._dispatched, default=None)
         for step, start, end in self._fetches:
+            if last is not None and step - 1 > last:
+                later.append((step, start, end))
+                continue
             prev = start
             if step - 1 in self._dispatched:
                 with self._cv:
                     if self._cv.wait_for(lambda: step - 1 in self._done, timeout=self._timeout):
                         prev = max(start, self._done[step - 1])
             total += max(0.0, end - prev)
-        keep = max((s for s, _, _ in self._fetches), default=None)
-        self._fetches = []
-        with self._cv:  # the next interval's first fetch (keep + 1) needs done[keep]; nothing before it
-            self._done = {s: t for s, t in self._done.items() if keep is not None and s >= keep}
-        self._dispatched = {s for s in self._dispatched if keep is not None and s >= keep}
+            charged.append(step)
+        self._fetches = later
+        if later or charged:  # a later fetch of step k needs done[k - 1]; nothing before that
+            keep = min(s for s, _, _ in later) - 1 if later else max(charged)
+            with self._cv:
+                self._done = {s: t for s, t in self._done.items() if s >= keep}
+            self._dispatched = {s for s in self._dispatched if s >= keep}
         return total
 
     def close(self) -> None:

@@ -22,6 +22,7 @@ from vlmjax.data.pipeline import Component, TrainIterator, check_mixture, make_s
 from vlmjax.evaluators import validate_and_build
 from vlmjax.tasks import get_task_class
 from vlmjax.core import compile_cache, config as config_lib
+from vlmjax.core.batch_feed import BatchFeed, device_prefetch
 from vlmjax.core.checkpoint import (Checkpointer, check_init_from, load_imported_params, load_params_numpy,
                                      merge_params, read_variables)
 from vlmjax.core.distributed import PreemptionWatcher
@@ -317,14 +318,12 @@ class Trainer(SplitRuntime):
             with jax.set_mesh(self.mesh):
                 final = self.evaluate(state, start, only=True)
         input_wait, t_interval, warned_input_bound = InputWait(), time.perf_counter(), False
+        feed = BatchFeed(train_iter, self._global_batch, self.task.check_batch, input_wait,
+                         device_prefetch(cfg.data.device_prefetch, jax.default_backend()), cfg.total_steps)
         try:
             with jax.set_mesh(self.mesh):
                 for step in range(start + 1, cfg.total_steps + 1):
-                    t_fetch = time.perf_counter()
-                    batch = next(train_iter)
-                    input_wait.fetched(step, t_fetch, time.perf_counter())
-                    self.task.check_batch(batch, f"train batch at step {step}")
-                    gbatch = self._global_batch(batch)
+                    gbatch, data_state = feed.take(step)
                     if self._compiled is None:  # compile once, ahead of time, to read its FLOPs for MFU
                         self.compile_step(state, gbatch)
                         progress.restart(step - 1)  # the ETA excludes compilation
@@ -339,6 +338,7 @@ class Trainer(SplitRuntime):
                     with profiler.step(step):
                         state, metrics = self._compiled(state, gbatch)
                     input_wait.dispatched(step, metrics)
+                    feed.fill(step)  # while the step runs
                     profiler.done(step, metrics)
                     if jax.process_index() == 0:
                         progress.tick(step)
@@ -372,7 +372,7 @@ class Trainer(SplitRuntime):
                         writer.write(step, evals)
                         final.update(evals)
                     stop = preemption.should_stop()
-                    ckpt.save(step, state, train_iter.get_state(), force=step == cfg.total_steps or stop)
+                    ckpt.save(step, state, data_state, force=step == cfg.total_steps or stop)
                     if stop:
                         log(f"preempted (SIGTERM): saved step {step}; re-run the same command to resume")
                         self.preempted = True

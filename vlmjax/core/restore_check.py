@@ -32,8 +32,8 @@ from vlmjax.core.optim import param_path
 # with (vlmjax.data.pipeline), so the stream goes on unchanged whatever the new config asks for. read_features
 # only narrows which features are read, never their order or values. (data.read_threads: a key of older configs.)
 FREE = ("mesh", "sharding_rules", "checkpoint", "log_every_steps", "debug", "wandb", "profile", "compilation_cache_dir",
-        "data.read_threads",
-        "data.prefetch_buffer", "data.worker_count", "data.read_features", "data.on_corrupt_record")
+        "data.read_threads", "data.prefetch_buffer", "data.device_prefetch", "data.worker_count", "data.read_features",
+        "data.on_corrupt_record")
 WITH_FLAG = ("total_steps", "nan_policy", "eval", "evals", "init_from", "schedule", "data.data_dir",
              "optimizer.lr", "optimizer.b2", "optimizer.eps", "optimizer.wd_mask", "optimizer.grad_accum_steps",
              "model.dtype", "model.remat_policy")
