@@ -6,6 +6,7 @@ r"""A markdown table comparing seeds-runner results side by side: one column per
 Each cell is `mean ± std (n)` from the file's summary (`benchmarks/seeds.py` writes them), '--' when the file lacks
 the metric; the header names each file's run (the seeds runner's `--name`), config, split and commit, so a table in
 docs/ says where it came from, and two recipes of one config (differing by an override or the commit) are told apart.
+`--paired` (two files) adds each seed's difference B - A with their mean ± std and paired t.
 """
 import argparse
 import json
@@ -37,12 +38,38 @@ def table(paths, metrics=None) -> str:
     return "\n".join(rows)
 
 
+def paired(path_a: str, path_b: str, metrics=None) -> str:
+    """A markdown table of B - A seed by seed (the seeds both files have): per-seed differences, their mean ± std
+    and the paired t (mean / (std / sqrt(n))); for two arms that share their seeds' upstream runs."""
+    a, b = (json.load(open(p)) for p in (path_a, path_b))
+    seeds = sorted(set(a["per_seed"]) & set(b["per_seed"]), key=int)
+    metrics = metrics or sorted(set(a["summary"]) & set(b["summary"]))
+    rows = [f"| metric | {' | '.join(f'seed {s}' for s in seeds)} | mean ± std | paired t |",
+            "|---|" + "---|" * (len(seeds) + 2)]
+    for m in metrics:
+        d = [b["per_seed"][s][m] - a["per_seed"][s][m] for s in seeds if m in a["per_seed"][s] and m in b["per_seed"][s]]
+        if len(d) < 2:
+            continue
+        mean = sum(d) / len(d)
+        std = (sum((x - mean) ** 2 for x in d) / (len(d) - 1)) ** 0.5
+        t = mean / (std / len(d) ** 0.5) if std > 0 else float("inf")
+        rows.append(f"| `{m}` | " + " | ".join(f"{x:+.3f}" for x in d) + f" | {mean:+.3f} ± {std:.3f} | {t:.2f} |")
+    return (f"B - A, B = `{b.get('name')}`, A = `{a.get('name')}` ({a['split']}; seeds {', '.join(seeds)})\n\n"
+            + "\n".join(rows))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("files", nargs="+")
     ap.add_argument("--metrics", default="", help="comma-separated; default: every metric of any file")
+    ap.add_argument("--paired", action="store_true", help="two files: also the seed-by-seed differences")
     args = ap.parse_args()
-    print(table(args.files, [m for m in args.metrics.split(",") if m] or None))
+    metrics = [m for m in args.metrics.split(",") if m] or None
+    print(table(args.files, metrics))
+    if args.paired:
+        if len(args.files) != 2:
+            raise SystemExit("--paired compares two files")
+        print("\n" + paired(*args.files, metrics))
 
 
 if __name__ == "__main__":

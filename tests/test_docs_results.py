@@ -138,3 +138,22 @@ def test_study_blocks_are_their_runners_output(study, doc):
         result = json.load(f)
     with open(os.path.join(ROOT, "docs", doc)) as f:
         assert module.markdown(result["runs"], result) in f.read()
+
+
+def test_paired_differences_against_numpy(tmp_path):
+    """compare_table --paired: per-seed B - A over the seeds both files have, mean ± sample std, paired t."""
+    import numpy as np
+
+    a = {"name": "a", "split": "validation", "summary": {"m": {}},
+         "per_seed": {"0": {"m": 0.5}, "1": {"m": 0.7}, "2": {"m": 0.6}, "3": {"m": 0.1}}}
+    b = {"name": "b", "split": "validation", "summary": {"m": {}},
+         "per_seed": {"0": {"m": 0.6}, "1": {"m": 0.75}, "2": {"m": 0.9}}}
+    paths = []
+    for name, r in (("a", a), ("b", b)):
+        paths.append(str(tmp_path / f"{name}.json"))
+        with open(paths[-1], "w") as f:
+            json.dump(r, f)
+    d = np.array([0.1, 0.05, 0.3])
+    t = d.mean() / (d.std(ddof=1) / np.sqrt(3))
+    row = [line for line in compare_table.paired(*paths).splitlines() if line.startswith("| `m`")][0]
+    assert row == f"| `m` | +0.100 | +0.050 | +0.300 | +{d.mean():.3f} ± {d.std(ddof=1):.3f} | {t:.2f} |"
