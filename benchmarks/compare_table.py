@@ -13,9 +13,13 @@ import json
 import os
 
 
-def column(path: str) -> dict:
+def _load(path: str) -> dict:
     with open(path) as f:
-        result = json.load(f)
+        return json.load(f)
+
+
+def column(path: str) -> dict:
+    result = _load(path)
     data = f" of {result['eval_data']}" if result.get("eval_data") else ""
     name = result.get("name") or os.path.basename(path)
     return {"title": f"`{name}` (`{result.get('config', '?')}`, {result['split']}{data}, "
@@ -41,7 +45,7 @@ def table(paths, metrics=None) -> str:
 def paired(path_a: str, path_b: str, metrics=None) -> str:
     """A markdown table of B - A seed by seed (the seeds both files have): per-seed differences, their mean ± std
     and the paired t (mean / (std / sqrt(n))); for two arms that share their seeds' upstream runs."""
-    a, b = (json.load(open(p)) for p in (path_a, path_b))
+    a, b = _load(path_a), _load(path_b)
     seeds = sorted(set(a["per_seed"]) & set(b["per_seed"]), key=int)
     metrics = metrics or sorted(set(a["summary"]) & set(b["summary"]))
     rows = [f"| metric | {' | '.join(f'seed {s}' for s in seeds)} | mean ± std | paired t |",
