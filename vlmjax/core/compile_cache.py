@@ -13,7 +13,6 @@ import jax
 
 _EVENTS = {"/jax/compilation_cache/cache_hits": "hits", "/jax/compilation_cache/cache_misses": "misses"}
 _counts = {"hits": 0, "misses": 0}
-_listening = False
 
 
 def _count(event: str, **kwargs) -> None:
@@ -21,13 +20,12 @@ def _count(event: str, **kwargs) -> None:
         _counts[_EVENTS[event]] += 1
 
 
+jax.monitoring.register_event_listener(_count)  # once, at import: counts() sees every lookup of the process
+
+
 def enable(setting: str, workdir: str) -> str:
     """Point jax's persistent compilation cache at `setting` ('auto': `<workdir>/jax_cache`; '': leave jax as it
     is; else a directory) unless the process already has one. Returns the directory in use ('' if none)."""
-    global _listening
-    if not _listening:
-        jax.monitoring.register_event_listener(_count)
-        _listening = True
     current = jax.config.jax_compilation_cache_dir
     if current or not setting:
         return current or ""
@@ -37,6 +35,6 @@ def enable(setting: str, workdir: str) -> str:
 
 
 def counts() -> dict:
-    """{'hits': n, 'misses': m}: persistent-cache lookups of this process so far (programs compiled faster than
-    jax_persistent_cache_min_compile_time_secs are neither looked up nor stored)."""
+    """{'hits': n, 'misses': m}: persistent-cache lookups of this process so far (a missed program is stored only
+    when it took longer than jax_persistent_cache_min_compile_time_secs to compile)."""
     return dict(_counts)
