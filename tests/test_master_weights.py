@@ -139,3 +139,20 @@ def test_resume_refuses_a_change_of_param_dtype():
 
     assert classify("optimizer.param_dtype", "", "bfloat16") == "refused"
     assert classify("optimizer.param_dtype_mask", ".*kernel$", ".*") == "refused"
+
+
+def test_init_from_a_bfloat16_run_takes_its_master_weights(bf16_run, tmp_path):
+    """A float32 run started from a bfloat16-parameter run gets the float32 master weights (what the optimizer
+    updated), not their bfloat16 rounding."""
+    from vlmjax.core.checkpoint import read_variables
+
+    master = read_variables(bf16_run, ("opt_state/master",))[1]["opt_state"]["master"]
+    stored = read_variables(bf16_run, ("params",))[1]["params"]
+    t = Trainer(tiny_config(**CONSTANT, **{"init_from.workdir": bf16_run}), str(tmp_path), devices=jax.devices()[:1])
+    params = jax.device_get(t.init_state()["params"])
+    rounded = 0
+    for p, m, s in zip(jax.tree.leaves(params), jax.tree.leaves(master), jax.tree.leaves(stored)):
+        assert p.dtype == np.float32
+        np.testing.assert_array_equal(p, m)
+        rounded += int(np.any(np.asarray(s, np.float32) != m))
+    assert rounded > 0  # the stored bfloat16 kernels differ from the master: the test tells them apart

@@ -226,9 +226,9 @@ def read_variables(workdir: str, keys=("params",), step: int = None, where: str 
     """(step, {key: subtree}) of another run's train state as host numpy arrays (latest step by default).
 
     The one reader of a finished run for every caller (init_from, tasks that carry a frozen model, the CLIs, the
-    Python API). Only the named top-level keys of the state are read (`partial_restore`; keys the checkpoint lacks,
-    e.g. an empty `model_state`, are left out): the optimizer state is never loaded, and the arrays land on the
-    host whatever mesh wrote them. `where` names the setting that pointed here in the errors.
+    Python API). Only the named top-level keys of the state are read, or a named subtree one level below one
+    ('opt_state/master') (`partial_restore`; keys the checkpoint lacks, e.g. an empty `model_state`, are left out):
+    the optimizer's moments are never loaded, and the arrays land on the host whatever mesh wrote them. `where` names the setting that pointed here in the errors.
     """
     directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     if not os.path.isdir(directory):
@@ -244,7 +244,14 @@ def read_variables(workdir: str, keys=("params",), step: int = None, where: str 
             raise FileNotFoundError(f"{where}={workdir!r}: no finished checkpoint in {directory}")
         meta = mngr.item_metadata(step)["state"]
         meta = getattr(meta, "tree", meta)
-        wanted = {k: meta[k] for k in keys if k in meta}
+        wanted = {}
+        for key in keys:  # 'opt_state/master': a subtree below a top-level key
+            top, _, sub = key.partition("/")
+            node = meta.get(top)
+            if sub and isinstance(node, dict) and sub in node:
+                wanted.setdefault(top, {})[sub] = node[sub]
+            elif not sub and node is not None:
+                wanted[top] = node
         restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
         state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
             item=wanted, restore_args=restore_args, partial_restore=True))).state
@@ -254,8 +261,11 @@ def read_variables(workdir: str, keys=("params",), step: int = None, where: str 
 
 
 def load_params_numpy(workdir: str, step: int = None) -> dict:
-    """The params of another run's checkpoint (latest step by default) as host numpy arrays (`read_variables`)."""
-    return read_variables(workdir, ("params",), step)[1]["params"]
+    """The params of another run's checkpoint (latest step by default) as host numpy arrays (`read_variables`).
+    A run that kept bfloat16 parameters with float32 master weights (`config.optimizer.param_dtype`) gives its
+    master weights: the values its optimizer updated, of which its parameters are the rounding."""
+    state = read_variables(workdir, ("params", "opt_state/master"), step)[1]
+    return state.get("opt_state", {}).get("master", state["params"])
 
 
 def check_init_from(init) -> None:
