@@ -50,6 +50,21 @@ def test_each_step_gets_its_batch_and_the_state_after_it(depth):
     assert wait.steps == [1, 2, 3, 4, 5]  # each read charged to the step whose batch it is
 
 
+def test_an_error_ahead_is_raised_at_its_own_step():
+    it = _Iter()
+
+    def check(batch, where):
+        if batch == 3:
+            raise ValueError(f"bad {where}")
+
+    feed = BatchFeed(it, lambda b: b, check, _Wait(), 2, last_step=10)
+    for step in (1, 2, 3):
+        assert feed.take(step)[0] == step - 1
+        feed.fill(step)  # reads batch 3 (the bad one) while step 2 runs: nothing raised yet
+    with pytest.raises(ValueError, match="bad train batch at step 4"):
+        feed.take(4)
+
+
 def test_auto_depth():
     assert device_prefetch(-1, "cpu") == 0 and device_prefetch(-1, "gpu") == 1 and device_prefetch(-1, "tpu") == 1
     assert device_prefetch(2, "cpu") == 2

@@ -8,7 +8,8 @@ read just before s is dispatched (while s-1 runs: dispatch is asynchronous).
 The input pipeline is then `depth` batches ahead of the training. A checkpoint at step s must hold the pipeline's
 state after the batch of step s, not after the ones already read for later steps (a resume would skip them), so
 every batch carries the state recorded when it was read. The drop counters logged at step s may include the drops
-of the prefetched batches; those in the checkpoint do not.
+of the prefetched batches; those in the checkpoint do not. An error reading a batch ahead (a bad record, a failed
+check) is raised when its step takes it, so the steps before it finish and are checkpointed as without prefetch.
 """
 import collections
 import time
@@ -33,11 +34,19 @@ class BatchFeed:
     def take(self, step: int):
         if not self._queue:
             self._read(step)
-        return self._queue.popleft()
+        item = self._queue.popleft()
+        if isinstance(item, BaseException):  # raised where that step would have read it, not a step earlier
+            raise item
+        return item
 
     def fill(self, step: int) -> None:
         while len(self._queue) < self.depth and step + len(self._queue) < self._last:
-            self._read(step + 1 + len(self._queue))
+            if self._queue and isinstance(self._queue[-1], BaseException):
+                return
+            try:
+                self._read(step + 1 + len(self._queue))
+            except Exception as e:  # noqa: BLE001 - a bad batch ahead must not stop the step running now
+                self._queue.append(e)
 
 
 def device_prefetch(setting: int, backend: str) -> int:
