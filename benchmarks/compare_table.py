@@ -51,7 +51,8 @@ def paired(path_a: str, path_b: str, metrics=None) -> str:
     rows = [f"| metric | {' | '.join(f'seed {s}' for s in seeds)} | mean ± std | paired t |",
             "|---|" + "---|" * (len(seeds) + 2)]
     for m in metrics:
-        d = [b["per_seed"][s][m] - a["per_seed"][s][m] for s in seeds if m in a["per_seed"][s] and m in b["per_seed"][s]]
+        d = [b["per_seed"][s][m] - a["per_seed"][s][m] for s in seeds
+             if m in a["per_seed"][s] and m in b["per_seed"][s]]
         if len(d) < 2:
             continue
         mean = sum(d) / len(d)

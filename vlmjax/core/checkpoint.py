@@ -228,7 +228,8 @@ def read_variables(workdir: str, keys=("params",), step: int = None, where: str 
     The one reader of a finished run for every caller (init_from, tasks that carry a frozen model, the CLIs, the
     Python API). Only the named top-level keys of the state are read, or a named subtree one level below one
     ('opt_state/master') (`partial_restore`; keys the checkpoint lacks, e.g. an empty `model_state`, are left out):
-    the optimizer's moments are never loaded, and the arrays land on the host whatever mesh wrote them. `where` names the setting that pointed here in the errors.
+    the optimizer's moments are never loaded, and the arrays land on the host whatever mesh wrote them. `where`
+    names the setting that pointed here in the errors.
     """
     directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     if not os.path.isdir(directory):

@@ -1,8 +1,7 @@
 """A persistent XLA compilation cache for training runs (`config.compilation_cache_dir`).
 
-A resumed run (after a preemption, a crash, a changed learning rate schedule length) compiles the same train step
-again: tens of seconds for a scanned ViT-B, minutes for unrolled layers or a large LM on a pod. With jax's
-persistent cache the second compile is a read. `auto` (the default) puts it in `<workdir>/jax_cache`, which lives
+A resumed run (after a preemption, a crash, a changed schedule length) compiles the same train step again, a cost
+that grows with the model and with unrolled layers; with jax's persistent cache the second compile is a read. `auto` (the default) puts it in `<workdir>/jax_cache`, which lives
 as long as the run's checkpoints do (also on gs://, which jax's cache can use) and so survives a preempted VM; a
 cache directory the process already has (`JAX_COMPILATION_CACHE_DIR`, or set by the caller) is kept. Only
 `vlmjax-train` enables it, before anything compiles: jax reads the setting at its first compilation.

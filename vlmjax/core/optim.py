@@ -88,7 +88,7 @@ def with_master_weights(inner: optax.GradientTransformation, dtype=jnp.float32) 
     The model's parameters may then be kept in a lower precision (`store_params`): the gradients it produces are
     cast up, `inner` updates the master copies, and the next parameters are the master rounded to each parameter's
     own dtype (`apply_updates`). Without a master copy a bfloat16 weight loses every update smaller than half its
-    spacing (2^-9 of its magnitude): late in a cosine schedule, most of them.
+    spacing (2^-9 of its magnitude).
     """
 
     def init(params):
